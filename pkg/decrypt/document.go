@@ -1,0 +1,209 @@
+package decrypt
+
+import (
+	"context"
+	"crypto/subtle"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/getsops/sops/v3"
+	"github.com/getsops/sops/v3/aes"
+	"github.com/getsops/sops/v3/config"
+	"github.com/getsops/sops/v3/keyservice"
+	"github.com/getsops/sops/v3/logging"
+	"github.com/getsops/sops/v3/stores/dotenv"
+	"github.com/getsops/sops/v3/stores/ini"
+	"github.com/getsops/sops/v3/stores/json"
+	"github.com/getsops/sops/v3/stores/yaml"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+)
+
+// MaxDocumentSize caps a document payload. It is the size of the largest
+// Kubernetes Secret, so no legitimate value is refused.
+const MaxDocumentSize = 1 << 20
+
+// MaxMasterKeys caps the master keys a document's metadata may list, which
+// bounds the unwrap attempts one document can cause.
+const MaxMasterKeys = 64
+
+// hintNoKey is the hint for a document no configured key opens.
+const hintNoKey = "encrypt it for a key the webhook holds (see its config), or label the object sops-webhook.io/decrypt=disabled to store it as is"
+
+func init() {
+	// sops logs through package-level logrus loggers; one of them logs a
+	// comment's value when it fails to decrypt. Nothing of sops' logging
+	// reaches the webhook's output.
+	for _, l := range logging.Loggers {
+		l.SetOutput(io.Discard)
+	}
+}
+
+// Decryptor decrypts SOPS documents with the keys of one keysource.Ring. It
+// is safe for concurrent use.
+type Decryptor struct {
+	ring *keysource.Ring
+}
+
+// New returns a Decryptor that uses only the keys in ring.
+func New(ring *keysource.Ring) *Decryptor {
+	return &Decryptor{ring: ring}
+}
+
+// Result is a decrypted document.
+type Result struct {
+	// Plaintext is what `sops decrypt` prints for the document.
+	Plaintext []byte
+	// Format is the document's format.
+	Format Format
+	// Keys are the names of the configured keys that unwrapped its data key.
+	Keys []string
+}
+
+// Document decrypts value, a complete SOPS document of format f (from
+// Detect). name is passed through from Detect's caller and is not used to
+// find keys. The MAC is verified. Errors are always *Error.
+func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res Result, err error) {
+	if !f.IsDocument() {
+		return Result{}, fail(ReasonUnsupported, fmt.Sprintf("format %q is not a document format", f))
+	}
+	if len(value) > MaxDocumentSize {
+		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("documents are limited to %d bytes", MaxDocumentSize))
+	}
+	defer func() {
+		// sops panics on some inputs (a value tagged type:bytes, for one).
+		// The panic value may quote the input, so it is dropped.
+		if r := recover(); r != nil {
+			res, err = Result{}, fail(ReasonMalformed, "the sops library rejected its content")
+		}
+	}()
+
+	st := storeFor(f)
+	tree, err := st.LoadEncryptedFile(value)
+	if err != nil {
+		return Result{}, fail(ReasonMalformed, fmt.Sprintf("it does not parse as an encrypted %s document", f))
+	}
+	if n := countMasterKeys(tree.Metadata); n > MaxMasterKeys {
+		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("%d master keys listed; at most %d are accepted", n, MaxMasterKeys))
+	}
+	if tree.Metadata.MessageAuthenticationCode == "" {
+		return Result{}, fail(ReasonNoMAC, "")
+	}
+
+	client := d.ring.Client(ctx)
+	dataKey, err := tree.Metadata.GetDataKeyWithKeyServices([]keyservice.KeyServiceClient{client}, nil)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Result{}, fail(ReasonTimeout, "")
+		}
+		return Result{}, fail(ReasonNoKey, describeKeys(tree.Metadata)+"; "+hintNoKey)
+	}
+
+	// A fresh cipher per document: sops' cipher is not safe for concurrent use.
+	cipher := aes.NewCipher()
+	computed, err := tree.Decrypt(dataKey, cipher)
+	if err != nil {
+		return Result{}, fail(ReasonCorrupt, "")
+	}
+	stored, err := cipher.Decrypt(tree.Metadata.MessageAuthenticationCode, dataKey, tree.Metadata.LastModified.Format(time.RFC3339))
+	if err != nil {
+		return Result{}, fail(ReasonNoMAC, "the MAC itself failed authentication")
+	}
+	storedMAC, ok := stored.(string)
+	if !ok || subtle.ConstantTimeCompare([]byte(storedMAC), []byte(computed)) != 1 {
+		return Result{}, fail(ReasonMAC, "")
+	}
+
+	out, err := st.EmitPlainFile(tree.Branches)
+	if err != nil {
+		return Result{}, fail(ReasonMalformed, fmt.Sprintf("its decrypted content cannot be written as %s", f))
+	}
+	return Result{Plaintext: out, Format: f, Keys: client.Used()}, nil
+}
+
+// store is what Document needs of a sops store.
+type store interface {
+	sops.EncryptedFileLoader
+	sops.PlainFileEmitter
+}
+
+// storeFor returns sops' store for f with the settings `sops decrypt` uses
+// when no .sops.yaml configures them.
+func storeFor(f Format) store {
+	c := config.NewStoresConfig()
+	switch f {
+	case FormatYAML:
+		return yaml.NewStore(&c.YAML)
+	case FormatJSON:
+		return json.NewStore(&c.JSON)
+	case FormatBinary:
+		return json.NewBinaryStore(&c.JSONBinary)
+	case FormatDotenv:
+		return dotenv.NewStore(&c.Dotenv)
+	case FormatINI:
+		return ini.NewStore(&c.INI)
+	}
+	panic("decrypt: no store for format " + string(f))
+}
+
+func countMasterKeys(m sops.Metadata) int {
+	n := 0
+	for _, g := range m.KeyGroups {
+		n += len(g)
+	}
+	return n
+}
+
+// maxDescribedKeys caps how many of a document's master keys an error lists.
+const maxDescribedKeys = 8
+
+// describeKeys lists the master keys a document names, for the user: age
+// recipients and PGP fingerprints (public values), other kinds by type only.
+// The metadata is untrusted, so each entry is reduced to safe characters and
+// a bounded length.
+func describeKeys(m sops.Metadata) string {
+	var parts []string
+	total := 0
+	for _, g := range m.KeyGroups {
+		for _, k := range g {
+			total++
+			if len(parts) == maxDescribedKeys {
+				continue
+			}
+			id := k.TypeToIdentifier()
+			switch id {
+			case "age", "pgp":
+				parts = append(parts, id+" "+safeToken(k.ToString()))
+			default:
+				parts = append(parts, safeToken(id))
+			}
+		}
+	}
+	if total == 0 {
+		return "the document lists no master keys"
+	}
+	if total > len(parts) {
+		parts = append(parts, fmt.Sprintf("and %d more", total-len(parts)))
+	}
+	return "it is encrypted for: " + strings.Join(parts, ", ")
+}
+
+// safeToken keeps the characters of public key identifiers and cuts the rest.
+func safeToken(s string) string {
+	const maxLen = 100
+	var b strings.Builder
+	for _, r := range s {
+		if b.Len() >= maxLen {
+			b.WriteString("...")
+			break
+		}
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-':
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+

@@ -1,0 +1,214 @@
+package decrypt_test
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+// samples are plaintext files in each format, each holding a secret marker
+// string the tests look for in errors.
+var samples = map[string]struct {
+	file  string
+	plain []byte
+}{
+	"yaml": {"app.yaml", []byte("# database settings\ndb:\n    user: app\n    password: s3cr3t-yaml-VALUE\n    port: 5432\n    tls: true\nhosts:\n    - a.example\n    - b.example\nmultiline: |\n    line one\n    line two\n")},
+	"json": {"app.json", []byte(`{"db":{"user":"app","password":"s3cr3t-json-VALUE","port":5432,"ratio":0.5,"tls":true,"none":null},"hosts":["a","b"]}`)},
+	"dotenv": {"app.env", []byte("DB_USER=app\nDB_PASSWORD=s3cr3t-dotenv-VALUE\nEMPTY=\n")},
+	"ini":    {"app.ini", []byte("[db]\nuser = app\npassword = s3cr3t-ini-VALUE\n\n[cache]\nttl = 60\n")},
+	"binary": {"tls.key", append([]byte("s3cr3t-binary-VALUE\x00\xff\xfe raw bytes \x01"), bytes.Repeat([]byte{0x80, 0x0a}, 64)...)},
+}
+
+func newDecryptor(t *testing.T, sources ...keysource.Source) *decrypt.Decryptor {
+	t.Helper()
+	ring, err := keysource.NewRing(sources...)
+	require.NoError(t, err)
+	return decrypt.New(ring)
+}
+
+func loadAge(t *testing.T, name string, k testbed.AgeKey) keysource.Source {
+	t.Helper()
+	s, err := keysource.LoadAge(name, k.IdentityFile)
+	require.NoError(t, err)
+	return s
+}
+
+func loadPGP(t *testing.T, name string, k testbed.PGPKey) keysource.Source {
+	t.Helper()
+	s, err := keysource.LoadPGP(name, k.PrivateKeyFile)
+	require.NoError(t, err)
+	return s
+}
+
+func TestDocumentMatchesSopsCLI(t *testing.T) {
+	ageKey := testbed.NewAgeKey(t, false)
+	pqKey := testbed.NewAgeKey(t, true)
+	pgpKey := testbed.NewPGPKey(t)
+	d := newDecryptor(t, loadAge(t, "team-a", ageKey), loadAge(t, "team-pq", pqKey), loadPGP(t, "legacy", pgpKey))
+
+	keyKinds := []struct {
+		name     string
+		r        testbed.Recipients
+		wantKeys []string
+	}{
+		{"age", testbed.Recipients{Age: []testbed.AgeKey{ageKey}}, []string{"team-a"}},
+		{"age-pq-hybrid", testbed.Recipients{Age: []testbed.AgeKey{pqKey}}, []string{"team-pq"}},
+		{"pgp", testbed.Recipients{PGP: []testbed.PGPKey{pgpKey}}, []string{"legacy"}},
+	}
+	formats := []struct {
+		format string
+		want   decrypt.Format
+	}{
+		{"yaml", decrypt.FormatYAML},
+		{"json", decrypt.FormatJSON},
+		{"dotenv", decrypt.FormatDotenv},
+		{"ini", decrypt.FormatINI},
+		{"binary", decrypt.FormatBinary},
+	}
+	for _, kk := range keyKinds {
+		for _, f := range formats {
+			t.Run(kk.name+"/"+f.format, func(t *testing.T) {
+				s := samples[f.format]
+				enc := testbed.SopsEncrypt(t, s.plain, f.format, kk.r)
+				want := testbed.SopsDecrypt(t, enc, f.format, kk.r)
+
+				got := decrypt.Detect(enc, s.file)
+				require.Equal(t, f.want, got)
+				res, err := d.Document(context.Background(), enc, got)
+				require.NoError(t, err)
+				assert.Equal(t, string(want), string(res.Plaintext), "output differs from `sops decrypt`")
+				assert.Equal(t, kk.wantKeys, res.Keys)
+				assert.Equal(t, f.want, res.Format)
+			})
+		}
+	}
+}
+
+func TestDocumentCompactJSON(t *testing.T) {
+	k := testbed.NewAgeKey(t, false)
+	r := testbed.Recipients{Age: []testbed.AgeKey{k}}
+	d := newDecryptor(t, loadAge(t, "k", k))
+	enc := testbed.SopsEncrypt(t, samples["json"].plain, "json", r)
+	var compact bytes.Buffer
+	require.NoError(t, compactJSON(&compact, enc))
+	require.NotContains(t, compact.String(), "\n")
+
+	f := decrypt.Detect(compact.Bytes(), "settings")
+	require.Equal(t, decrypt.FormatJSON, f)
+	res, err := d.Document(context.Background(), compact.Bytes(), f)
+	require.NoError(t, err)
+	assert.Equal(t, string(testbed.SopsDecrypt(t, enc, "json", r)), string(res.Plaintext))
+}
+
+func TestDocumentShamirNeedsThreshold(t *testing.T) {
+	a, b := testbed.NewAgeKey(t, false), testbed.NewAgeKey(t, false)
+	enc := testbed.SopsEncryptGroups(t, samples["yaml"].plain, "yaml", [][]testbed.AgeKey{{a}, {b}}, 2)
+	require.Equal(t, 2, strings.Count(string(enc), "recipient: "))
+
+	t.Run("one of two groups is not enough", func(t *testing.T) {
+		d := newDecryptor(t, loadAge(t, "a", a))
+		_, err := d.Document(context.Background(), enc, decrypt.FormatYAML)
+		assert.True(t, decrypt.IsReason(err, decrypt.ReasonNoKey), "got %v", err)
+	})
+	t.Run("both groups reach the threshold", func(t *testing.T) {
+		d := newDecryptor(t, loadAge(t, "a", a), loadAge(t, "b", b))
+		res, err := d.Document(context.Background(), enc, decrypt.FormatYAML)
+		require.NoError(t, err)
+		assert.Equal(t, []string{"a", "b"}, res.Keys)
+		assert.Equal(t, string(samples["yaml"].plain), string(res.Plaintext))
+	})
+}
+
+func TestDocumentFailures(t *testing.T) {
+	held := testbed.NewAgeKey(t, false)
+	other := testbed.NewAgeKey(t, false)
+	d := newDecryptor(t, loadAge(t, "held", held))
+	mine := testbed.Recipients{Age: []testbed.AgeKey{held}}
+
+	plainYAML := []byte("user: app\npassword: s3cr3t-fail-VALUE\nnote_unencrypted: public\n")
+	encYAML := testbed.SopsEncrypt(t, plainYAML, "yaml", mine, "--unencrypted-suffix", "_unencrypted")
+	encOther := testbed.SopsEncrypt(t, plainYAML, "yaml", testbed.Recipients{Age: []testbed.AgeKey{other}})
+
+	tests := []struct {
+		name   string
+		value  []byte
+		format decrypt.Format
+		reason decrypt.Reason
+		hint   string
+	}{
+		{"unknown key", encOther, decrypt.FormatYAML, decrypt.ReasonNoKey, other.Recipient},
+		{"tampered unencrypted value breaks the MAC",
+			bytes.Replace(encYAML, []byte("note_unencrypted: public"), []byte("note_unencrypted: forged"), 1),
+			decrypt.FormatYAML, decrypt.ReasonMAC, ""},
+		{"swapped ciphertexts fail authentication", swapValues(t, encYAML), decrypt.FormatYAML, decrypt.ReasonCorrupt, ""},
+		{"removed MAC", dropLine(encYAML, "    mac: "), decrypt.FormatYAML, decrypt.ReasonNoMAC, ""},
+		{"not yaml", []byte("sops: [\nENC[AES256_GCM,data:"), decrypt.FormatYAML, decrypt.ReasonMalformed, ""},
+		{"too large", append(bytes.Repeat([]byte("#"), decrypt.MaxDocumentSize), encYAML...), decrypt.FormatYAML, decrypt.ReasonTooLarge, ""},
+		{"tokens are not a document", []byte("x: ENC[AES256_GCM,data:a,iv:b,tag:c,type:str]"), decrypt.FormatTokens, decrypt.ReasonUnsupported, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := d.Document(context.Background(), tt.value, tt.format)
+			require.Error(t, err)
+			assert.True(t, decrypt.IsReason(err, tt.reason), "got %v", err)
+			assert.Contains(t, err.Error(), tt.hint)
+			assert.NotContains(t, err.Error(), "s3cr3t")
+		})
+	}
+}
+
+// TestDocumentTypeBytesDoesNotCrash relabels values type:bytes, which makes
+// the sops library panic while emitting; the decryptor must recover.
+func TestDocumentTypeBytesDoesNotCrash(t *testing.T) {
+	k := testbed.NewAgeKey(t, false)
+	d := newDecryptor(t, loadAge(t, "k", k))
+	for _, format := range []string{"yaml", "json", "dotenv", "ini"} {
+		t.Run(format, func(t *testing.T) {
+			enc := testbed.SopsEncrypt(t, samples[format].plain, format, testbed.Recipients{Age: []testbed.AgeKey{k}})
+			hostile := bytes.ReplaceAll(enc, []byte("type:str]"), []byte("type:bytes]"))
+			require.NotEqual(t, enc, hostile)
+			f := decrypt.Detect(hostile, samples[format].file)
+			res, err := d.Document(context.Background(), hostile, f)
+			if err != nil {
+				assert.NotContains(t, err.Error(), "s3cr3t")
+				return
+			}
+			// If sops copes, the output must still be the plaintext.
+			assert.Contains(t, string(res.Plaintext), "s3cr3t")
+		})
+	}
+}
+
+func swapValues(t *testing.T, enc []byte) []byte {
+	t.Helper()
+	lines := strings.Split(string(enc), "\n")
+	var idx []int
+	for i, l := range lines {
+		if strings.HasPrefix(l, "user: ENC[") || strings.HasPrefix(l, "password: ENC[") {
+			idx = append(idx, i)
+		}
+	}
+	require.Len(t, idx, 2)
+	a, _ := strings.CutPrefix(lines[idx[0]], "user: ")
+	b, _ := strings.CutPrefix(lines[idx[1]], "password: ")
+	lines[idx[0]], lines[idx[1]] = "user: "+b, "password: "+a
+	return []byte(strings.Join(lines, "\n"))
+}
+
+func dropLine(enc []byte, prefix string) []byte {
+	var out []string
+	for _, l := range strings.Split(string(enc), "\n") {
+		if !strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return []byte(strings.Join(out, "\n"))
+}

@@ -1,0 +1,100 @@
+package keysource
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"filippo.io/age"
+	"filippo.io/age/armor"
+	"github.com/getsops/sops/v3/keyservice"
+)
+
+// Age is a Source of age identities: X25519 (AGE-SECRET-KEY-1...) and
+// post-quantum hybrid ML-KEM-768 + X25519 (AGE-SECRET-KEY-PQ-1...).
+type Age struct {
+	name       string
+	identities []age.Identity
+}
+
+// LoadAge reads an age identity file. Blank lines and # comments are skipped.
+// Plugin identities (AGE-PLUGIN-...) are refused: they would run a program.
+// Errors name the file and the line number, never the line.
+func LoadAge(name, path string) (*Age, error) {
+	raw, err := readKeyFile(path)
+	if err != nil {
+		return nil, err
+	}
+	ids, err := ParseAgeIdentities(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &Age{name: name, identities: ids}, nil
+}
+
+// ParseAgeIdentities parses the content of an age identity file. It fails on
+// an unknown or plugin identity, and when the file holds none.
+func ParseAgeIdentities(raw []byte) ([]age.Identity, error) {
+	var ids []age.Identity
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	sc.Buffer(make([]byte, 0, 4096), MaxKeyFileSize)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		var (
+			id  age.Identity
+			err error
+		)
+		switch {
+		case strings.HasPrefix(line, "AGE-SECRET-KEY-PQ-1"):
+			id, err = age.ParseHybridIdentity(line)
+		case strings.HasPrefix(line, "AGE-SECRET-KEY-1"):
+			id, err = age.ParseX25519Identity(line)
+		case strings.HasPrefix(line, "AGE-PLUGIN-"):
+			return nil, fmt.Errorf("line %d: age plugin identities are not supported", n)
+		default:
+			return nil, fmt.Errorf("line %d: not an age identity", n)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("line %d: malformed age identity", n)
+		}
+		ids = append(ids, id)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read identities: %w", err)
+	}
+	if len(ids) == 0 {
+		return nil, errors.New("no age identity found")
+	}
+	return ids, nil
+}
+
+// Name returns the key's configured name.
+func (a *Age) Name() string { return a.name }
+
+// Unwrap opens an armored age file holding a data key. It returns ErrNotHeld
+// for a non-age key or when none of its identities matches a recipient stanza.
+func (a *Age) Unwrap(_ context.Context, key *keyservice.Key, ciphertext []byte) ([]byte, error) {
+	if key.GetAgeKey() == nil {
+		return nil, ErrNotHeld
+	}
+	r, err := age.Decrypt(armor.NewReader(bytes.NewReader(ciphertext)), a.identities...)
+	if err != nil {
+		var noMatch *age.NoIdentityMatchError
+		if errors.As(err, &noMatch) {
+			return nil, ErrNotHeld
+		}
+		return nil, errors.New("malformed age ciphertext")
+	}
+	plain, err := io.ReadAll(io.LimitReader(r, MaxDataKeySize+1))
+	if err != nil {
+		return nil, errors.New("age ciphertext failed authentication")
+	}
+	return plain, nil
+}

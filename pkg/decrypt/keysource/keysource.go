@@ -1,0 +1,174 @@
+package keysource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+
+	"github.com/getsops/sops/v3/keyservice"
+	"google.golang.org/grpc"
+)
+
+// MaxKeyFileSize caps how much of a configured key file is read.
+const MaxKeyFileSize = 1 << 20
+
+// MaxDataKeySize caps an unwrapped data key or Shamir share. sops data keys are
+// 32 bytes; Shamir shares add a byte per part.
+const MaxDataKeySize = 1024
+
+// MaxWrappedKeySize caps one wrapped data key in a payload's metadata before
+// any key touches it.
+const MaxWrappedKeySize = 16 << 10
+
+// ErrNotHeld is returned by Source.Unwrap when the source holds no key that
+// opens the wrapped data key.
+var ErrNotHeld = errors.New("not held by this key")
+
+// ErrUnsupportedKeyType is returned by Client.Decrypt for a master key type
+// that no configured Source handles (cloud KMS, Vault, ...). Such a key is
+// skipped and never contacted.
+var ErrUnsupportedKeyType = errors.New("no configured key of this type")
+
+// Source is one configured key, named in the webhook's config.
+type Source interface {
+	// Name returns the key's name from the config.
+	Name() string
+	// Unwrap returns the data key that ciphertext wraps for key, or an error
+	// wrapping ErrNotHeld when this source cannot open it. Errors never hold
+	// key material or plaintext.
+	Unwrap(ctx context.Context, key *keyservice.Key, ciphertext []byte) ([]byte, error)
+}
+
+// Ring is the immutable set of configured keys. It is safe for concurrent use.
+type Ring struct {
+	sources []Source
+}
+
+// NewRing returns a Ring of the given sources. It fails when there are none or
+// when two share a name: an empty identity set is an error, never a reason to
+// fall back to sops' own key lookups.
+func NewRing(sources ...Source) (*Ring, error) {
+	if len(sources) == 0 {
+		return nil, errors.New("no keys configured")
+	}
+	seen := make(map[string]bool, len(sources))
+	for _, s := range sources {
+		if seen[s.Name()] {
+			return nil, fmt.Errorf("key name %q is used twice", s.Name())
+		}
+		seen[s.Name()] = true
+	}
+	return &Ring{sources: append([]Source(nil), sources...)}, nil
+}
+
+// Names returns the configured key names in config order.
+func (r *Ring) Names() []string {
+	names := make([]string, len(r.sources))
+	for i, s := range r.sources {
+		names[i] = s.Name()
+	}
+	return names
+}
+
+// Client returns a key service client for one decryption. ctx bounds every
+// unwrap it performs.
+func (r *Ring) Client(ctx context.Context) *Client {
+	return &Client{ctx: ctx, ring: r}
+}
+
+// Client is a sops keyservice.KeyServiceClient backed by a Ring. It is meant
+// for a single decryption and records the names of the keys it used.
+type Client struct {
+	ctx  context.Context
+	ring *Ring
+
+	mu   sync.Mutex
+	used map[string]bool
+}
+
+var _ keyservice.KeyServiceClient = (*Client)(nil)
+
+// Decrypt unwraps req.Ciphertext with the first configured key that opens it.
+// It never contacts a key that is not configured. The ctx argument is ignored
+// in favour of the Client's own: sops passes context.Background.
+func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ...grpc.CallOption) (*keyservice.DecryptResponse, error) {
+	if err := c.ctx.Err(); err != nil {
+		return nil, err
+	}
+	if req.GetKey() == nil {
+		return nil, ErrUnsupportedKeyType
+	}
+	if len(req.Ciphertext) > MaxWrappedKeySize {
+		return nil, fmt.Errorf("wrapped data key is larger than %d bytes", MaxWrappedKeySize)
+	}
+	var errs []error
+	for _, s := range c.ring.sources {
+		plain, err := s.Unwrap(c.ctx, req.Key, req.Ciphertext)
+		if err == nil {
+			if len(plain) > MaxDataKeySize {
+				return nil, fmt.Errorf("unwrapped data key is larger than %d bytes", MaxDataKeySize)
+			}
+			c.markUsed(s.Name())
+			return &keyservice.DecryptResponse{Plaintext: plain}, nil
+		}
+		if !errors.Is(err, ErrNotHeld) {
+			errs = append(errs, fmt.Errorf("key %q: %w", s.Name(), err))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return nil, ErrUnsupportedKeyType
+}
+
+// Encrypt always fails: the webhook only decrypts.
+func (c *Client) Encrypt(context.Context, *keyservice.EncryptRequest, ...grpc.CallOption) (*keyservice.EncryptResponse, error) {
+	return nil, errors.New("the webhook does not encrypt")
+}
+
+func (c *Client) markUsed(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.used == nil {
+		c.used = make(map[string]bool)
+	}
+	c.used[name] = true
+}
+
+// Used returns the sorted names of the configured keys that unwrapped a data
+// key through this Client.
+func (c *Client) Used() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	names := make([]string, 0, len(c.used))
+	for n := range c.used {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// readKeyFile reads a configured key file, refusing one over MaxKeyFileSize.
+// Its errors name the file, never its content.
+func readKeyFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() > MaxKeyFileSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, MaxKeyFileSize)
+	}
+	buf := make([]byte, st.Size())
+	if _, err := f.ReadAt(buf, 0); err != nil && st.Size() > 0 {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return buf, nil
+}

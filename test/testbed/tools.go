@@ -1,0 +1,102 @@
+package testbed
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Tools are the paths of the test bed's binaries.
+type Tools struct {
+	// KubebuilderAssets is the folder holding kube-apiserver and etcd.
+	KubebuilderAssets string
+	Sops              string
+	Helm3             string
+	Helm4             string
+	AgeKeygen         string
+}
+
+var (
+	loadOnce sync.Once
+	loaded   Tools
+	loadErr  error
+)
+
+// RepoRoot returns the repository root: the nearest parent holding go.mod.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Load reads the tool paths that install.sh recorded.
+func Load() (Tools, error) {
+	loadOnce.Do(func() { loaded, loadErr = load() })
+	return loaded, loadErr
+}
+
+func load() (Tools, error) {
+	cache := os.Getenv("TESTBED_CACHE")
+	if cache == "" {
+		root, err := RepoRoot()
+		if err != nil {
+			return Tools{}, err
+		}
+		cache = filepath.Join(root, ".cache", "testbed")
+	}
+	f, err := os.Open(filepath.Join(cache, "env"))
+	if err != nil {
+		return Tools{}, fmt.Errorf("test bed not installed (%w); run: make testbed", err)
+	}
+	defer f.Close()
+	vars := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if ok && !strings.HasPrefix(k, "#") {
+			vars[k] = v
+		}
+	}
+	t := Tools{
+		KubebuilderAssets: vars["KUBEBUILDER_ASSETS"],
+		Sops:              vars["SOPS_BIN"],
+		Helm3:             vars["HELM3_BIN"],
+		Helm4:             vars["HELM4_BIN"],
+		AgeKeygen:         vars["AGE_KEYGEN_BIN"],
+	}
+	return t, sc.Err()
+}
+
+// Need returns the tools, failing t with the install command when the test
+// bed is missing or path is not an executable file.
+func Need(t testing.TB, path func(Tools) string) Tools {
+	t.Helper()
+	tools, err := Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := path(tools); p == "" || !isExecutable(p) {
+		t.Fatalf("test bed tool %q missing; run: make testbed", p)
+	}
+	return tools
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+}
