@@ -32,6 +32,9 @@ const MaxMasterKeys = 64
 // hintNoKey is the hint for a document no configured key opens.
 const hintNoKey = "encrypt it for a key the webhook holds (see its config), or label the object sops-webhook.io/decrypt=disabled to store it as is"
 
+// hintReencrypt is the hint for a document that fails authentication.
+const hintReencrypt = "re-encrypt the file with sops, and change encrypted files only with `sops edit` or `sops set`"
+
 func init() {
 	// sops logs through package-level logrus loggers; one of them logs a
 	// comment's value when it fails to decrypt. Nothing of sops' logging
@@ -105,7 +108,7 @@ func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res R
 	cipher := aes.NewCipher()
 	computed, err := tree.Decrypt(dataKey, cipher)
 	if err != nil {
-		return Result{}, fail(ReasonCorrupt, "")
+		return Result{}, fail(ReasonCorrupt, hintReencrypt)
 	}
 	stored, err := cipher.Decrypt(tree.Metadata.MessageAuthenticationCode, dataKey, tree.Metadata.LastModified.Format(time.RFC3339))
 	if err != nil {
@@ -113,7 +116,7 @@ func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res R
 	}
 	storedMAC, ok := stored.(string)
 	if !ok || subtle.ConstantTimeCompare([]byte(storedMAC), []byte(computed)) != 1 {
-		return Result{}, fail(ReasonMAC, "")
+		return Result{}, fail(ReasonMAC, hintReencrypt)
 	}
 
 	out, err := st.EmitPlainFile(tree.Branches)
@@ -206,4 +209,3 @@ func safeToken(s string) string {
 	}
 	return b.String()
 }
-

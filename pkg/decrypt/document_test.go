@@ -20,8 +20,8 @@ var samples = map[string]struct {
 	file  string
 	plain []byte
 }{
-	"yaml": {"app.yaml", []byte("# database settings\ndb:\n    user: app\n    password: s3cr3t-yaml-VALUE\n    port: 5432\n    tls: true\nhosts:\n    - a.example\n    - b.example\nmultiline: |\n    line one\n    line two\n")},
-	"json": {"app.json", []byte(`{"db":{"user":"app","password":"s3cr3t-json-VALUE","port":5432,"ratio":0.5,"tls":true,"none":null},"hosts":["a","b"]}`)},
+	"yaml":   {"app.yaml", []byte("# database settings\ndb:\n    user: app\n    password: s3cr3t-yaml-VALUE\n    port: 5432\n    tls: true\nhosts:\n    - a.example\n    - b.example\nmultiline: |\n    line one\n    line two\n")},
+	"json":   {"app.json", []byte(`{"db":{"user":"app","password":"s3cr3t-json-VALUE","port":5432,"ratio":0.5,"tls":true,"none":null},"hosts":["a","b"]}`)},
 	"dotenv": {"app.env", []byte("DB_USER=app\nDB_PASSWORD=s3cr3t-dotenv-VALUE\nEMPTY=\n")},
 	"ini":    {"app.ini", []byte("[db]\nuser = app\npassword = s3cr3t-ini-VALUE\n\n[cache]\nttl = 60\n")},
 	"binary": {"tls.key", append([]byte("s3cr3t-binary-VALUE\x00\xff\xfe raw bytes \x01"), bytes.Repeat([]byte{0x80, 0x0a}, 64)...)},

@@ -1,0 +1,13 @@
+// Package mutate is the admission side of the webhook: Kubernetes Secrets and
+// ConfigMaps in, JSON patches out.
+//
+// Handler screens each request's raw object for SOPS marker bytes before it
+// decodes anything, so objects without SOPS content are allowed unpatched at
+// the cost of a substring search. For the others it decrypts every SOPS
+// document through package decrypt and answers with a JSON patch that
+// replaces exactly the decrypted fields and records what it did in the
+// sops-webhook.io/decrypted and sops-webhook.io/keys annotations, the same
+// facts as audit annotations, and a warning where plaintext lands in a
+// ConfigMap. A payload that cannot be decrypted denies the whole request:
+// nothing is stored half-decrypted.
+package mutate

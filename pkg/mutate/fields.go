@@ -1,0 +1,102 @@
+package mutate
+
+import (
+	"encoding/base64"
+	"slices"
+	"sort"
+	"strings"
+
+	"gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// field is one value of a Secret or ConfigMap.
+type field struct {
+	// section is "data" or "binaryData".
+	section string
+	key     string
+	value   []byte
+	// binary is true where the API carries the value as base64: Secret data
+	// and ConfigMap binaryData.
+	binary bool
+}
+
+// path is how the field is named in annotations and messages: data.app.env.
+func (f field) path() string { return f.section + "." + f.key }
+
+// pointer is the field's JSON pointer (RFC 6901).
+func (f field) pointer() string {
+	return "/" + f.section + "/" + escapePointer(f.key)
+}
+
+func escapePointer(s string) string {
+	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
+}
+
+// replaceOp is the JSON patch operation that stores plain in f.
+func (f field) replaceOp(plain []byte) jsonpatch.JsonPatchOperation {
+	var v any = string(plain)
+	if f.binary {
+		v = base64.StdEncoding.EncodeToString(plain)
+	}
+	return jsonpatch.NewOperation("replace", f.pointer(), v)
+}
+
+func secretFields(s *corev1.Secret) []field {
+	out := make([]field, 0, len(s.Data))
+	for _, k := range sortedKeys(s.Data) {
+		out = append(out, field{section: "data", key: k, value: s.Data[k], binary: true})
+	}
+	return out
+}
+
+func configMapFields(c *corev1.ConfigMap) []field {
+	out := make([]field, 0, len(c.Data)+len(c.BinaryData))
+	for _, k := range sortedKeys(c.Data) {
+		out = append(out, field{section: "data", key: k, value: []byte(c.Data[k])})
+	}
+	for _, k := range sortedKeys(c.BinaryData) {
+		out = append(out, field{section: "binaryData", key: k, value: c.BinaryData[k], binary: true})
+	}
+	return out
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// annotationOps sets the given annotations, creating the map if the object
+// has none.
+func annotationOps(existing map[string]string, set map[string]string) []jsonpatch.JsonPatchOperation {
+	if existing == nil {
+		return []jsonpatch.JsonPatchOperation{jsonpatch.NewOperation("add", "/metadata/annotations", set)}
+	}
+	ops := make([]jsonpatch.JsonPatchOperation, 0, len(set))
+	for _, k := range sortedKeys(set) {
+		op := "add"
+		if _, ok := existing[k]; ok {
+			op = "replace"
+		}
+		ops = append(ops, jsonpatch.NewOperation(op, "/metadata/annotations/"+escapePointer(k), set[k]))
+	}
+	return ops
+}
+
+// mergeList merges the comma-separated list in prev with add, keeping only
+// entries keep accepts, sorted and without duplicates.
+func mergeList(prev string, add []string, keep func(string) bool) string {
+	var all []string
+	for _, e := range strings.Split(prev, ",") {
+		if e = strings.TrimSpace(e); e != "" && keep(e) {
+			all = append(all, e)
+		}
+	}
+	all = append(all, add...)
+	sort.Strings(all)
+	return strings.Join(slices.Compact(all), ",")
+}

@@ -1,0 +1,246 @@
+package mutate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"gomodules.xyz/jsonpatch/v2"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+)
+
+// MaxDocumentsPerObject caps the SOPS documents one object may carry, which
+// bounds the key unwraps a single request can cause.
+const MaxDocumentsPerObject = 256
+
+// DefaultDecryptTimeout bounds the decryption of one request. It stays well
+// inside the API server's webhook timeout so a slow key source yields a
+// clear denial rather than the API server's own timeout.
+const DefaultDecryptTimeout = 5 * time.Second
+
+// Decryptor is what the handler needs of package decrypt.
+type Decryptor interface {
+	Document(ctx context.Context, value []byte, f decrypt.Format) (decrypt.Result, error)
+}
+
+// Handler is the admission handler for Secrets and ConfigMaps.
+type Handler struct {
+	decryptor Decryptor
+	metrics   *Metrics
+	timeout   time.Duration
+}
+
+// Option configures a Handler.
+type Option func(*Handler)
+
+// WithTimeout sets how long one request may spend decrypting.
+func WithTimeout(d time.Duration) Option { return func(h *Handler) { h.timeout = d } }
+
+// WithMetrics records requests and decryptions in m.
+func WithMetrics(m *Metrics) Option { return func(h *Handler) { h.metrics = m } }
+
+// NewHandler returns a Handler that decrypts with d.
+func NewHandler(d Decryptor, opts ...Option) *Handler {
+	h := &Handler{decryptor: d, timeout: DefaultDecryptTimeout}
+	for _, o := range opts {
+		o(h)
+	}
+	return h
+}
+
+var _ admission.Handler = (*Handler)(nil)
+
+// object is the part of a Secret or ConfigMap the mutation works on.
+type object struct {
+	kind        string
+	namespace   string
+	name        string
+	annotations map[string]string
+	fields      []field
+}
+
+func (o object) String() string {
+	name := o.name
+	if name == "" {
+		name = "(generated name)"
+	}
+	return fmt.Sprintf("%s %s/%s", o.kind, o.namespace, name)
+}
+
+// Handle decrypts the SOPS payloads of a Secret or ConfigMap being created or
+// updated. Objects without SOPS content are allowed without a patch; a
+// payload that cannot be decrypted denies the request.
+func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admission.Response) {
+	start := time.Now()
+	defer func() { h.metrics.observeRequest(req, resp, time.Since(start)) }()
+
+	// Skip early: wrong kind or operation, or no SOPS marker in the raw bytes.
+	if req.Kind.Group != "" || (req.Kind.Kind != "Secret" && req.Kind.Kind != "ConfigMap") {
+		return admission.Allowed("not a Secret or ConfigMap")
+	}
+	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
+		return admission.Allowed("operation not handled")
+	}
+	raw := req.Object.Raw
+	if !decrypt.MayHoldBase64Marker(raw) && (req.Kind.Kind == "Secret" || !decrypt.HasMarker(raw)) {
+		return admission.Allowed("no SOPS content")
+	}
+
+	// Decode.
+	obj, skip, err := decodeObject(req.Kind.Kind, raw)
+	if err != nil {
+		return admission.Errored(http.StatusBadRequest, err)
+	}
+	if skip != "" {
+		return admission.Allowed(skip)
+	}
+	if obj.namespace == "" {
+		obj.namespace = req.Namespace
+	}
+
+	// Mutate.
+	ctx, cancel := context.WithTimeout(ctx, h.timeout)
+	defer cancel()
+	m, denial := h.mutate(ctx, obj)
+	log := logf.FromContext(ctx)
+	if denial != nil {
+		log.Info("denied", "field", denial.field, "reason", denial.err.Error())
+		return admission.Denied(denial.message(obj))
+	}
+	if len(m.ops) == 0 {
+		return admission.Allowed("no SOPS content")
+	}
+	log.V(1).Info("decrypted", "fields", m.decrypted, "keys", m.keys)
+
+	resp = admission.Patched("decrypted "+strings.Join(m.decrypted, ","), m.finish(obj)...)
+	resp.AuditAnnotations = map[string]string{
+		auditDecrypted: strings.Join(m.decrypted, ","),
+		auditKeys:      strings.Join(m.keys, ","),
+	}
+	if obj.kind == "ConfigMap" {
+		resp.Warnings = append(resp.Warnings, fmt.Sprintf(
+			"sops-webhook: decrypted plaintext was stored in %s (%s); ConfigMaps are not meant for secrets, consider a Secret",
+			obj, strings.Join(m.decrypted, ",")))
+	}
+	return resp
+}
+
+// decodeObject decodes a Secret or ConfigMap. skip is non-empty when the
+// object is one the webhook never touches.
+func decodeObject(kind string, raw []byte) (obj object, skip string, err error) {
+	switch kind {
+	case "Secret":
+		var s corev1.Secret
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return object{}, "", fmt.Errorf("decode Secret: %w", err)
+		}
+		if s.Type == HelmReleaseSecretType {
+			return object{}, "Helm release records are never modified", nil
+		}
+		return object{kind: kind, namespace: s.Namespace, name: s.Name, annotations: s.Annotations, fields: secretFields(&s)}, "", nil
+	default:
+		var c corev1.ConfigMap
+		if err := json.Unmarshal(raw, &c); err != nil {
+			return object{}, "", fmt.Errorf("decode ConfigMap: %w", err)
+		}
+		return object{kind: kind, namespace: c.Namespace, name: c.Name, annotations: c.Annotations, fields: configMapFields(&c)}, "", nil
+	}
+}
+
+// mutation is what decrypting an object produced.
+type mutation struct {
+	ops       []jsonpatch.JsonPatchOperation
+	decrypted []string
+	keys      []string
+}
+
+// finish adds the annotation operations to the field replacements.
+func (m *mutation) finish(obj object) []jsonpatch.JsonPatchOperation {
+	present := make(map[string]bool, len(obj.fields))
+	for _, f := range obj.fields {
+		present[f.path()] = true
+	}
+	set := map[string]string{
+		AnnotationDecrypted: mergeList(obj.annotations[AnnotationDecrypted], m.decrypted, func(p string) bool { return present[p] }),
+		AnnotationKeys:      mergeList(obj.annotations[AnnotationKeys], m.keys, func(string) bool { return true }),
+	}
+	return append(m.ops, annotationOps(obj.annotations, set)...)
+}
+
+// denial is why a request is refused: the field and a value-free error.
+type denial struct {
+	field string
+	err   error
+	hint  string
+}
+
+func (d *denial) message(obj object) string {
+	msg := fmt.Sprintf("sops-webhook: cannot decrypt %s field %s: %v", obj, d.field, d.err)
+	if d.hint != "" {
+		msg += "; " + d.hint
+	}
+	return msg
+}
+
+// hintValues is the hint for ENC[...] tokens that come without metadata.
+const hintValues = "a values payload needs the sops-webhook.io/values annotation rendered by the sops-webhook.values Helm helper; a document payload must be the complete file sops wrote"
+
+func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
+	var (
+		m     mutation
+		keys  = map[string]bool{}
+		count int
+	)
+	for _, f := range obj.fields {
+		format := decrypt.Detect(f.value, f.key)
+		switch {
+		case format == decrypt.FormatNone:
+			continue
+		case format == decrypt.FormatTokens:
+			h.metrics.observeDecryption(format, decrypt.ReasonNoIndex)
+			return mutation{}, &denial{field: f.path(), err: errors.New(string(decrypt.ReasonNoIndex)), hint: hintValues}
+		}
+		if count++; count > MaxDocumentsPerObject {
+			return mutation{}, &denial{field: f.path(), err: fmt.Errorf("more than %d SOPS documents in one object", MaxDocumentsPerObject)}
+		}
+		res, err := h.decryptor.Document(ctx, f.value, format)
+		h.metrics.observeDecryption(format, reasonOf(err))
+		if err != nil {
+			return mutation{}, &denial{field: f.path(), err: err}
+		}
+		if !f.binary && !utf8.Valid(res.Plaintext) {
+			return mutation{}, &denial{field: f.path(), err: errors.New("the plaintext is not UTF-8 text"), hint: "store binary documents under binaryData"}
+		}
+		m.ops = append(m.ops, f.replaceOp(res.Plaintext))
+		m.decrypted = append(m.decrypted, f.path())
+		for _, k := range res.Keys {
+			keys[k] = true
+		}
+	}
+	sort.Strings(m.decrypted)
+	m.keys = sortedKeys(keys)
+	return m, nil
+}
+
+// reasonOf maps a decryption error to its reason for metrics; "" is success.
+func reasonOf(err error) decrypt.Reason {
+	if err == nil {
+		return ""
+	}
+	var e *decrypt.Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return decrypt.ReasonInternal
+}

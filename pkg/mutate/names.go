@@ -1,0 +1,25 @@
+package mutate
+
+// Public names of the product (DESIGN §2). They are API: keep them stable.
+const (
+	// LabelDecrypt on a namespace ("enabled") opts it in; on an object
+	// ("disabled") opts the object out. Both are enforced by the
+	// MutatingWebhookConfiguration's selectors, not by the handler.
+	LabelDecrypt = "sops-webhook.io/decrypt"
+	// AnnotationDecrypted lists the fields the webhook decrypted, comma
+	// separated, e.g. "data.app.env,data.password".
+	AnnotationDecrypted = "sops-webhook.io/decrypted"
+	// AnnotationKeys lists the configured keys that were used.
+	AnnotationKeys = "sops-webhook.io/keys"
+	// AnnotationValues carries the metadata and path index of values
+	// payloads (ENC[...] tokens from a Helm values file).
+	AnnotationValues = "sops-webhook.io/values"
+
+	// HelmReleaseSecretType marks Helm's own release records, never touched.
+	HelmReleaseSecretType = "helm.sh/release.v1"
+
+	// auditDecrypted and auditKeys are the audit annotation keys; the API
+	// server prefixes them with the webhook's name.
+	auditDecrypted = "decrypted"
+	auditKeys      = "keys"
+)
