@@ -84,6 +84,15 @@ func (o object) String() string {
 func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admission.Response) {
 	start := time.Now()
 	defer func() { h.metrics.observeRequest(req, resp, time.Since(start)) }()
+	defer func() {
+		// controller-runtime's own recovery would put the panic value in the
+		// response and the log; a panic value may quote data, so it is
+		// dropped here and the request fails closed.
+		if r := recover(); r != nil {
+			logf.FromContext(ctx).Info("recovered from a panic; request refused")
+			resp = admission.Errored(http.StatusInternalServerError, errors.New("sops-webhook: internal error"))
+		}
+	}()
 
 	// Skip early: wrong kind or operation, or no SOPS marker in the raw bytes.
 	if req.Kind.Group != "" || (req.Kind.Kind != "Secret" && req.Kind.Kind != "ConfigMap") {

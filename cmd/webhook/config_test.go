@@ -1,0 +1,98 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
+	return p
+}
+
+func TestLoadConfig(t *testing.T) {
+	ageKey := testbed.NewAgeKey(t, false)
+	pgpKey := testbed.NewPGPKey(t)
+	dir := t.TempDir()
+	secretLine := "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ"
+	badAge := writeFile(t, dir, "bad.agekey", secretLine+"\n")
+	pluginAge := writeFile(t, dir, "plugin.agekey", "AGE-PLUGIN-YUBIKEY-1QQQQQQQQQQQ\n")
+	emptyAge := writeFile(t, dir, "empty.agekey", "# nothing here\n")
+	header := "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\n"
+
+	tests := []struct {
+		name    string
+		body    string
+		wantErr string // empty: valid
+	}{
+		{"age and pgp", header + "keys:\n- name: team-a\n  age: {identityFile: " + ageKey.IdentityFile + "}\n- name: legacy\n  pgp: {privateKeyFile: " + pgpKey.PrivateKeyFile + "}\n", ""},
+		{"unknown field", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + ", extra: 1}\n", `unknown field "keys[0].age.extra"`},
+		{"unknown top-level field", header + "kees: []\n", `unknown field "kees"`},
+		{"wrong kind", "apiVersion: v1\nkind: ConfigMap\nkeys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\n", "apiVersion/kind"},
+		{"no keys", header + "keys: []\n", "keys: at least one key is required"},
+		{"missing key file", header + "keys:\n- name: a\n  age: {identityFile: /nonexistent/key}\n", "keys[0] (a): open /nonexistent/key"},
+		{"malformed age key", header + "keys:\n- name: a\n  age: {identityFile: " + badAge + "}\n", "line 1: malformed age identity"},
+		{"age plugin refused", header + "keys:\n- name: a\n  age: {identityFile: " + pluginAge + "}\n", "age plugin identities are not supported"},
+		{"empty identity set", header + "keys:\n- name: a\n  age: {identityFile: " + emptyAge + "}\n", "no age identity found"},
+		{"pgp key is not age", header + "keys:\n- name: a\n  age: {identityFile: " + pgpKey.PrivateKeyFile + "}\n", "not an age identity"},
+		{"two sources in one key", header + "keys:\n- name: a\n  age: {identityFile: /k/a}\n  pgp: {privateKeyFile: /k/b}\n", "exactly one of"},
+		{"duplicate name", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\n", `keys[1].name: "a" is used twice`},
+		{"policy not yet supported", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n", "policy: not supported"},
+		{"cloud source not yet supported", header + "keys:\n- name: kms\n  awsKms: {arn: x}\n", "not supported by this version"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, t.TempDir(), "config.yaml", tt.body)
+			cfg, err := loadConfig(path)
+			if err == nil {
+				_, err = cfg.loadRing()
+			}
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.wantErr)
+			assert.NotContains(t, err.Error(), secretLine[20:], "key material in a startup error")
+		})
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	certDir := t.TempDir()
+	writeFile(t, certDir, "tls.crt", "x")
+	writeFile(t, certDir, "tls.key", "x")
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"minimal", []string{"--config", "c.yaml", "--cert-dir", certDir}, ""},
+		{"config required", []string{"--cert-dir", certDir}, "--config is required"},
+		{"cert dir must hold the pair", []string{"--config", "c", "--cert-dir", t.TempDir()}, "tls.crt"},
+		{"bad port", []string{"--config", "c", "--cert-dir", certDir, "--port", "0"}, "--port 0"},
+		{"bad log level", []string{"--config", "c", "--cert-dir", certDir, "--log-level", "loud"}, "--log-level"},
+		{"stray argument", []string{"--config", "c", "--cert-dir", certDir, "extra"}, "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out strings.Builder
+			_, err := parseFlags(tt.args, &out)
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.wantErr)
+		})
+	}
+}
