@@ -1,0 +1,313 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+// plaintexts per format; each holds a marker the log check looks for.
+var plaintexts = map[string]struct {
+	file  string
+	plain string
+}{
+	"yaml":   {"app.yaml", "db:\n    password: e2e-yaml-PLAINTEXT-1\n    port: 5432\nhosts:\n    - a\n    - b\n"},
+	"json":   {"app.json", `{"password":"e2e-json-PLAINTEXT-2","port":5432}`},
+	"dotenv": {"app.env", "PASSWORD=e2e-dotenv-PLAINTEXT-3\nUSER=app\n"},
+	"ini":    {"app.ini", "[db]\npassword = e2e-ini-PLAINTEXT-4\n"},
+	"binary": {"tls.key", "e2e-binary-PLAINTEXT-5\x00\xff\x01"},
+}
+
+const plaintextMarker = "PLAINTEXT-"
+
+type suite struct {
+	cp      *testbed.ControlPlane
+	c       client.Client
+	webhook *testbed.Webhook
+	age     testbed.AgeKey
+	pgp     testbed.PGPKey
+	other   testbed.AgeKey
+}
+
+func TestE2E(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts kube-apiserver; run without -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	s := setup(ctx, t)
+
+	t.Run("a/opted-in namespace stores what sops decrypt prints", s.optedIn)
+	t.Run("b/namespace without the label stores ciphertext", s.notOptedIn)
+	t.Run("b/object opt-out label stores ciphertext", s.objectOptOut)
+	t.Run("c/tampered MAC and unknown key are rejected naming the field", s.rejected)
+	t.Run("d/secret without SOPS content is not patched", s.untouched)
+	t.Run("e/update to a new ciphertext stores the new plaintext", s.update)
+	t.Run("f/server-side dry-run returns plaintext and stores nothing", s.dryRun)
+	// Last: everything above ran through the webhook with debug logging.
+	t.Run("g/webhook logs hold no plaintext", s.logsClean)
+}
+
+func setup(ctx context.Context, t *testing.T) *suite {
+	t.Helper()
+	s := &suite{
+		age:   testbed.NewAgeKey(t, false),
+		pgp:   testbed.NewPGPKey(t),
+		other: testbed.NewAgeKey(t, false),
+	}
+	cp, err := testbed.StartControlPlane()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cp.Stop() })
+	s.cp, s.c = cp, cp.Client
+
+	work := t.TempDir()
+	bin, err := testbed.BuildWebhook(work)
+	require.NoError(t, err)
+	config := filepath.Join(work, "config.yaml")
+	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf(`apiVersion: sops-webhook.io/v1alpha1
+kind: Config
+keys:
+  - name: team-a
+    age: {identityFile: %s}
+  - name: legacy
+    pgp: {privateKeyFile: %s}
+`, s.age.IdentityFile, s.pgp.PrivateKeyFile)), 0o600))
+
+	var echo io.Writer
+	if testing.Verbose() {
+		echo = os.Stderr
+	}
+	wh, err := testbed.StartWebhook(ctx, bin, config, work, echo, "--log-level", "debug")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = wh.Stop() })
+	s.webhook = wh
+	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, wh.CABundle))
+
+	for _, ns := range []struct {
+		name   string
+		optsIn bool
+	}{{"team-a", true}, {"plain", false}} {
+		obj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns.name}}
+		if ns.optsIn {
+			obj.Labels = map[string]string{mutate.LabelDecrypt: "enabled"}
+		}
+		require.NoError(t, s.c.Create(ctx, obj))
+	}
+	waitForWebhook(ctx, t, s.c)
+	return s
+}
+
+// waitForWebhook creates probe Secrets until the API server calls the
+// webhook: registration takes effect asynchronously.
+func waitForWebhook(ctx context.Context, t *testing.T, c client.Client) {
+	t.Helper()
+	probe := []byte("x: ENC[AES256_GCM,data:Zm9v,iv:YmFy,tag:YmF6,type:str]")
+	require.Eventually(t, func() bool {
+		err := c.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: "team-a"},
+			Data:       map[string][]byte{"v": probe},
+		})
+		return err != nil && strings.Contains(err.Error(), "sops-webhook")
+	}, 30*time.Second, 200*time.Millisecond, "the API server never called the webhook")
+}
+
+func (s *suite) recipients(kind string) testbed.Recipients {
+	if kind == "pgp" {
+		return testbed.Recipients{PGP: []testbed.PGPKey{s.pgp}}
+	}
+	return testbed.Recipients{Age: []testbed.AgeKey{s.age}}
+}
+
+func (s *suite) optedIn(t *testing.T) {
+	ctx := context.Background()
+	for _, keyKind := range []string{"age", "pgp"} {
+		r := s.recipients(keyKind)
+		for format, p := range plaintexts {
+			enc := testbed.SopsEncrypt(t, []byte(p.plain), format, r)
+			want := testbed.SopsDecrypt(t, enc, format, r)
+			for _, via := range []string{"data", "stringData"} {
+				t.Run(keyKind+"/"+format+"/secret-"+via, func(t *testing.T) {
+					sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: strings.ToLower(keyKind + "-" + format + "-" + via), Namespace: "team-a"}}
+					if via == "data" {
+						sec.Data = map[string][]byte{p.file: enc}
+					} else {
+						sec.StringData = map[string]string{p.file: string(enc)}
+					}
+					require.NoError(t, s.c.Create(ctx, sec))
+					got := &corev1.Secret{}
+					require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
+					assert.Equal(t, string(want), string(got.Data[p.file]))
+					assert.Equal(t, "data."+p.file, got.Annotations[mutate.AnnotationDecrypted])
+					wantKey := map[string]string{"age": "team-a", "pgp": "legacy"}[keyKind]
+					assert.Equal(t, wantKey, got.Annotations[mutate.AnnotationKeys])
+				})
+			}
+			t.Run(keyKind+"/"+format+"/configmap", func(t *testing.T) {
+				cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: keyKind + "-" + format + "-cm", Namespace: "team-a"}}
+				if format == "binary" {
+					cm.BinaryData = map[string][]byte{p.file: enc}
+				} else {
+					cm.Data = map[string]string{p.file: string(enc)}
+				}
+				require.NoError(t, s.c.Create(ctx, cm))
+				got := &corev1.ConfigMap{}
+				require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(cm), got))
+				if format == "binary" {
+					assert.Equal(t, string(want), string(got.BinaryData[p.file]))
+				} else {
+					assert.Equal(t, string(want), got.Data[p.file])
+				}
+			})
+		}
+	}
+}
+
+func (s *suite) notOptedIn(t *testing.T) {
+	ctx := context.Background()
+	enc := testbed.SopsEncrypt(t, []byte(plaintexts["dotenv"].plain), "dotenv", s.recipients("age"))
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ciphertext", Namespace: "plain"}, Data: map[string][]byte{"app.env": enc}}
+	require.NoError(t, s.c.Create(ctx, sec))
+	got := &corev1.Secret{}
+	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
+	assert.Equal(t, string(enc), string(got.Data["app.env"]))
+	assert.NotContains(t, got.Annotations, mutate.AnnotationDecrypted)
+}
+
+func (s *suite) objectOptOut(t *testing.T) {
+	ctx := context.Background()
+	enc := testbed.SopsEncrypt(t, []byte(plaintexts["dotenv"].plain), "dotenv", s.recipients("age"))
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
+		Name: "opted-out", Namespace: "team-a", Labels: map[string]string{mutate.LabelDecrypt: "disabled"},
+	}, Data: map[string][]byte{"app.env": enc}}
+	require.NoError(t, s.c.Create(ctx, sec))
+	got := &corev1.Secret{}
+	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
+	assert.Equal(t, string(enc), string(got.Data["app.env"]))
+}
+
+func (s *suite) rejected(t *testing.T) {
+	ctx := context.Background()
+	plain := "user: app\npassword: e2e-reject-PLAINTEXT-6\nnote_unencrypted: public\n"
+	tampered := testbed.SopsEncrypt(t, []byte(plain), "yaml", s.recipients("age"), "--unencrypted-suffix", "_unencrypted")
+	tampered = []byte(strings.Replace(string(tampered), "note_unencrypted: public", "note_unencrypted: forged", 1))
+	foreign := testbed.SopsEncrypt(t, []byte(plain), "yaml", testbed.Recipients{Age: []testbed.AgeKey{s.other}})
+
+	tests := []struct {
+		name, field string
+		value       []byte
+		want        []string
+	}{
+		{"tampered-mac", "app.yaml", tampered, []string{"Secret team-a/tampered-mac", "field data.app.yaml", "MAC mismatch"}},
+		{"unknown-key", "db.yaml", foreign, []string{"Secret team-a/unknown-key", "field data.db.yaml", "no configured key can open it", s.other.Recipient}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: tt.name, Namespace: "team-a"}, Data: map[string][]byte{tt.field: tt.value}}
+			err := s.c.Create(ctx, sec)
+			require.Error(t, err)
+			assert.True(t, apierrors.IsForbidden(err), "want 403, got %v", err)
+			for _, w := range tt.want {
+				assert.Contains(t, err.Error(), w)
+			}
+			assert.NotContains(t, err.Error(), plaintextMarker)
+			assert.True(t, apierrors.IsNotFound(s.c.Get(ctx, client.ObjectKeyFromObject(sec), &corev1.Secret{})), "rejected object was stored")
+		})
+	}
+}
+
+func (s *suite) untouched(t *testing.T) {
+	ctx := context.Background()
+	before := s.metric(t, `sops_webhook_admission_requests_total{kind="Secret",operation="CREATE",outcome="skipped"}`)
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "no-sops", Namespace: "team-a"}, Data: map[string][]byte{"password": []byte("hunter2")}}
+	require.NoError(t, s.c.Create(ctx, sec))
+	got := &corev1.Secret{}
+	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
+	assert.Equal(t, "hunter2", string(got.Data["password"]))
+	assert.Empty(t, got.Annotations)
+	after := s.metric(t, `sops_webhook_admission_requests_total{kind="Secret",operation="CREATE",outcome="skipped"}`)
+	assert.Equal(t, before+1, after, "the webhook was called and answered without a patch")
+}
+
+func (s *suite) update(t *testing.T) {
+	ctx := context.Background()
+	r := s.recipients("age")
+	v1 := testbed.SopsEncrypt(t, []byte("PASSWORD=e2e-update-PLAINTEXT-7a\n"), "dotenv", r)
+	v2 := testbed.SopsEncrypt(t, []byte("PASSWORD=e2e-update-PLAINTEXT-7b\n"), "dotenv", r)
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "rotating", Namespace: "team-a"}, Data: map[string][]byte{"app.env": v1, "other": []byte("plain")}}
+	require.NoError(t, s.c.Create(ctx, sec))
+	got := &corev1.Secret{}
+	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
+	require.Equal(t, "PASSWORD=e2e-update-PLAINTEXT-7a\n", string(got.Data["app.env"]))
+
+	got.Data["app.env"] = v2
+	require.NoError(t, s.c.Update(ctx, got))
+	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
+	assert.Equal(t, "PASSWORD=e2e-update-PLAINTEXT-7b\n", string(got.Data["app.env"]))
+	assert.Equal(t, "plain", string(got.Data["other"]))
+	assert.Equal(t, "data.app.env", got.Annotations[mutate.AnnotationDecrypted])
+
+	// An update that changes nothing encrypted leaves the plaintext alone.
+	got.Data["other"] = []byte("plain2")
+	require.NoError(t, s.c.Update(ctx, got))
+	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
+	assert.Equal(t, "PASSWORD=e2e-update-PLAINTEXT-7b\n", string(got.Data["app.env"]))
+}
+
+func (s *suite) dryRun(t *testing.T) {
+	ctx := context.Background()
+	enc := testbed.SopsEncrypt(t, []byte("PASSWORD=e2e-dryrun-PLAINTEXT-8\n"), "dotenv", s.recipients("age"))
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "dry", Namespace: "team-a"}, Data: map[string][]byte{"app.env": enc}}
+	require.NoError(t, s.c.Create(ctx, sec, client.DryRunAll))
+	assert.Equal(t, "PASSWORD=e2e-dryrun-PLAINTEXT-8\n", string(sec.Data["app.env"]), "dry-run response holds the plaintext")
+	err := s.c.Get(ctx, client.ObjectKeyFromObject(sec), &corev1.Secret{})
+	assert.True(t, apierrors.IsNotFound(err), "dry-run stored the object: %v", err)
+}
+
+func (s *suite) logsClean(t *testing.T) {
+	logs := s.webhook.Logs()
+	require.Contains(t, logs, `"msg":"decrypted"`, "debug logs of decryptions were captured")
+	require.Contains(t, logs, `"msg":"denied"`, "logs of denials were captured")
+	assert.NotContains(t, logs, plaintextMarker, "plaintext in the webhook's logs")
+	for _, k := range []string{s.age.IdentityFile, s.pgp.PrivateKeyFile} {
+		raw, err := os.ReadFile(k)
+		require.NoError(t, err)
+		for line := range strings.Lines(string(raw)) {
+			if l := strings.TrimSpace(line); len(l) > 40 && !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, "-----") {
+				assert.NotContains(t, logs, l, "key material in the webhook's logs")
+			}
+		}
+	}
+}
+
+func (s *suite) metric(t *testing.T, series string) float64 {
+	t.Helper()
+	resp, err := s.webhook.Client().Get(s.webhook.MetricsURL)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
+			var f float64
+			_, err := fmt.Sscan(v, &f)
+			require.NoError(t, err)
+			return f
+		}
+	}
+	return 0
+}

@@ -1,0 +1,178 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sops-webhook/sops-webhook/certs"
+)
+
+// BuildWebhook builds ./cmd/webhook into dir and returns the binary's path.
+func BuildWebhook(dir string) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "webhook")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/webhook")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/webhook: %v: %s", err, b)
+	}
+	return out, nil
+}
+
+// Webhook is the real webhook binary running as a child process on
+// loopback, with a certificate from package certs.
+type Webhook struct {
+	// URL is the admission endpoint, https://127.0.0.1:PORT/mutate.
+	URL string
+	// CABundle is the PEM CA the API server trusts for URL.
+	CABundle []byte
+	// MetricsURL is the Prometheus endpoint.
+	MetricsURL string
+
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan error
+}
+
+// StartWebhook runs binary with configFile on free loopback ports, copying
+// its logs to extraLog (if not nil) and keeping them for Logs. It returns
+// once /readyz answers.
+func StartWebhook(ctx context.Context, binary, configFile, workDir string, extraLog io.Writer, extraArgs ...string) (*Webhook, error) {
+	certDir := filepath.Join(workDir, "certs")
+	if err := os.MkdirAll(certDir, 0o700); err != nil {
+		return nil, err
+	}
+	b, err := certs.NewServing([]string{"127.0.0.1", "localhost"}, 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.WriteDir(certDir); err != nil {
+		return nil, err
+	}
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{
+		"--config", configFile,
+		"--cert-dir", certDir,
+		"--host", "127.0.0.1",
+		"--port", strconv.Itoa(ports[0]),
+		"--metrics-bind-address", "127.0.0.1:" + strconv.Itoa(ports[1]),
+		"--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(ports[2]),
+	}, extraArgs...)
+	w := &Webhook{
+		URL:        fmt.Sprintf("https://127.0.0.1:%d/mutate", ports[0]),
+		CABundle:   b.CACert,
+		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", ports[1]),
+		logs:       &syncBuffer{},
+		done:       make(chan error, 1),
+	}
+	var out io.Writer = w.logs
+	if extraLog != nil {
+		out = io.MultiWriter(w.logs, extraLog)
+	}
+	w.cmd = exec.Command(binary, args...)
+	w.cmd.Stdout, w.cmd.Stderr = out, out
+	w.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + workDir}
+	if err := w.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { w.done <- w.cmd.Wait() }()
+
+	ready := fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[2])
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-w.done:
+			return nil, fmt.Errorf("webhook exited before it was ready: %v\n%s", err, w.Logs())
+		default:
+		}
+		if resp, err := http.Get(ready); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return w, nil
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			_ = w.Stop()
+			return nil, fmt.Errorf("webhook not ready within 30s:\n%s", w.Logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Logs returns everything the webhook printed so far.
+func (w *Webhook) Logs() string { return w.logs.String() }
+
+// Stop sends SIGTERM and waits for a graceful exit.
+func (w *Webhook) Stop() error {
+	if err := w.cmd.Process.Signal(os.Interrupt); err != nil {
+		return err
+	}
+	select {
+	case err := <-w.done:
+		return err
+	case <-time.After(30 * time.Second):
+		_ = w.cmd.Process.Kill()
+		return fmt.Errorf("webhook did not stop within 30s")
+	}
+}
+
+// Client returns an HTTPS client that trusts the webhook's CA.
+func (w *Webhook) Client() *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(w.CABundle)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+}
+
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
