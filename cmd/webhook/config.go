@@ -140,4 +140,3 @@ func (c *config) loadRing() (*keysource.Ring, error) {
 	}
 	return keysource.NewRing(sources...)
 }
-

@@ -299,4 +299,3 @@ func marshal(t *testing.T, v any) []byte {
 func writeJSON(t *testing.T, path string, v any) {
 	require.NoError(t, os.WriteFile(path, marshal(t, v), 0o644))
 }
-
