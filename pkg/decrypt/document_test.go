@@ -27,11 +27,19 @@ var samples = map[string]struct {
 	"binary": {"tls.key", append([]byte("s3cr3t-binary-VALUE\x00\xff\xfe raw bytes \x01"), bytes.Repeat([]byte{0x80, 0x0a}, 64)...)},
 }
 
-func newDecryptor(t *testing.T, sources ...keysource.Source) *decrypt.Decryptor {
+func newDecryptor(t testing.TB, sources ...keysource.Source) *decrypt.Decryptor {
 	t.Helper()
 	ring, err := keysource.NewRing(sources...)
 	require.NoError(t, err)
 	return decrypt.New(ring)
+}
+
+func loadAgeSource(name, path string) (keysource.Source, error) {
+	return keysource.LoadAge(name, path)
+}
+
+func decryptorOf(t testing.TB, sources ...keysource.Source) *decrypt.Decryptor {
+	return newDecryptor(t, sources...)
 }
 
 func loadAge(t *testing.T, name string, k testbed.AgeKey) keysource.Source {
