@@ -27,10 +27,10 @@ const MaxWrappedKeySize = 16 << 10
 // opens the wrapped data key.
 var ErrNotHeld = errors.New("not held by this key")
 
-// ErrUnsupportedKeyType is returned by Client.Decrypt for a master key type
-// that no configured Source handles (cloud KMS, Vault, ...). Such a key is
-// skipped and never contacted.
-var ErrUnsupportedKeyType = errors.New("no configured key of this type")
+// ErrNoKey is returned by Client.Decrypt when no configured Source opens the
+// wrapped key: the payload names a key we do not hold, or a key type (cloud
+// KMS, Vault, ...) no Source handles. Such a key is never contacted.
+var ErrNoKey = errors.New("no configured key opens it")
 
 // Source is one configured key, named in the webhook's config.
 type Source interface {
@@ -99,7 +99,7 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 		return nil, err
 	}
 	if req.GetKey() == nil {
-		return nil, ErrUnsupportedKeyType
+		return nil, ErrNoKey
 	}
 	if len(req.Ciphertext) > MaxWrappedKeySize {
 		return nil, fmt.Errorf("wrapped data key is larger than %d bytes", MaxWrappedKeySize)
@@ -121,7 +121,7 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	return nil, ErrUnsupportedKeyType
+	return nil, ErrNoKey
 }
 
 // Encrypt always fails: the webhook only decrypts.

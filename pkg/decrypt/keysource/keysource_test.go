@@ -1,0 +1,160 @@
+package keysource_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"filippo.io/age"
+	"filippo.io/age/armor"
+	"github.com/ProtonMail/go-crypto/openpgp"
+	pgparmor "github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/getsops/sops/v3/keyservice"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+)
+
+var dataKey = bytes.Repeat([]byte{0x42}, 32)
+
+func ageKeyFile(t *testing.T) (string, *age.X25519Identity) {
+	t.Helper()
+	id, err := age.GenerateX25519Identity()
+	require.NoError(t, err)
+	p := filepath.Join(t.TempDir(), "k.agekey")
+	require.NoError(t, os.WriteFile(p, []byte("# created: test\n"+id.String()+"\n"), 0o600))
+	return p, id
+}
+
+func wrapAge(t *testing.T, r age.Recipient) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	aw := armor.NewWriter(&buf)
+	w, err := age.Encrypt(aw, r)
+	require.NoError(t, err)
+	_, err = w.Write(dataKey)
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	require.NoError(t, aw.Close())
+	return buf.Bytes()
+}
+
+func ageReq(ciphertext []byte, claimedRecipient string) *keyservice.DecryptRequest {
+	return &keyservice.DecryptRequest{
+		Key:        &keyservice.Key{KeyType: &keyservice.Key_AgeKey{AgeKey: &keyservice.AgeKey{Recipient: claimedRecipient}}},
+		Ciphertext: ciphertext,
+	}
+}
+
+func TestNewRing(t *testing.T) {
+	_, err := keysource.NewRing()
+	require.ErrorContains(t, err, "no keys configured")
+
+	p, _ := ageKeyFile(t)
+	a, err := keysource.LoadAge("a", p)
+	require.NoError(t, err)
+	_, err = keysource.NewRing(a, a)
+	require.ErrorContains(t, err, `"a" is used twice`)
+}
+
+func TestClientRecordsTheKeyThatUnwrapped(t *testing.T) {
+	pa, _ := ageKeyFile(t)
+	pb, idB := ageKeyFile(t)
+	a, err := keysource.LoadAge("team-a", pa)
+	require.NoError(t, err)
+	b, err := keysource.LoadAge("team-b", pb)
+	require.NoError(t, err)
+	ring, err := keysource.NewRing(a, b)
+	require.NoError(t, err)
+
+	// The metadata claims team-a's recipient, but only team-b can open it:
+	// authorisation follows the unwrap, not the claim.
+	c := ring.Client(context.Background())
+	resp, err := c.Decrypt(context.Background(), ageReq(wrapAge(t, idB.Recipient()), "age1claimed"))
+	require.NoError(t, err)
+	assert.Equal(t, dataKey, resp.Plaintext)
+	assert.Equal(t, []string{"team-b"}, c.Used())
+}
+
+func TestClientRefusesWhatItDoesNotHold(t *testing.T) {
+	p, _ := ageKeyFile(t)
+	a, err := keysource.LoadAge("a", p)
+	require.NoError(t, err)
+	ring, err := keysource.NewRing(a)
+	require.NoError(t, err)
+	stranger, err := age.GenerateX25519Identity()
+	require.NoError(t, err)
+
+	tests := []struct {
+		name string
+		req  *keyservice.DecryptRequest
+		want error
+	}{
+		{"age key of a stranger", ageReq(wrapAge(t, stranger.Recipient()), ""), keysource.ErrNoKey},
+		{"vault key naming an address is never contacted", &keyservice.DecryptRequest{
+			Key:        &keyservice.Key{KeyType: &keyservice.Key_VaultKey{VaultKey: &keyservice.VaultKey{VaultAddress: "http://127.0.0.1:1", EnginePath: "transit", KeyName: "k"}}},
+			Ciphertext: []byte("vault:v1:x"),
+		}, keysource.ErrNoKey},
+		{"aws kms key with a role is never contacted", &keyservice.DecryptRequest{
+			Key:        &keyservice.Key{KeyType: &keyservice.Key_KmsKey{KmsKey: &keyservice.KmsKey{Arn: "arn:aws:kms:eu-west-1:1:key/x", Role: "arn:aws:iam::1:role/admin"}}},
+			Ciphertext: []byte("x"),
+		}, keysource.ErrNoKey},
+		{"no key at all", &keyservice.DecryptRequest{Ciphertext: []byte("x")}, keysource.ErrNoKey},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := ring.Client(context.Background())
+			_, err := c.Decrypt(context.Background(), tt.req)
+			assert.True(t, errors.Is(err, tt.want), "got %v", err)
+			assert.Empty(t, c.Used())
+		})
+	}
+
+	t.Run("oversized wrapped key", func(t *testing.T) {
+		_, err := ring.Client(context.Background()).Decrypt(context.Background(), ageReq(make([]byte, keysource.MaxWrappedKeySize+1), ""))
+		assert.ErrorContains(t, err, "larger than")
+	})
+	t.Run("cancelled context", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_, err := ring.Client(ctx).Decrypt(context.Background(), ageReq(wrapAge(t, stranger.Recipient()), ""))
+		assert.ErrorIs(t, err, context.Canceled)
+	})
+}
+
+func TestParsePGPKeyring(t *testing.T) {
+	e, err := openpgp.NewEntity("t", "", "t@example.invalid", nil)
+	require.NoError(t, err)
+	armored := func(f func(w *bytes.Buffer) error, kind string) []byte {
+		var buf bytes.Buffer
+		w, err := pgparmor.Encode(&buf, kind, nil)
+		require.NoError(t, err)
+		var inner bytes.Buffer
+		require.NoError(t, f(&inner))
+		_, err = w.Write(inner.Bytes())
+		require.NoError(t, err)
+		require.NoError(t, w.Close())
+		return buf.Bytes()
+	}
+	private := armored(func(w *bytes.Buffer) error { return e.SerializePrivate(w, nil) }, openpgp.PrivateKeyType)
+	public := armored(func(w *bytes.Buffer) error { return e.Serialize(w) }, openpgp.PublicKeyType)
+
+	_, err = keysource.ParsePGPKeyring(private)
+	require.NoError(t, err)
+	_, err = keysource.ParsePGPKeyring(public)
+	require.ErrorContains(t, err, "no private key")
+	_, err = keysource.ParsePGPKeyring([]byte("garbage"))
+	require.ErrorContains(t, err, "not an OpenPGP key")
+
+	require.NoError(t, e.PrivateKey.Encrypt([]byte("passphrase")))
+	for _, sk := range e.Subkeys {
+		require.NoError(t, sk.PrivateKey.Encrypt([]byte("passphrase")))
+	}
+	protected := armored(func(w *bytes.Buffer) error { return e.SerializePrivateWithoutSigning(w, nil) }, openpgp.PrivateKeyType)
+	_, err = keysource.ParsePGPKeyring(protected)
+	require.ErrorContains(t, err, "passphrase-protected")
+}
