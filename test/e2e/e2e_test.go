@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/sops-webhook/sops-webhook/certs"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
@@ -59,8 +62,10 @@ func TestE2E(t *testing.T) {
 	t.Run("d/secret without SOPS content is not patched", s.untouched)
 	t.Run("e/update to a new ciphertext stores the new plaintext", s.update)
 	t.Run("f/server-side dry-run returns plaintext and stores nothing", s.dryRun)
+	t.Run("tls/1.1 refused, certificate reloaded from --cert-dir", s.tlsReload)
 	// Last: everything above ran through the webhook with debug logging.
 	t.Run("g/webhook logs hold no plaintext", s.logsClean)
+	t.Run("shutdown/SIGTERM exits cleanly", s.shutdown)
 }
 
 func setup(ctx context.Context, t *testing.T) *suite {
@@ -122,8 +127,10 @@ func waitForWebhook(ctx context.Context, t *testing.T, c client.Client) {
 			ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: "team-a"},
 			Data:       map[string][]byte{"v": probe},
 		})
-		return err != nil && strings.Contains(err.Error(), "sops-webhook")
-	}, 30*time.Second, 200*time.Millisecond, "the API server never called the webhook")
+		// The webhook's own denial, not the API server's "failed calling
+		// webhook" (which also names it).
+		return err != nil && strings.Contains(err.Error(), "sops-webhook: cannot decrypt")
+	}, 30*time.Second, 200*time.Millisecond, "the API server never got an answer from the webhook")
 }
 
 func (s *suite) recipients(kind string) testbed.Recipients {
@@ -178,26 +185,26 @@ func (s *suite) optedIn(t *testing.T) {
 }
 
 func (s *suite) notOptedIn(t *testing.T) {
-	ctx := context.Background()
-	enc := testbed.SopsEncrypt(t, []byte(plaintexts["dotenv"].plain), "dotenv", s.recipients("age"))
-	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ciphertext", Namespace: "plain"}, Data: map[string][]byte{"app.env": enc}}
-	require.NoError(t, s.c.Create(ctx, sec))
-	got := &corev1.Secret{}
-	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
-	assert.Equal(t, string(enc), string(got.Data["app.env"]))
-	assert.NotContains(t, got.Annotations, mutate.AnnotationDecrypted)
+	s.storedAsSent(t, "plain", nil)
 }
 
 func (s *suite) objectOptOut(t *testing.T) {
+	s.storedAsSent(t, "team-a", map[string]string{mutate.LabelDecrypt: "disabled"})
+}
+
+// storedAsSent creates a Secret holding a SOPS document and checks the API
+// server stored the ciphertext unchanged: the webhook was not called.
+func (s *suite) storedAsSent(t *testing.T, namespace string, labels map[string]string) {
 	ctx := context.Background()
 	enc := testbed.SopsEncrypt(t, []byte(plaintexts["dotenv"].plain), "dotenv", s.recipients("age"))
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
-		Name: "opted-out", Namespace: "team-a", Labels: map[string]string{mutate.LabelDecrypt: "disabled"},
+		Name: "ciphertext", Namespace: namespace, Labels: labels,
 	}, Data: map[string][]byte{"app.env": enc}}
 	require.NoError(t, s.c.Create(ctx, sec))
 	got := &corev1.Secret{}
 	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
 	assert.Equal(t, string(enc), string(got.Data["app.env"]))
+	assert.NotContains(t, got.Annotations, mutate.AnnotationDecrypted)
 }
 
 func (s *suite) rejected(t *testing.T) {
@@ -310,4 +317,48 @@ func (s *suite) metric(t *testing.T, series string) float64 {
 		}
 	}
 	return 0
+}
+
+func (s *suite) tlsReload(t *testing.T) {
+	addr := strings.TrimSuffix(strings.TrimPrefix(s.webhook.URL, "https://"), "/mutate")
+	// The client offers TLS 1.0-1.1 only, so a failure is the server's.
+	_, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11})
+	require.Error(t, err, "TLS 1.1 handshake accepted")
+	require.Contains(t, err.Error(), "protocol version", "the server refused the version, not the client")
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12})
+	require.NoError(t, err, "TLS 1.2 refused")
+	conn.Close()
+
+	// Swap the pair in --cert-dir. A client that trusts only the new CA can
+	// handshake only once the webhook serves the new certificate.
+
+	b, err := certs.NewServing([]string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	require.NoError(t, b.WriteDir(s.webhook.CertDir))
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(b.CACert))
+	require.Eventually(t, func() bool {
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12})
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
+	}, 20*time.Second, 100*time.Millisecond, "the webhook never served the new certificate")
+
+	// Point the API server at the new CA and check admission still works.
+	// (Its kept-alive connection from before the swap may carry on under the
+	// old certificate; new connections use the new one.)
+	mwc, err := testbed.LoadWebhookConfiguration(s.webhook.URL, b.CACert)
+	require.NoError(t, err)
+	live := mwc.DeepCopy()
+	require.NoError(t, s.c.Get(context.Background(), client.ObjectKeyFromObject(mwc), live))
+	live.Webhooks = mwc.Webhooks
+	require.NoError(t, s.c.Update(context.Background(), live))
+	waitForWebhook(context.Background(), t, s.c)
+}
+
+func (s *suite) shutdown(t *testing.T) {
+	require.NoError(t, s.webhook.Stop(), "webhook exit status after SIGTERM")
+	assert.Contains(t, s.webhook.Logs(), `"msg":"stopped"`)
 }

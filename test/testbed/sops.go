@@ -52,10 +52,7 @@ func SopsEncrypt(t testing.TB, plaintext []byte, format string, r Recipients, ex
 	t.Helper()
 	tools := Need(t, func(t Tools) string { return t.Sops })
 	dir := t.TempDir()
-	in := filepath.Join(dir, "plain")
-	if err := os.WriteFile(in, plaintext, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	in := writeTemp(t, dir, "plain", plaintext)
 	args := append([]string{"encrypt", "--input-type", format, "--output-type", format}, r.args()...)
 	args = append(args, extraArgs...)
 	args = append(args, in)
@@ -69,13 +66,9 @@ func SopsDecrypt(t testing.TB, encrypted []byte, format string, r Recipients) []
 	t.Helper()
 	tools := Need(t, func(t Tools) string { return t.Sops })
 	dir := t.TempDir()
-	in := filepath.Join(dir, "enc")
-	if err := os.WriteFile(in, encrypted, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	in := writeTemp(t, dir, "enc", encrypted)
 	var extra []string
 	if len(r.Age) > 0 {
-		keys := filepath.Join(dir, "keys.txt")
 		var all []byte
 		for _, k := range r.Age {
 			b, err := os.ReadFile(k.IdentityFile)
@@ -84,10 +77,7 @@ func SopsDecrypt(t testing.TB, encrypted []byte, format string, r Recipients) []
 			}
 			all = append(all, b...)
 		}
-		if err := os.WriteFile(keys, all, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		extra = append(extra, "SOPS_AGE_KEY_FILE="+keys)
+		extra = append(extra, "SOPS_AGE_KEY_FILE="+writeTemp(t, dir, "keys.txt", all))
 	}
 	args := []string{"decrypt", "--input-type", format, "--output-type", format, in}
 	return runSops(t, tools.Sops, dir, sopsEnv(t, r, extra...), args)
@@ -121,13 +111,18 @@ func SopsEncryptGroups(t testing.TB, plaintext []byte, format string, groups [][
 			fmt.Fprintf(&cfg, "          - %s\n", k.Recipient)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, ".sops.yaml"), []byte(cfg.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	in := filepath.Join(dir, "plain")
-	if err := os.WriteFile(in, plaintext, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeTemp(t, dir, ".sops.yaml", []byte(cfg.String()))
+	in := writeTemp(t, dir, "plain", plaintext)
 	args := []string{"encrypt", "--input-type", format, "--output-type", format, in}
 	return runSops(t, tools.Sops, dir, sopsEnv(t, Recipients{}), args)
+}
+
+// writeTemp writes data to dir/name with mode 0600 and returns the path.
+func writeTemp(t testing.TB, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

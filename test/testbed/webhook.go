@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sops-webhook/sops-webhook/certs"
@@ -43,10 +44,15 @@ type Webhook struct {
 	CABundle []byte
 	// MetricsURL is the Prometheus endpoint.
 	MetricsURL string
+	// CertDir is the --cert-dir the webhook watches.
+	CertDir string
 
 	cmd  *exec.Cmd
 	logs *syncBuffer
 	done chan error
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
 // StartWebhook runs binary with configFile on free loopback ports, copying
@@ -80,6 +86,7 @@ func StartWebhook(ctx context.Context, binary, configFile, workDir string, extra
 		URL:        fmt.Sprintf("https://127.0.0.1:%d/mutate", ports[0]),
 		CABundle:   b.CACert,
 		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", ports[1]),
+		CertDir:    certDir,
 		logs:       &syncBuffer{},
 		done:       make(chan error, 1),
 	}
@@ -120,9 +127,15 @@ func StartWebhook(ctx context.Context, binary, configFile, workDir string, extra
 // Logs returns everything the webhook printed so far.
 func (w *Webhook) Logs() string { return w.logs.String() }
 
-// Stop sends SIGTERM and waits for a graceful exit.
+// Stop sends SIGTERM and waits for a graceful exit; it returns the exit
+// error, nil for status 0. Calling it again returns the same result.
 func (w *Webhook) Stop() error {
-	if err := w.cmd.Process.Signal(os.Interrupt); err != nil {
+	w.stopOnce.Do(func() { w.stopErr = w.stop() })
+	return w.stopErr
+}
+
+func (w *Webhook) stop() error {
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		return err
 	}
 	select {
