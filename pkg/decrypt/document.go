@@ -66,8 +66,7 @@ type Result struct {
 }
 
 // Document decrypts value, a complete SOPS document of format f (from
-// Detect). name is passed through from Detect's caller and is not used to
-// find keys. The MAC is verified. Errors are always *Error.
+// Detect). The MAC is verified. Errors are always *Error.
 func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res Result, err error) {
 	if !f.IsDocument() {
 		return Result{}, fail(ReasonUnsupported, fmt.Sprintf("format %q is not a document format", f))
@@ -83,7 +82,7 @@ func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res R
 		}
 	}()
 
-	st := storeFor(f)
+	st := stores[f]
 	tree, err := st.LoadEncryptedFile(value)
 	if err != nil {
 		return Result{}, fail(ReasonMalformed, fmt.Sprintf("it does not parse as an encrypted %s document", f))
@@ -132,24 +131,19 @@ type store interface {
 	sops.PlainFileEmitter
 }
 
-// storeFor returns sops' store for f with the settings `sops decrypt` uses
-// when no .sops.yaml configures them.
-func storeFor(f Format) store {
+// stores holds sops' store for each document format, with the settings
+// `sops decrypt` uses when no .sops.yaml configures them. Stores hold only
+// that configuration, so one of each serves every request.
+var stores = func() map[Format]store {
 	c := config.NewStoresConfig()
-	switch f {
-	case FormatYAML:
-		return yaml.NewStore(&c.YAML)
-	case FormatJSON:
-		return json.NewStore(&c.JSON)
-	case FormatBinary:
-		return json.NewBinaryStore(&c.JSONBinary)
-	case FormatDotenv:
-		return dotenv.NewStore(&c.Dotenv)
-	case FormatINI:
-		return ini.NewStore(&c.INI)
+	return map[Format]store{
+		FormatYAML:   yaml.NewStore(&c.YAML),
+		FormatJSON:   json.NewStore(&c.JSON),
+		FormatBinary: json.NewBinaryStore(&c.JSONBinary),
+		FormatDotenv: dotenv.NewStore(&c.Dotenv),
+		FormatINI:    ini.NewStore(&c.INI),
 	}
-	panic("decrypt: no store for format " + string(f))
-}
+}()
 
 func countMasterKeys(m sops.Metadata) int {
 	n := 0

@@ -3,6 +3,7 @@ package decrypt_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -32,14 +33,6 @@ func newDecryptor(t testing.TB, sources ...keysource.Source) *decrypt.Decryptor 
 	ring, err := keysource.NewRing(sources...)
 	require.NoError(t, err)
 	return decrypt.New(ring)
-}
-
-func loadAgeSource(name, path string) (keysource.Source, error) {
-	return keysource.LoadAge(name, path)
-}
-
-func decryptorOf(t testing.TB, sources ...keysource.Source) *decrypt.Decryptor {
-	return newDecryptor(t, sources...)
 }
 
 func loadAge(t *testing.T, name string, k testbed.AgeKey) keysource.Source {
@@ -106,7 +99,7 @@ func TestDocumentCompactJSON(t *testing.T) {
 	d := newDecryptor(t, loadAge(t, "k", k))
 	enc := testbed.SopsEncrypt(t, samples["json"].plain, "json", r)
 	var compact bytes.Buffer
-	require.NoError(t, compactJSON(&compact, enc))
+	require.NoError(t, json.Compact(&compact, enc))
 	require.NotContains(t, compact.String(), "\n")
 
 	f := decrypt.Detect(compact.Bytes(), "settings")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
@@ -48,11 +49,11 @@ func FuzzDocument(f *testing.F) {
 	for format, s := range samples {
 		f.Add(testbed.SopsEncrypt(f, s.plain, format, r), s.file)
 	}
-	src, err := loadAgeSource("fuzz", key.IdentityFile)
+	src, err := keysource.LoadAge("fuzz", key.IdentityFile)
 	if err != nil {
 		f.Fatal(err)
 	}
-	d := decryptorOf(f, src)
+	d := newDecryptor(f, src)
 	f.Fuzz(func(t *testing.T, value []byte, name string) {
 		format := decrypt.Detect(value, name)
 		if !format.IsDocument() {

@@ -29,9 +29,10 @@ func (f field) pointer() string {
 	return "/" + f.section + "/" + escapePointer(f.key)
 }
 
-func escapePointer(s string) string {
-	return strings.NewReplacer("~", "~0", "/", "~1").Replace(s)
-}
+// pointerEscaper escapes a key for a JSON pointer (RFC 6901 §4).
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
+
+func escapePointer(s string) string { return pointerEscaper.Replace(s) }
 
 // replaceOp is the JSON patch operation that stores plain in f.
 func (f field) replaceOp(plain []byte) jsonpatch.JsonPatchOperation {
