@@ -63,6 +63,9 @@ type Result struct {
 	Format Format
 	// Keys are the names of the configured keys that unwrapped its data key.
 	Keys []string
+
+	// branches is the decrypted tree, kept for Entries.
+	branches sops.TreeBranches
 }
 
 // Document decrypts value, a complete SOPS document of format f (from
@@ -87,20 +90,12 @@ func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res R
 	if err != nil {
 		return Result{}, fail(ReasonMalformed, fmt.Sprintf("it does not parse as an encrypted %s document", f))
 	}
-	if n := countMasterKeys(tree.Metadata); n > MaxMasterKeys {
-		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("%d master keys listed; at most %d are accepted", n, MaxMasterKeys))
-	}
 	if tree.Metadata.MessageAuthenticationCode == "" {
 		return Result{}, fail(ReasonNoMAC, "")
 	}
-
-	client := d.ring.Client(ctx)
-	dataKey, err := tree.Metadata.GetDataKeyWithKeyServices([]keyservice.KeyServiceClient{client}, nil)
+	dataKey, keys, err := d.unwrap(ctx, tree.Metadata)
 	if err != nil {
-		if ctx.Err() != nil {
-			return Result{}, fail(ReasonTimeout, "")
-		}
-		return Result{}, fail(ReasonNoKey, describeKeys(tree.Metadata)+"; "+hintNoKey)
+		return Result{}, err
 	}
 
 	// A fresh cipher per document: sops' cipher is not safe for concurrent use.
@@ -122,7 +117,24 @@ func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res R
 	if err != nil {
 		return Result{}, fail(ReasonMalformed, fmt.Sprintf("its decrypted content cannot be written as %s", f))
 	}
-	return Result{Plaintext: out, Format: f, Keys: client.Used()}, nil
+	return Result{Plaintext: out, Format: f, Keys: keys, branches: tree.Branches}, nil
+}
+
+// unwrap returns the data key of m and the names of the configured keys that
+// unwrapped it. Only the Decryptor's ring is asked. Errors are *Error.
+func (d *Decryptor) unwrap(ctx context.Context, m sops.Metadata) (dataKey []byte, keys []string, err error) {
+	if n := countMasterKeys(m); n > MaxMasterKeys {
+		return nil, nil, fail(ReasonTooLarge, fmt.Sprintf("%d master keys listed; at most %d are accepted", n, MaxMasterKeys))
+	}
+	client := d.ring.Client(ctx)
+	dataKey, err = m.GetDataKeyWithKeyServices([]keyservice.KeyServiceClient{client}, nil)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, fail(ReasonTimeout, "")
+		}
+		return nil, nil, fail(ReasonNoKey, describeKeys(m)+"; "+hintNoKey)
+	}
+	return dataKey, client.Used(), nil
 }
 
 // store is what Document needs of a sops store.

@@ -15,6 +15,8 @@ const (
 	ReasonNoMAC       Reason = "the document carries no usable MAC"
 	ReasonUnsupported Reason = "unsupported SOPS content"
 	ReasonNoIndex     Reason = "ENC[...] tokens without SOPS metadata"
+	ReasonNotIndexed  Reason = "an ENC[...] token is missing from the values index"
+	ReasonBadIndex    Reason = "the sops-webhook.io/values index is unusable"
 	ReasonTimeout     Reason = "decryption did not finish in time"
 	ReasonInternal    Reason = "internal error while decrypting"
 )

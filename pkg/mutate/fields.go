@@ -2,9 +2,11 @@ package mutate
 
 import (
 	"encoding/base64"
+	"errors"
 	"slices"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -36,11 +38,39 @@ func escapePointer(s string) string { return pointerEscaper.Replace(s) }
 
 // replaceOp is the JSON patch operation that stores plain in f.
 func (f field) replaceOp(plain []byte) jsonpatch.JsonPatchOperation {
-	var v any = string(plain)
+	return jsonpatch.NewOperation("replace", f.pointer(), f.encode(plain))
+}
+
+// addOp is the JSON patch operation that adds f, a new field, holding plain.
+func (f field) addOp(plain []byte) jsonpatch.JsonPatchOperation {
+	return jsonpatch.NewOperation("add", f.pointer(), f.encode(plain))
+}
+
+// removeOp is the JSON patch operation that removes f.
+func (f field) removeOp() jsonpatch.JsonPatchOperation {
+	return jsonpatch.NewOperation("remove", f.pointer(), nil)
+}
+
+// encode is plain as the API carries it in f's section.
+func (f field) encode(plain []byte) any {
 	if f.binary {
-		v = base64.StdEncoding.EncodeToString(plain)
+		return base64.StdEncoding.EncodeToString(plain)
 	}
-	return jsonpatch.NewOperation("replace", f.pointer(), v)
+	return string(plain)
+}
+
+// sibling is a new field named key in f's section.
+func (f field) sibling(key string) field {
+	return field{section: f.section, key: key, binary: f.binary}
+}
+
+// checkText refuses plain for a text section (ConfigMap data) unless it is
+// UTF-8, which the API requires there.
+func (f field) checkText(plain []byte) *denial {
+	if f.binary || utf8.Valid(plain) {
+		return nil
+	}
+	return &denial{field: f.path(), err: errors.New("the plaintext is not UTF-8 text"), hint: "store binary documents under binaryData"}
 }
 
 func secretFields(s *corev1.Secret) []field {
@@ -83,10 +113,13 @@ func annotationOps(existing map[string]string, set map[string]string) []jsonpatc
 		if _, ok := existing[k]; ok {
 			op = "replace"
 		}
-		ops = append(ops, jsonpatch.NewOperation(op, "/metadata/annotations/"+escapePointer(k), set[k]))
+		ops = append(ops, jsonpatch.NewOperation(op, annotationPointer(k), set[k]))
 	}
 	return ops
 }
+
+// annotationPointer is the JSON pointer of annotation k.
+func annotationPointer(k string) string { return "/metadata/annotations/" + escapePointer(k) }
 
 // mergeList merges the comma-separated list in prev with add, keeping only
 // entries keep accepts, sorted and without duplicates.

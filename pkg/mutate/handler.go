@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -32,6 +31,7 @@ const DefaultDecryptTimeout = 5 * time.Second
 // Decryptor is what the handler needs of package decrypt.
 type Decryptor interface {
 	Document(ctx context.Context, value []byte, f decrypt.Format) (decrypt.Result, error)
+	Tokens(idx *decrypt.Index) *decrypt.Tokens
 }
 
 // Handler is the admission handler for Secrets and ConfigMaps.
@@ -101,8 +101,10 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return admission.Allowed("operation not handled")
 	}
+	// The plain marker is in ConfigMap data and in a values index; the
+	// base64 forms are in Secret data and ConfigMap binaryData.
 	raw := req.Object.Raw
-	if !decrypt.MayHoldBase64Marker(raw) && (req.Kind.Kind == "Secret" || !decrypt.HasMarker(raw)) {
+	if !decrypt.HasMarker(raw) && !decrypt.MayHoldBase64Marker(raw) {
 		return admission.Allowed("no SOPS content")
 	}
 
@@ -127,12 +129,16 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 		log.Info("denied", "field", denial.field, "reason", denial.err.Error())
 		return admission.Denied(denial.message(obj))
 	}
-	if len(m.ops) == 0 {
+	ops := m.finish(obj)
+	if len(ops) == 0 {
 		return admission.Allowed("no SOPS content")
+	}
+	if len(m.decrypted) == 0 {
+		return admission.Patched("removed the unused values index", ops...)
 	}
 	log.V(1).Info("decrypted", "fields", m.decrypted, "keys", m.keys)
 
-	resp = admission.Patched("decrypted "+strings.Join(m.decrypted, ","), m.finish(obj)...)
+	resp = admission.Patched("decrypted "+strings.Join(m.decrypted, ","), ops...)
 	resp.AuditAnnotations = map[string]string{
 		auditDecrypted: strings.Join(m.decrypted, ","),
 		auditKeys:      strings.Join(m.keys, ","),
@@ -169,22 +175,40 @@ func decodeObject(kind string, raw []byte) (obj object, skip string, err error) 
 
 // mutation is what decrypting an object produced.
 type mutation struct {
-	ops       []jsonpatch.JsonPatchOperation
+	ops []jsonpatch.JsonPatchOperation
+	// decrypted are the paths of the fields that now hold plaintext.
 	decrypted []string
-	keys      []string
+	// removed are the paths of fields an expansion replaced.
+	removed []string
+	keys    []string
 }
 
-// finish adds the annotation operations to the field replacements.
+// finish adds the annotation operations to the field operations: the audit
+// annotations when something was decrypted, and the removal of the values
+// index, which is transport and never stored.
 func (m *mutation) finish(obj object) []jsonpatch.JsonPatchOperation {
-	present := make(map[string]bool, len(obj.fields))
-	for _, f := range obj.fields {
-		present[f.path()] = true
+	ops := m.ops
+	if len(m.decrypted) > 0 {
+		present := make(map[string]bool, len(obj.fields)+len(m.decrypted))
+		for _, f := range obj.fields {
+			present[f.path()] = true
+		}
+		for _, p := range m.removed {
+			delete(present, p)
+		}
+		for _, p := range m.decrypted {
+			present[p] = true
+		}
+		set := map[string]string{
+			AnnotationDecrypted: mergeList(obj.annotations[AnnotationDecrypted], m.decrypted, func(p string) bool { return present[p] }),
+			AnnotationKeys:      mergeList(obj.annotations[AnnotationKeys], m.keys, func(string) bool { return true }),
+		}
+		ops = append(ops, annotationOps(obj.annotations, set)...)
 	}
-	set := map[string]string{
-		AnnotationDecrypted: mergeList(obj.annotations[AnnotationDecrypted], m.decrypted, func(p string) bool { return present[p] }),
-		AnnotationKeys:      mergeList(obj.annotations[AnnotationKeys], m.keys, func(string) bool { return true }),
+	if _, ok := obj.annotations[AnnotationValues]; ok {
+		ops = append(ops, jsonpatch.NewOperation("remove", annotationPointer(AnnotationValues), nil))
 	}
-	return append(m.ops, annotationOps(obj.annotations, set)...)
+	return ops
 }
 
 // denial is why a request is refused: the field and a value-free error.
@@ -202,14 +226,20 @@ func (d *denial) message(obj object) string {
 	return msg
 }
 
-// hintValues is the hint for ENC[...] tokens that come without metadata.
-const hintValues = "a values payload needs the sops-webhook.io/values annotation rendered by the sops-webhook.values Helm helper; a document payload must be the complete file sops wrote"
+// valuesField names the values index in messages.
+var valuesField = "metadata.annotations[" + AnnotationValues + "]"
 
 func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
+	expand, err := expandRequested(obj.annotations)
+	if err != nil {
+		return mutation{}, &denial{field: "metadata.annotations[" + AnnotationExpand + "]", err: err}
+	}
 	var (
-		m     mutation
-		keys  = map[string]bool{}
-		count int
+		m      mutation
+		keys   = map[string]bool{}
+		count  int
+		tokens *decrypt.Tokens
+		names  = newKeyNames(obj.fields)
 	)
 	for _, f := range obj.fields {
 		format := decrypt.Detect(f.value, f.key)
@@ -217,8 +247,24 @@ func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
 		case format == decrypt.FormatNone:
 			continue
 		case format == decrypt.FormatTokens:
-			h.metrics.observeDecryption(format, decrypt.ReasonNoIndex)
-			return mutation{}, &denial{field: f.path(), err: errors.New(string(decrypt.ReasonNoIndex)), hint: hintValues}
+			if tokens == nil {
+				idx, d := h.index(obj)
+				if d != nil {
+					return mutation{}, d
+				}
+				tokens = h.decryptor.Tokens(idx)
+			}
+			plain, err := tokens.Decrypt(ctx, f.value)
+			h.metrics.observeDecryption(format, reasonOf(err))
+			if err != nil {
+				return mutation{}, &denial{field: f.path(), err: err}
+			}
+			if d := f.checkText(plain); d != nil {
+				return mutation{}, d
+			}
+			m.ops = append(m.ops, f.replaceOp(plain))
+			m.decrypted = append(m.decrypted, f.path())
+			continue
 		}
 		if count++; count > MaxDocumentsPerObject {
 			return mutation{}, &denial{field: f.path(), err: fmt.Errorf("more than %d SOPS documents in one object", MaxDocumentsPerObject)}
@@ -228,18 +274,44 @@ func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
 		if err != nil {
 			return mutation{}, &denial{field: f.path(), err: err}
 		}
-		if !f.binary && !utf8.Valid(res.Plaintext) {
-			return mutation{}, &denial{field: f.path(), err: errors.New("the plaintext is not UTF-8 text"), hint: "store binary documents under binaryData"}
+		for _, k := range res.Keys {
+			keys[k] = true
+		}
+		if expand {
+			if d := m.expand(f, res, names); d != nil {
+				return mutation{}, d
+			}
+			continue
+		}
+		if d := f.checkText(res.Plaintext); d != nil {
+			return mutation{}, d
 		}
 		m.ops = append(m.ops, f.replaceOp(res.Plaintext))
 		m.decrypted = append(m.decrypted, f.path())
-		for _, k := range res.Keys {
+	}
+	if tokens != nil {
+		for _, k := range tokens.Keys() {
 			keys[k] = true
 		}
 	}
 	sort.Strings(m.decrypted)
 	m.keys = sortedKeys(keys)
 	return m, nil
+}
+
+// index parses the object's values index. A missing index is not an error
+// here: the first token then fails with decrypt.ReasonNoIndex and its hint.
+func (h *Handler) index(obj object) (*decrypt.Index, *denial) {
+	raw, ok := obj.annotations[AnnotationValues]
+	if !ok {
+		return nil, nil
+	}
+	idx, err := decrypt.ParseIndex([]byte(raw))
+	if err != nil {
+		h.metrics.observeDecryption(decrypt.FormatTokens, reasonOf(err))
+		return nil, &denial{field: valuesField, err: err}
+	}
+	return idx, nil
 }
 
 // reasonOf maps a decryption error to its reason for metrics; "" is success.

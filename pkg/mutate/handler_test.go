@@ -59,6 +59,22 @@ func (g *generator) enc(t *testing.T, plain, format string) []byte {
 	return testbed.SopsEncrypt(t, []byte(plain), format, testbed.Recipients{Age: []testbed.AgeKey{g.key}})
 }
 
+// goldenValues is a values file encrypted by the sops CLI: its index and
+// its tokens by path.
+type goldenValues struct {
+	index  string
+	tokens map[string]string
+}
+
+func (g *generator) values(t *testing.T) goldenValues {
+	enc := g.enc(t, "db:\n  password: golden-values-s3cr3t\n  port: 5432\n  tls: true\n", "yaml")
+	v := goldenValues{index: testbed.ValuesIndex(t, enc), tokens: map[string]string{}}
+	for _, l := range testbed.ValuesLeaves(t, enc) {
+		v.tokens[l.Path] = l.Value.(string)
+	}
+	return v
+}
+
 func request(t *testing.T, kind string, op admissionv1.Operation, obj runtime.Object) admissionv1.AdmissionRequest {
 	raw, err := json.Marshal(obj)
 	require.NoError(t, err)
@@ -164,8 +180,113 @@ var goldenCases = []goldenCase{
 		name: "secret-tokens-without-index",
 		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
 			return request(t, "Secret", admissionv1.Create, secret("values", map[string][]byte{
-				"password": []byte("ENC[AES256_GCM,data:Zm9v,iv:YmFy,tag:YmF6,type:str]"),
+				"password": []byte(g.values(t).tokens["db:password:"]),
 			}))
+		},
+	},
+	{
+		name: "secret-values",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			v := g.values(t)
+			s := secret("values", map[string][]byte{
+				"password": []byte(v.tokens["db:password:"]),
+				"port":     []byte(v.tokens["db:port:"]),
+				"tls":      []byte(v.tokens["db:tls:"]),
+				"plain":    []byte("not encrypted"),
+			})
+			s.Annotations = map[string]string{mutate.AnnotationValues: v.index, "team": "a"}
+			return request(t, "Secret", admissionv1.Create, s)
+		},
+		check: func(t *testing.T, patched []byte) {
+			var s corev1.Secret
+			require.NoError(t, json.Unmarshal(patched, &s))
+			assert.Equal(t, "golden-values-s3cr3t", string(s.Data["password"]))
+			assert.Equal(t, "5432", string(s.Data["port"]))
+			assert.Equal(t, "true", string(s.Data["tls"]))
+			assert.Equal(t, "not encrypted", string(s.Data["plain"]))
+			assert.NotContains(t, s.Annotations, mutate.AnnotationValues, "the index is removed")
+			assert.Equal(t, "data.password,data.port,data.tls", s.Annotations[mutate.AnnotationDecrypted])
+			assert.Equal(t, "a", s.Annotations["team"])
+		},
+	},
+	{
+		name: "configmap-values-in-config-file",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			v := g.values(t)
+			return request(t, "ConfigMap", admissionv1.Create, &corev1.ConfigMap{
+				TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+				ObjectMeta: metav1.ObjectMeta{Name: "app-config", Namespace: "team-a", Annotations: map[string]string{mutate.AnnotationValues: v.index}},
+				Data: map[string]string{"config.yaml": "database:\n  url: postgres://app:" + v.tokens["db:password:"] +
+					"@db:" + v.tokens["db:port:"] + "/app\n  tls: " + v.tokens["db:tls:"] + "\n"},
+			})
+		},
+		check: func(t *testing.T, patched []byte) {
+			var c corev1.ConfigMap
+			require.NoError(t, json.Unmarshal(patched, &c))
+			assert.Equal(t, "database:\n  url: postgres://app:golden-values-s3cr3t@db:5432/app\n  tls: true\n", c.Data["config.yaml"])
+			assert.NotContains(t, c.Annotations, mutate.AnnotationValues)
+		},
+	},
+	{
+		name: "secret-values-token-not-indexed",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			v := g.values(t)
+			other := g.values(t) // another encryption: its tags are not in v's index
+			s := secret("values", map[string][]byte{"password": []byte(other.tokens["db:password:"])})
+			s.Annotations = map[string]string{mutate.AnnotationValues: v.index}
+			return request(t, "Secret", admissionv1.Create, s)
+		},
+	},
+	{
+		name: "secret-values-index-unused",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			s := secret("values", map[string][]byte{"password": []byte("already plain")})
+			s.Annotations = map[string]string{mutate.AnnotationValues: g.values(t).index}
+			return request(t, "Secret", admissionv1.Update, s)
+		},
+		check: func(t *testing.T, patched []byte) {
+			var s corev1.Secret
+			require.NoError(t, json.Unmarshal(patched, &s))
+			assert.Empty(t, s.Annotations, "only the index is removed")
+			assert.Equal(t, "already plain", string(s.Data["password"]))
+		},
+	},
+	{
+		name: "secret-expand",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			s := secret("app", map[string][]byte{"app.env": g.enc(t, plainEnv, "dotenv"), "other": []byte("x")})
+			s.Annotations = map[string]string{mutate.AnnotationExpand: "true"}
+			return request(t, "Secret", admissionv1.Create, s)
+		},
+		check: func(t *testing.T, patched []byte) {
+			var s corev1.Secret
+			require.NoError(t, json.Unmarshal(patched, &s))
+			assert.Equal(t, map[string][]byte{"DB_USER": []byte("app"), "DB_PASSWORD": []byte("golden-dotenv-s3cr3t"), "other": []byte("x")}, s.Data)
+			assert.Equal(t, "data.DB_PASSWORD,data.DB_USER", s.Annotations[mutate.AnnotationDecrypted])
+		},
+	},
+	{
+		name: "secret-expand-collision",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			s := secret("app", map[string][]byte{"app.env": g.enc(t, plainEnv, "dotenv"), "DB_USER": []byte("taken")})
+			s.Annotations = map[string]string{mutate.AnnotationExpand: "true"}
+			return request(t, "Secret", admissionv1.Create, s)
+		},
+	},
+	{
+		name: "secret-expand-nested",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			s := secret("app", map[string][]byte{"config.yaml": g.enc(t, plainYAML, "yaml")})
+			s.Annotations = map[string]string{mutate.AnnotationExpand: "true"}
+			return request(t, "Secret", admissionv1.Create, s)
+		},
+	},
+	{
+		name: "secret-expand-bad-value",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			s := secret("app", map[string][]byte{"app.env": g.enc(t, plainEnv, "dotenv")})
+			s.Annotations = map[string]string{mutate.AnnotationExpand: "yes"}
+			return request(t, "Secret", admissionv1.Create, s)
 		},
 	},
 	{

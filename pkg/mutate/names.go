@@ -14,6 +14,9 @@ const (
 	// AnnotationValues carries the metadata and path index of values
 	// payloads (ENC[...] tokens from a Helm values file).
 	AnnotationValues = "sops-webhook.io/values"
+	// AnnotationExpand ("true") on an object turns each document payload
+	// whose plaintext is a flat map into one key per entry.
+	AnnotationExpand = "sops-webhook.io/expand"
 
 	// HelmReleaseSecretType marks Helm's own release records, never touched.
 	HelmReleaseSecretType = "helm.sh/release.v1"

@@ -1,0 +1,294 @@
+package decrypt
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	"github.com/getsops/sops/v3"
+)
+
+// MaxIndexSize caps the values index (the sops-webhook.io/values
+// annotation). It is the API server's limit for all annotations of an object
+// together, so no index the API server would store is refused.
+const MaxIndexSize = 256 << 10
+
+// MaxTokens caps the ENC[...] tokens one Tokens decrypts, which bounds the
+// work a single request can cause. A values file with a thousand secrets,
+// each used several times, stays well inside it.
+const MaxTokens = 10_000
+
+// maxTokenPartSize caps each base64 part of a token. A token's data is at
+// most a Kubernetes object's size; its iv and tag are 44 and 24 characters.
+const maxTokenPartSize = 2 << 20
+
+// hintHelper is the hint for tokens the index cannot place.
+const hintHelper = `render the sops-webhook.io/values annotation with {{ include "sops-webhook.values" . }} in the same template, from the same values`
+
+// Index is a parsed values index: the metadata of an encrypted values file
+// and, for each of its tokens, the values path sops authenticated it with.
+type Index struct {
+	metadata sops.Metadata
+	paths    map[string]string
+}
+
+// indexJSON is the annotation's shape (DESIGN §3.2).
+type indexJSON struct {
+	Sops  json.RawMessage   `json:"sops"`
+	Paths map[string]string `json:"paths"`
+}
+
+// ParseIndex parses the sops-webhook.io/values annotation, as the
+// sops-webhook.values Helm helper renders it. Errors are *Error.
+func ParseIndex(annotation []byte) (idx *Index, err error) {
+	if len(annotation) > MaxIndexSize {
+		return nil, fail(ReasonTooLarge, fmt.Sprintf("the values index is limited to %d bytes", MaxIndexSize))
+	}
+	var raw indexJSON
+	if err := json.Unmarshal(annotation, &raw); err != nil {
+		return nil, fail(ReasonBadIndex, "it is not the JSON the helper renders; "+hintHelper)
+	}
+	if len(raw.Sops) == 0 || bytes.Equal(raw.Sops, []byte("null")) {
+		return nil, fail(ReasonBadIndex, "it holds no sops metadata: was the values file passed to helm encrypted with sops?")
+	}
+	m, err := parseMetadata(raw.Sops)
+	if err != nil {
+		return nil, err
+	}
+	return &Index{metadata: m, paths: raw.Paths}, nil
+}
+
+// Tokens decrypts the ENC[...] tokens of one object's values payloads with
+// one Index. The data key is unwrapped at most once, on the first token that
+// needs it. A Tokens is used by one request and is not safe for concurrent
+// use.
+type Tokens struct {
+	d     *Decryptor
+	idx   *Index
+	count int
+
+	unwrapped bool
+	block     cipher.Block
+	aead      map[int]cipher.AEAD // by nonce size
+	keys      []string
+	err       error
+}
+
+// Tokens returns a Tokens that decrypts with idx; idx may be nil, in which
+// case every token is refused with ReasonNoIndex.
+func (d *Decryptor) Tokens(idx *Index) *Tokens {
+	return &Tokens{d: d, idx: idx}
+}
+
+// Keys returns the names of the configured keys that unwrapped the data key,
+// once a token has been decrypted.
+func (t *Tokens) Keys() []string { return t.keys }
+
+// Decrypt returns value with every ENC[...] token replaced by its plain text,
+// rendered as Helm renders the plain value: numbers as Go's fmt prints a
+// float64 (42, 3.14, 1e+06), booleans as true and false, strings and times
+// as they are. Either every token is replaced or an *Error is returned.
+func (t *Tokens) Decrypt(ctx context.Context, value []byte) ([]byte, error) {
+	var out bytes.Buffer
+	rest := value
+	for {
+		i := bytes.Index(rest, tokenMarker)
+		if i < 0 {
+			break
+		}
+		if t.count++; t.count > MaxTokens {
+			return nil, fail(ReasonTooLarge, fmt.Sprintf("more than %d ENC[...] tokens in one object", MaxTokens))
+		}
+		tok, n, err := parseToken(rest[i:])
+		if err != nil {
+			return nil, err
+		}
+		plain, err := t.open(ctx, tok)
+		if err != nil {
+			return nil, err
+		}
+		if out.Len() == 0 {
+			out.Grow(len(value))
+		}
+		out.Write(rest[:i])
+		out.Write(plain)
+		rest = rest[i+n:]
+	}
+	out.Write(rest)
+	return out.Bytes(), nil
+}
+
+// open decrypts one token with the path the index gives its tag.
+func (t *Tokens) open(ctx context.Context, tok token) ([]byte, error) {
+	if t.idx == nil {
+		return nil, fail(ReasonNoIndex, hintHelper+"; a document payload must be the complete file sops wrote")
+	}
+	path, ok := t.idx.paths[tok.tag]
+	if !ok {
+		return nil, fail(ReasonNotIndexed, hintHelper+"; was the annotation rendered from other values than the token?")
+	}
+	aead, err := t.cipher(ctx, len(tok.iv))
+	if err != nil {
+		return nil, err
+	}
+	sealed := make([]byte, 0, len(tok.data)+len(tok.tagBytes))
+	sealed = append(append(sealed, tok.data...), tok.tagBytes...)
+	plain, err := aead.Open(sealed[:0], tok.iv, sealed, []byte(path))
+	if err != nil {
+		return nil, fail(ReasonCorrupt, fmt.Sprintf("the token for values path %s does not authenticate: the token or its path was edited, or it comes from another encrypted values file than the index (pass one encrypted values file per release)", safePath(path)))
+	}
+	return render(tok.typ, plain)
+}
+
+// cipher returns the AES-GCM of the index's data key for a nonce size,
+// unwrapping the data key on first use. A failed unwrap is remembered, so a
+// request asks the key sources once however many tokens it holds.
+func (t *Tokens) cipher(ctx context.Context, nonceSize int) (cipher.AEAD, error) {
+	if !t.unwrapped {
+		t.unwrapped = true
+		t.block, t.keys, t.err = t.d.blockFor(ctx, t.idx.metadata)
+		t.aead = make(map[int]cipher.AEAD, 1)
+	}
+	if t.err != nil {
+		return nil, t.err
+	}
+	if a, ok := t.aead[nonceSize]; ok {
+		return a, nil
+	}
+	a, err := cipher.NewGCMWithNonceSize(t.block, nonceSize)
+	if err != nil {
+		return nil, fail(ReasonMalformed, "a token's iv has an unusable size")
+	}
+	t.aead[nonceSize] = a
+	return a, nil
+}
+
+// blockFor unwraps the data key of m and returns its AES block cipher.
+func (d *Decryptor) blockFor(ctx context.Context, m sops.Metadata) (cipher.Block, []string, error) {
+	key, keys, err := d.unwrap(ctx, m)
+	if err != nil {
+		return nil, nil, err
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil || len(key) != 32 {
+		return nil, nil, fail(ReasonMalformed, "the data key is not an AES-256 key")
+	}
+	return block, keys, nil
+}
+
+// parseMetadata parses the sops metadata of a values file, given as JSON, with
+// sops' own JSON store, exactly as sops reads a JSON file's "sops" key.
+func parseMetadata(raw json.RawMessage) (m sops.Metadata, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			m, err = sops.Metadata{}, fail(ReasonBadIndex, "the sops library rejected its metadata")
+		}
+	}()
+	doc := make([]byte, 0, len(raw)+10)
+	doc = append(append(append(doc, `{"sops":`...), raw...), '}')
+	tree, err := stores[FormatJSON].LoadEncryptedFile(doc)
+	if err != nil {
+		return sops.Metadata{}, fail(ReasonBadIndex, "its sops metadata does not parse")
+	}
+	return tree.Metadata, nil
+}
+
+// render turns a token's plaintext into the text Helm would have rendered
+// for the plain value. Helm reads values through JSON, so every number is a
+// float64 printed by fmt; sops writes booleans as True and False.
+func render(typ string, plain []byte) ([]byte, error) {
+	switch typ {
+	case "str", "time":
+		return plain, nil
+	case "int":
+		n, err := strconv.ParseInt(string(plain), 10, 64)
+		if err != nil {
+			return nil, fail(ReasonMalformed, "a type:int token does not hold an integer")
+		}
+		return fmt.Append(nil, float64(n)), nil
+	case "float":
+		f, err := strconv.ParseFloat(string(plain), 64)
+		if err != nil {
+			return nil, fail(ReasonMalformed, "a type:float token does not hold a number")
+		}
+		return fmt.Append(nil, f), nil
+	case "bool":
+		b, err := strconv.ParseBool(string(plain))
+		if err != nil {
+			return nil, fail(ReasonMalformed, "a type:bool token does not hold a boolean")
+		}
+		return strconv.AppendBool(nil, b), nil
+	}
+	return nil, fail(ReasonUnsupported, fmt.Sprintf("ENC[...] tokens of type %q cannot appear in Helm values", typ))
+}
+
+// token is one parsed ENC[AES256_GCM,...] token.
+type token struct {
+	data, iv, tagBytes []byte
+	tag                string // as written, the index's key
+	typ                string
+}
+
+// parseToken parses the token at the start of s, which starts with
+// tokenMarker, and returns it with its length in bytes. The grammar is the
+// one sops writes: ENC[AES256_GCM,data:B64,iv:B64,tag:B64,type:NAME].
+func parseToken(s []byte) (tok token, n int, err error) {
+	malformed := fail(ReasonMalformed, "a truncated or malformed ENC[...] token")
+	n = len(tokenMarker)
+	part := func(prefix string, minLen int) ([]byte, string, bool) {
+		if !bytes.HasPrefix(s[n:], []byte(prefix)) {
+			return nil, "", false
+		}
+		n += len(prefix)
+		start := n
+		for n < len(s) && n-start <= maxTokenPartSize && isBase64Char(s[n]) {
+			n++
+		}
+		text := string(s[start:n])
+		raw, err := base64.StdEncoding.DecodeString(text)
+		return raw, text, err == nil && len(raw) >= minLen
+	}
+	var ok bool
+	if tok.data, _, ok = part("", 0); !ok {
+		return token{}, 0, malformed
+	}
+	if tok.iv, _, ok = part(",iv:", 12); !ok {
+		return token{}, 0, malformed
+	}
+	if tok.tagBytes, tok.tag, ok = part(",tag:", 16); !ok || len(tok.tagBytes) != 16 {
+		return token{}, 0, malformed
+	}
+	if !bytes.HasPrefix(s[n:], []byte(",type:")) {
+		return token{}, 0, malformed
+	}
+	n += len(",type:")
+	start := n
+	for n < len(s) && n-start < 16 && s[n] >= 'a' && s[n] <= 'z' {
+		n++
+	}
+	if n == start || n >= len(s) || s[n] != ']' {
+		return token{}, 0, malformed
+	}
+	tok.typ = string(s[start:n])
+	return tok, n + 1, nil
+}
+
+func isBase64Char(c byte) bool {
+	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '='
+}
+
+// safePath renders an index path for a message: the path is public structure
+// (key names, never values) but comes from the request, so it is quoted and
+// capped.
+func safePath(p string) string {
+	const maxLen = 200
+	if len(p) > maxLen {
+		p = p[:maxLen] + "..."
+	}
+	return strconv.Quote(p)
+}
