@@ -133,7 +133,7 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 	if len(ops) == 0 {
 		return admission.Allowed("no SOPS content")
 	}
-	if len(m.decrypted) == 0 {
+	if len(m.ops) == 0 {
 		return admission.Patched("removed the unused values index", ops...)
 	}
 	log.V(1).Info("decrypted", "fields", m.decrypted, "keys", m.keys)
@@ -178,9 +178,11 @@ type mutation struct {
 	ops []jsonpatch.JsonPatchOperation
 	// decrypted are the paths of the fields that now hold plaintext.
 	decrypted []string
-	// removed are the paths of fields an expansion replaced.
+	// removed are the paths of fields an expansion replaced or dropped.
 	removed []string
 	keys    []string
+	// expanded is the new sops-webhook.io/expanded value, if any.
+	expanded string
 }
 
 // finish adds the annotation operations to the field operations: the audit
@@ -188,7 +190,7 @@ type mutation struct {
 // index, which is transport and never stored.
 func (m *mutation) finish(obj object) []jsonpatch.JsonPatchOperation {
 	ops := m.ops
-	if len(m.decrypted) > 0 {
+	if len(m.ops) > 0 {
 		present := make(map[string]bool, len(obj.fields)+len(m.decrypted))
 		for _, f := range obj.fields {
 			present[f.path()] = true
@@ -202,6 +204,9 @@ func (m *mutation) finish(obj object) []jsonpatch.JsonPatchOperation {
 		set := map[string]string{
 			AnnotationDecrypted: mergeList(obj.annotations[AnnotationDecrypted], m.decrypted, func(p string) bool { return present[p] }),
 			AnnotationKeys:      mergeList(obj.annotations[AnnotationKeys], m.keys, func(string) bool { return true }),
+		}
+		if m.expanded != "" {
+			set[AnnotationExpanded] = m.expanded
 		}
 		ops = append(ops, annotationOps(obj.annotations, set)...)
 	}
@@ -239,7 +244,7 @@ func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
 		keys   = map[string]bool{}
 		count  int
 		tokens *decrypt.Tokens
-		names  = newKeyNames(obj.fields)
+		x      = newExpansion(obj)
 	)
 	for _, f := range obj.fields {
 		format := decrypt.Detect(f.value, f.key)
@@ -278,7 +283,7 @@ func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
 			keys[k] = true
 		}
 		if expand {
-			if d := m.expand(f, res, names); d != nil {
+			if d := m.expand(f, res, x); d != nil {
 				return mutation{}, d
 			}
 			continue
@@ -296,6 +301,9 @@ func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
 	}
 	sort.Strings(m.decrypted)
 	m.keys = sortedKeys(keys)
+	if len(x.done) > 0 {
+		m.expanded = x.annotation()
+	}
 	return m, nil
 }
 

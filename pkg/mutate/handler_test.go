@@ -263,6 +263,30 @@ var goldenCases = []goldenCase{
 			require.NoError(t, json.Unmarshal(patched, &s))
 			assert.Equal(t, map[string][]byte{"DB_USER": []byte("app"), "DB_PASSWORD": []byte("golden-dotenv-s3cr3t"), "other": []byte("x")}, s.Data)
 			assert.Equal(t, "data.DB_PASSWORD,data.DB_USER", s.Annotations[mutate.AnnotationDecrypted])
+			assert.JSONEq(t, `{"data.app.env":["DB_PASSWORD","DB_USER"]}`, s.Annotations[mutate.AnnotationExpanded])
+		},
+	},
+	{
+		name: "secret-expand-update",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			s := secret("app", map[string][]byte{
+				"app.env": g.enc(t, plainEnv, "dotenv"),
+				"DB_USER": []byte("previous"), "OLD_KEY": []byte("stale"), "other": []byte("x"),
+			})
+			s.Annotations = map[string]string{
+				mutate.AnnotationExpand:    "true",
+				mutate.AnnotationExpanded:  `{"data.app.env":["DB_USER","OLD_KEY"]}`,
+				mutate.AnnotationDecrypted: "data.DB_USER,data.OLD_KEY",
+			}
+			return request(t, "Secret", admissionv1.Update, s)
+		},
+		check: func(t *testing.T, patched []byte) {
+			var s corev1.Secret
+			require.NoError(t, json.Unmarshal(patched, &s))
+			assert.Equal(t, map[string][]byte{"DB_USER": []byte("app"), "DB_PASSWORD": []byte("golden-dotenv-s3cr3t"), "other": []byte("x")}, s.Data,
+				"entries replaced, the stale one dropped, the rest kept")
+			assert.JSONEq(t, `{"data.app.env":["DB_PASSWORD","DB_USER"]}`, s.Annotations[mutate.AnnotationExpanded])
+			assert.Equal(t, "data.DB_PASSWORD,data.DB_USER", s.Annotations[mutate.AnnotationDecrypted])
 		},
 	},
 	{

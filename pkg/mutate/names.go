@@ -17,6 +17,10 @@ const (
 	// AnnotationExpand ("true") on an object turns each document payload
 	// whose plaintext is a flat map into one key per entry.
 	AnnotationExpand = "sops-webhook.io/expand"
+	// AnnotationExpanded records, as JSON, the entries each expanded field
+	// became ({"data.app.env":["DB_PASSWORD","DB_USER"]}), so an UPDATE
+	// that expands the field again replaces them and drops stale ones.
+	AnnotationExpanded = "sops-webhook.io/expanded"
 
 	// HelmReleaseSecretType marks Helm's own release records, never touched.
 	HelmReleaseSecretType = "helm.sh/release.v1"

@@ -39,19 +39,20 @@ var plaintexts = map[string]struct {
 const plaintextMarker = "PLAINTEXT-"
 
 type suite struct {
-	cp      *testbed.ControlPlane
-	c       client.Client
-	webhook *testbed.Webhook
-	age     testbed.AgeKey
-	pgp     testbed.PGPKey
-	other   testbed.AgeKey
+	cp         *testbed.ControlPlane
+	kubeconfig string
+	c          client.Client
+	webhook    *testbed.Webhook
+	age        testbed.AgeKey
+	pgp        testbed.PGPKey
+	other      testbed.AgeKey
 }
 
 func TestE2E(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: starts kube-apiserver; run without -short")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	s := setup(ctx, t)
 
@@ -62,6 +63,9 @@ func TestE2E(t *testing.T) {
 	t.Run("d/secret without SOPS content is not patched", s.untouched)
 	t.Run("e/update to a new ciphertext stores the new plaintext", s.update)
 	t.Run("f/server-side dry-run returns plaintext and stores nothing", s.dryRun)
+	for _, h := range testbed.HelmCLIs(t, s.kubeconfig) {
+		t.Run(h.Name, func(t *testing.T) { s.helm(t, h) })
+	}
 	t.Run("tls/1.1 refused, certificate reloaded from --cert-dir", s.tlsReload)
 	// Last: everything above ran through the webhook with debug logging.
 	t.Run("g/webhook logs hold no plaintext", s.logsClean)
@@ -81,6 +85,8 @@ func setup(ctx context.Context, t *testing.T) *suite {
 	s.cp, s.c = cp, cp.Client
 
 	work := t.TempDir()
+	s.kubeconfig = filepath.Join(work, "kubeconfig")
+	require.NoError(t, cp.WriteKubeconfig(s.kubeconfig))
 	bin, err := testbed.BuildWebhook(work)
 	require.NoError(t, err)
 	config := filepath.Join(work, "config.yaml")
