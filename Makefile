@@ -42,6 +42,7 @@ e2e:
 fuzz-short:
 	$(GO) test -run '^$$' -fuzz '^FuzzDetect$$' -fuzztime $(FUZZTIME) ./pkg/decrypt/
 	$(GO) test -run '^$$' -fuzz '^FuzzDocument$$' -fuzztime $(FUZZTIME) ./pkg/decrypt/
+	$(GO) test -run '^$$' -fuzz '^FuzzTokens$$' -fuzztime $(FUZZTIME) ./pkg/decrypt/
 
 ## fuzz: longer fuzz runs (FUZZTIME=5m make fuzz)
 fuzz: FUZZTIME = 2m

@@ -9,6 +9,13 @@
 // keysource (never through sops' default key service), every value is
 // decrypted with a fresh sops AES cipher, and the document's MAC is compared
 // in constant time. The output is what `sops decrypt` prints for the same file.
+// Result.Entries splits a flat document into its entries.
+//
+// Values payloads are ENC[...] tokens from a SOPS-encrypted Helm values file,
+// without the file around them. ParseIndex reads the index the chart helper
+// renders (the file's metadata and each token's values path); Tokens then
+// unwraps the data key once and replaces every token in a value by its plain
+// text, authenticated with its path, rendered as Helm renders the plain value.
 //
 // Every error returned by this package is an *Error: a fixed reason and a
 // hint, written by us. sops' own error strings are never passed on, because

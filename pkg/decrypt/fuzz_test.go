@@ -77,3 +77,50 @@ func FuzzDocument(f *testing.F) {
 		}
 	})
 }
+
+// FuzzTokens decrypts arbitrary values and indexes with a real key, seeded
+// with a values file the sops CLI encrypted and its real index. It must never
+// panic, every error must be a value-free *decrypt.Error, and a success must
+// leave no token behind.
+func FuzzTokens(f *testing.F) {
+	key := testbed.NewAgeKey(f, false)
+	enc := testbed.SopsEncrypt(f, []byte(valuesPlain), "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
+	index := testbed.ValuesIndex(f, enc)
+	for _, l := range testbed.ValuesLeaves(f, enc) {
+		if s, ok := l.Value.(string); ok {
+			f.Add([]byte("url: x://"+s+"@host\n"), []byte(index))
+		}
+	}
+	f.Add([]byte("ENC[AES256_GCM,data:,iv:,tag:,type:]"), []byte(`{"sops":{},"paths":{}}`))
+	src, err := keysource.LoadAge("fuzz", key.IdentityFile)
+	if err != nil {
+		f.Fatal(err)
+	}
+	d := newDecryptor(f, src)
+	f.Fuzz(func(t *testing.T, value, index []byte) {
+		idx, err := decrypt.ParseIndex(index)
+		if err != nil {
+			var e *decrypt.Error
+			if !errors.As(err, &e) {
+				t.Fatalf("index error of type %T: %v", err, err)
+			}
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := d.Tokens(idx).Decrypt(ctx, value)
+		if err != nil {
+			var e *decrypt.Error
+			if !errors.As(err, &e) {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			if bytes.Contains([]byte(err.Error()), []byte("s3cr3t")) {
+				t.Fatalf("error holds plaintext: %v", err)
+			}
+			return
+		}
+		if decrypt.HasMarker(out) {
+			t.Fatalf("success left a token behind")
+		}
+	})
+}

@@ -4,7 +4,9 @@
 // Handler screens each request's raw object for SOPS marker bytes before it
 // decodes anything, so objects without SOPS content are allowed unpatched at
 // the cost of a substring search. For the others it decrypts every SOPS
-// document through package decrypt and answers with a JSON patch that
+// document and every values payload (with the sops-webhook.io/values index,
+// which it removes) through package decrypt, expands flat documents when
+// sops-webhook.io/expand asks for it, and answers with a JSON patch that
 // replaces exactly the decrypted fields and records what it did in the
 // sops-webhook.io/decrypted and sops-webhook.io/keys annotations, the same
 // facts as audit annotations, and a warning where plaintext lands in a

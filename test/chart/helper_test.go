@@ -51,7 +51,8 @@ var chartKinds = []string{"dependency", "copied-template"}
 // and returns its directory.
 func newChart(t *testing.T, h *testbed.Helm, kind string) string {
 	t.Helper()
-	root := testbed.CopyFromRepo(t, t.TempDir(), "charts/sops-webhook-values")
+	root := t.TempDir()
+	require.NoError(t, testbed.CopyFromRepo(root, "charts/sops-webhook-values"))
 	dir := filepath.Join(root, "examples", "probe")
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "templates"), 0o755))
 	chartYAML := "apiVersion: v2\nname: probe\nversion: 0.1.0\n"

@@ -1,8 +1,9 @@
 // Command demo runs sops-webhook for real on an embedded local control plane
-// and walks through one decryption, printing each command and its output:
-// a real kube-apiserver and etcd (envtest), the real webhook binary on
-// loopback TLS, the project's MutatingWebhookConfiguration, a fresh age key,
-// the real sops and kubectl CLIs.
+// and installs the example chart (examples/webapp) with plain `helm install`
+// and a SOPS-encrypted values file, printing each command and its output: a
+// real kube-apiserver and etcd (envtest), the real webhook binary on loopback
+// TLS, the project's MutatingWebhookConfiguration, a fresh age key, the real
+// sops, helm and kubectl CLIs.
 //
 // With -keep it leaves everything running and prints how to use it.
 package main
@@ -59,6 +60,9 @@ func run(ctx context.Context, keep bool) error {
 
 	sh := shell{dir: work, env: []string{
 		"PATH=" + filepath.Dir(tools.Sops) + ":" + os.Getenv("PATH"),
+		"HELM_CACHE_HOME=" + filepath.Join(work, "helm", "cache"),
+		"HELM_CONFIG_HOME=" + filepath.Join(work, "helm", "config"),
+		"HELM_DATA_HOME=" + filepath.Join(work, "helm", "data"),
 		"HOME=" + work,
 		"KUBECONFIG=" + kubeconfig,
 	}}
@@ -104,34 +108,47 @@ func run(ctx context.Context, keep bool) error {
 	if err := sh.run("kubectl create namespace demo && kubectl label namespace demo sops-webhook.io/decrypt=enabled"); err != nil {
 		return err
 	}
-
-	step("encrypting a dotenv file with sops, for the webhook's public key only")
-	if err := os.WriteFile(filepath.Join(work, "app.env"), []byte("DB_USER=app\nDB_PASSWORD=correct-horse-battery-staple\n"), 0o600); err != nil {
-		return err
-	}
-	if err := sh.run("sops encrypt --age " + strings.TrimSpace(recipient) + " app.env > app.enc.env && rm app.env && cat app.enc.env"); err != nil {
+	if err := cp.WaitForWebhook(ctx, "demo"); err != nil {
 		return err
 	}
 
-	step("creating a Secret from the ciphertext with plain kubectl")
-	// The API server may take a moment to start calling a new webhook.
-	if err := sh.run(`for i in $(seq 1 50); do
-  kubectl -n demo create secret generic app --from-file=app.env=app.enc.env && break
-  sleep 0.2
-done`); err != nil {
+	step("the example chart: examples/webapp (copied to %s)", work)
+	if err := testbed.CopyFromRepo(work, "examples/webapp", "charts/sops-webhook-values"); err != nil {
+		return err
+	}
+	sh.dir = filepath.Join(work, "examples", "webapp")
+	if err := sh.run("ls templates && cat secrets.example.yaml"); err != nil {
 		return err
 	}
 
-	step("what the API server stored")
-	if err := sh.run(`kubectl -n demo get secret app -o jsonpath='{.metadata.annotations}' && echo`); err != nil {
+	step("encrypting the secret values and the chart's dotenv file with sops, for the webhook's public key only")
+	r := strings.TrimSpace(recipient)
+	if err := sh.run("sops encrypt --age " + r + " secrets.example.yaml > secrets.enc.yaml && head -8 secrets.enc.yaml | cut -c1-110 && echo ...\n" +
+		"sops encrypt --age " + r + " --input-type dotenv --output-type dotenv files/app.env.example > files/app.enc.env"); err != nil {
 		return err
 	}
-	if err := sh.run(`echo "--- sent (ciphertext, first lines):" && head -3 app.enc.env && echo "--- stored (decrypted in the cluster):" && kubectl -n demo get secret app -o jsonpath='{.data.app\.env}' | base64 -d`); err != nil {
+
+	step("plain helm install: no plugin, no key on this side")
+	if err := sh.run("helm dependency build . >/dev/null && helm install webapp . -n demo -f secrets.enc.yaml"); err != nil {
+		return err
+	}
+
+	step("what Helm sent and recorded: tokens only")
+	if err := sh.run(`helm get manifest webapp -n demo | grep -m4 -E 'db-password|url:|port =|app.env' | cut -c1-110`); err != nil {
+		return err
+	}
+
+	step("what the API server stored: the plaintext, decrypted in the cluster")
+	if err := sh.run(`kubectl -n demo get secret webapp-credentials -o go-template='{{range $k, $v := .data}}{{$k}}: {{$v | base64decode}}{{"\n"}}{{end}}'
+kubectl -n demo get secret webapp-app-config -o jsonpath='{.data.config\.yaml}' | base64 -d
+kubectl -n demo get configmap webapp-settings -o jsonpath='{.data.settings\.ini}'
+kubectl -n demo get secret webapp-env -o go-template='{{range $k, $v := .data}}{{$k}}: {{$v | base64decode}}{{"\n"}}{{end}}'
+kubectl -n demo get secret webapp-credentials -o jsonpath='{.metadata.annotations}' && echo`); err != nil {
 		return err
 	}
 
 	if keep {
-		step("still running; in another shell:\n    export KUBECONFIG=%s\n    kubectl -n demo get secret app -o yaml\n  webhook logs: %s\n  Ctrl-C to stop", kubeconfig, logFile.Name())
+		step("still running; in another shell:\n    export KUBECONFIG=%s\n    kubectl -n demo get secrets,configmaps\n    helm -n demo list\n  chart and encrypted values: %s\n  webhook logs: %s\n  Ctrl-C to stop", kubeconfig, sh.dir, logFile.Name())
 		<-ctx.Done()
 	}
 	step("stopping")

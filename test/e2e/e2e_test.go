@@ -119,24 +119,8 @@ keys:
 		}
 		require.NoError(t, s.c.Create(ctx, obj))
 	}
-	waitForWebhook(ctx, t, s.c)
+	require.NoError(t, cp.WaitForWebhook(ctx, "team-a"))
 	return s
-}
-
-// waitForWebhook creates probe Secrets until the API server calls the
-// webhook: registration takes effect asynchronously.
-func waitForWebhook(ctx context.Context, t *testing.T, c client.Client) {
-	t.Helper()
-	probe := []byte("x: ENC[AES256_GCM,data:Zm9v,iv:YmFy,tag:YmF6,type:str]")
-	require.Eventually(t, func() bool {
-		err := c.Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: "team-a"},
-			Data:       map[string][]byte{"v": probe},
-		})
-		// The webhook's own denial, not the API server's "failed calling
-		// webhook" (which also names it).
-		return err != nil && strings.Contains(err.Error(), "sops-webhook: cannot decrypt")
-	}, 30*time.Second, 200*time.Millisecond, "the API server never got an answer from the webhook")
 }
 
 func (s *suite) recipients(kind string) testbed.Recipients {
@@ -361,7 +345,7 @@ func (s *suite) tlsReload(t *testing.T) {
 	require.NoError(t, s.c.Get(context.Background(), client.ObjectKeyFromObject(mwc), live))
 	live.Webhooks = mwc.Webhooks
 	require.NoError(t, s.c.Update(context.Background(), live))
-	waitForWebhook(context.Background(), t, s.c)
+	require.NoError(t, s.cp.WaitForWebhook(context.Background(), "team-a"))
 }
 
 func (s *suite) shutdown(t *testing.T) {

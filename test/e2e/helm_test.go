@@ -100,7 +100,8 @@ func (c *helmCase) fromExample(t *testing.T, path string) string {
 // chart's dotenv file, lets edit change templates, and resolves the
 // dependency with `helm dependency update`.
 func (c *helmCase) prepareChart(t *testing.T, edit func(dir string)) string {
-	root := testbed.CopyFromRepo(t, t.TempDir(), "examples/webapp", "charts/sops-webhook-values")
+	root := t.TempDir()
+	require.NoError(t, testbed.CopyFromRepo(root, "examples/webapp", "charts/sops-webhook-values"))
 	dir := filepath.Join(root, "examples", "webapp")
 	enc := testbed.SopsEncrypt(t, []byte(c.env), "dotenv", c.s.recipients("age"))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "files", "app.enc.env"), enc, 0o644))

@@ -5,8 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -85,4 +89,30 @@ func (cp *ControlPlane) RegisterWebhook(ctx context.Context, url string, caBundl
 		return err
 	}
 	return cp.Client.Create(ctx, mwc)
+}
+
+// WaitForWebhook creates probe Secrets in namespace, which must be opted in,
+// until the API server calls the webhook (registration takes effect
+// asynchronously) or ctx or 30 seconds run out. The probe holds a malformed
+// token, so the webhook denies it and nothing is stored.
+func (cp *ControlPlane) WaitForWebhook(ctx context.Context, namespace string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	probe := []byte("x: ENC[AES256_GCM,data:Zm9v,iv:YmFy,tag:YmF6,type:str]")
+	for {
+		err := cp.Client.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "probe-", Namespace: namespace},
+			Data:       map[string][]byte{"v": probe},
+		})
+		// The webhook's own denial, not the API server's "failed calling
+		// webhook" (which also names it).
+		if err != nil && strings.Contains(err.Error(), "sops-webhook: cannot decrypt") {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the API server never got an answer from the webhook: last result %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

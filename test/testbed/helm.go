@@ -76,12 +76,11 @@ func (h *Helm) MustRun(t testing.TB, args ...string) string {
 
 // CopyFromRepo copies the repository paths (folders or files, relative to the
 // repository root) into dst at the same relative paths, so that a chart's
-// file:// dependencies still resolve, and returns dst.
-func CopyFromRepo(t testing.TB, dst string, paths ...string) string {
-	t.Helper()
+// file:// dependencies still resolve.
+func CopyFromRepo(dst string, paths ...string) error {
 	root, err := RepoRoot()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	for _, p := range paths {
 		src := filepath.Join(root, p)
@@ -104,10 +103,10 @@ func CopyFromRepo(t testing.TB, dst string, paths ...string) string {
 			return os.WriteFile(target, data, 0o644)
 		})
 		if err != nil {
-			t.Fatalf("copy %s: %v", p, err)
+			return fmt.Errorf("copy %s: %w", p, err)
 		}
 	}
-	return dst
+	return nil
 }
 
 // Rendered is what `helm template` printed, by kind and name.
