@@ -198,3 +198,29 @@ func TestHelperAnnotationSizeForAThousandSecrets(t *testing.T) {
 		})
 	}
 }
+
+// TestChartsLint runs `helm lint --strict` on the helper chart and on the
+// example chart (with an encrypted values file and its encrypted dotenv
+// file), with both Helm majors.
+func TestChartsLint(t *testing.T) {
+	key := testbed.NewAgeKey(t, false)
+	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	root := t.TempDir()
+	require.NoError(t, testbed.CopyFromRepo(root, "charts/sops-webhook-values", "examples/webapp"))
+	example := filepath.Join(root, "examples", "webapp")
+	values := filepath.Join(t.TempDir(), "secrets.enc.yaml")
+	plain, err := os.ReadFile(filepath.Join(example, "secrets.example.yaml"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(values, testbed.SopsEncrypt(t, plain, "yaml", r), 0o600))
+	env, err := os.ReadFile(filepath.Join(example, "files", "app.env.example"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(example, "files", "app.enc.env"), testbed.SopsEncrypt(t, env, "dotenv", r), 0o600))
+
+	for _, h := range testbed.HelmCLIs(t, "") {
+		t.Run(h.Name, func(t *testing.T) {
+			h.MustRun(t, "lint", "--strict", filepath.Join(root, "charts", "sops-webhook-values"))
+			h.MustRun(t, "dependency", "update", example)
+			h.MustRun(t, "lint", "--strict", example, "-f", values)
+		})
+	}
+}
