@@ -7,6 +7,7 @@ import (
 	"crypto/cipher"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -171,6 +172,10 @@ func (t *Tokens) cipher(ctx context.Context, nonceSize int) (cipher.AEAD, error)
 // blockFor unwraps the data key of m and returns its AES block cipher.
 func (d *Decryptor) blockFor(ctx context.Context, m sops.Metadata) (cipher.Block, []string, error) {
 	key, keys, err := d.unwrap(ctx, m)
+	var e *Error
+	if errors.As(err, &e) && e.Reason == ReasonNoKey {
+		return nil, nil, fail(ReasonNoKey, "the values file whose metadata the sops-webhook.values helper rendered: "+e.Hint)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
