@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,6 +83,11 @@ func TestParseFlags(t *testing.T) {
 		{"bad port", []string{"--config", "c", "--cert-dir", certDir, "--port", "0"}, "--port 0"},
 		{"bad log level", []string{"--config", "c", "--cert-dir", certDir, "--log-level", "loud"}, "--log-level"},
 		{"stray argument", []string{"--config", "c", "--cert-dir", certDir, "extra"}, "unexpected argument"},
+		{"self-managed starts with an empty cert dir", []string{"--config", "c", "--cert-dir", t.TempDir(), "--certificates", "self-managed", "--namespace", "sops-webhook"}, ""},
+		{"self-managed needs a namespace", []string{"--config", "c", "--cert-dir", t.TempDir(), "--certificates", "self-managed", "--namespace", ""}, "--namespace"},
+		{"self-managed needs an existing cert dir", []string{"--config", "c", "--cert-dir", "/nonexistent", "--certificates", "self-managed", "--namespace", "x"}, "existing folder"},
+		{"unknown certificates mode", []string{"--config", "c", "--cert-dir", certDir, "--certificates", "acme"}, `--certificates "acme"`},
+		{"negative shutdown delay", []string{"--config", "c", "--cert-dir", certDir, "--shutdown-delay", "-1s"}, "--shutdown-delay"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -95,4 +101,11 @@ func TestParseFlags(t *testing.T) {
 			assert.Contains(t, err.Error(), tt.wantErr)
 		})
 	}
+}
+
+func TestSelfManagedHosts(t *testing.T) {
+	o, err := parseFlags([]string{"--config", "c", "--cert-dir", t.TempDir(), "--certificates", "self-managed",
+		"--namespace", "ops", "--service", "sw", "--tls-hosts", "127.0.0.1, sw.example"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"sw.ops.svc", "sw.ops.svc.cluster.local", "127.0.0.1", "sw.example"}, o.selfCerts.hosts)
 }

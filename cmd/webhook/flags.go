@@ -7,9 +7,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 )
 
 // options are the command-line flags (DESIGN §4.2).
@@ -23,7 +25,30 @@ type options struct {
 	logLevel        string
 	decryptTimeout  time.Duration
 	shutdownTimeout time.Duration
+	shutdownDelay   time.Duration
+
+	// certificates is where the serving certificate comes from:
+	// certificatesFiles (mounted, e.g. by cert-manager) or
+	// certificatesSelfManaged (package selfcerts).
+	certificates string
+	selfCerts    selfCertOptions
 }
+
+// selfCertOptions configure the self-managed certificate mode.
+type selfCertOptions struct {
+	kubeconfig           string
+	namespace            string
+	secretName           string
+	webhookConfiguration string
+	service              string
+	hosts                []string
+	interval             time.Duration
+}
+
+const (
+	certificatesFiles       = "files"
+	certificatesSelfManaged = "self-managed"
+)
 
 // parseFlags parses and validates the command line. Errors name the flag.
 func parseFlags(args []string, out io.Writer) (options, error) {
@@ -39,8 +64,26 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: info, debug or error")
 	fs.DurationVar(&o.decryptTimeout, "decrypt-timeout", mutate.DefaultDecryptTimeout, "longest time one admission request may spend decrypting")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 25*time.Second, "longest time to drain requests on SIGTERM")
+	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, how long to keep serving while reporting not ready, so endpoints drop this replica before it stops")
+	fs.StringVar(&o.certificates, "certificates", certificatesFiles, `where the serving certificate comes from: "files" in --cert-dir (cert-manager, a mounted Secret), or "self-managed" (the webhook issues it, stores it in --tls-secret and patches the caBundle of --webhook-configuration)`)
+	fs.StringVar(&o.selfCerts.kubeconfig, "kubeconfig", "", "self-managed: kubeconfig file (default: in-cluster)")
+	fs.StringVar(&o.selfCerts.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "self-managed: the webhook's namespace (default $POD_NAMESPACE)")
+	fs.StringVar(&o.selfCerts.secretName, "tls-secret", "sops-webhook-tls", "self-managed: Secret holding the CA and serving certificate")
+	fs.StringVar(&o.selfCerts.webhookConfiguration, "webhook-configuration", "sops-webhook", "self-managed: MutatingWebhookConfiguration whose caBundle is kept")
+	fs.StringVar(&o.selfCerts.service, "service", "sops-webhook", "self-managed: Service name the certificate is issued for")
+	hosts := fs.String("tls-hosts", "", "self-managed: extra comma-separated DNS names or IPs for the certificate")
+	fs.DurationVar(&o.selfCerts.interval, "cert-check-interval", selfcerts.DefaultInterval, "self-managed: how often the Secret and caBundle are checked")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
+	}
+	if o.selfCerts.service != "" && o.selfCerts.namespace != "" {
+		svc, ns := o.selfCerts.service, o.selfCerts.namespace
+		o.selfCerts.hosts = []string{svc + "." + ns + ".svc", svc + "." + ns + ".svc.cluster.local"}
+	}
+	for _, h := range strings.Split(*hosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			o.selfCerts.hosts = append(o.selfCerts.hosts, h)
+		}
 	}
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -53,14 +96,30 @@ func (o options) validate() error {
 	if o.configFile == "" {
 		errs = append(errs, errors.New("--config is required"))
 	}
-	if o.certDir == "" {
+	switch {
+	case o.certDir == "":
 		errs = append(errs, errors.New("--cert-dir is required"))
-	} else {
+	case o.certificates == certificatesFiles:
 		for _, f := range []string{"tls.crt", "tls.key"} {
 			if _, err := os.Stat(filepath.Join(o.certDir, f)); err != nil {
 				errs = append(errs, fmt.Errorf("--cert-dir: %w", err))
 			}
 		}
+	case o.certificates == certificatesSelfManaged:
+		if st, err := os.Stat(o.certDir); err != nil || !st.IsDir() {
+			errs = append(errs, fmt.Errorf("--cert-dir %s must be an existing folder the webhook can write", o.certDir))
+		}
+		if o.selfCerts.namespace == "" {
+			errs = append(errs, errors.New("--namespace (or $POD_NAMESPACE) is required with --certificates=self-managed"))
+		}
+		if o.selfCerts.interval <= 0 {
+			errs = append(errs, errors.New("--cert-check-interval must be positive"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--certificates %q is not files or self-managed", o.certificates))
+	}
+	if o.shutdownDelay < 0 {
+		errs = append(errs, errors.New("--shutdown-delay must not be negative"))
 	}
 	if o.port < 1 || o.port > 65535 {
 		errs = append(errs, fmt.Errorf("--port %d is not a TCP port", o.port))

@@ -17,6 +17,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -24,6 +27,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 )
 
 // mutatePath is the HTTPS path of the admission endpoint.
@@ -54,23 +58,49 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	}
 	handler := mutate.NewHandler(decrypt.New(ring), mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout))
 
+	var certs *selfcerts.Manager
+	if o.certificates == certificatesSelfManaged {
+		if certs, err = newSelfCerts(o, log); err != nil {
+			return err
+		}
+		// The server needs the files before it starts.
+		if err := certs.Bootstrap(ctx); err != nil {
+			return fmt.Errorf("self-managed certificates: %w", err)
+		}
+	}
+
 	server := webhook.NewServer(webhook.Options{
 		Host:    o.host,
 		Port:    o.port,
 		CertDir: o.certDir,
 		TLSOpts: []func(*tls.Config){hardenTLS},
 	})
-	server.Register(mutatePath, &webhook.Admission{Handler: handler})
-
 	var stopping atomic.Bool
-	g, gctx := errgroup.WithContext(ctx)
+	server.Register(mutatePath, closeWhen(&stopping, &webhook.Admission{Handler: handler}))
+
+	// On SIGTERM: report not ready and ask clients to reconnect elsewhere
+	// for --shutdown-delay while still serving, then stop the servers.
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopServing()
+	g, gctx := errgroup.WithContext(serveCtx)
 	g.Go(func() error {
-		<-gctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-gctx.Done():
+		}
 		stopping.Store(true)
-		log.Info("shutting down")
+		log.Info("shutting down", "delay", o.shutdownDelay.String())
+		select {
+		case <-time.After(o.shutdownDelay):
+		case <-gctx.Done():
+		}
+		stopServing()
 		return nil
 	})
 	g.Go(func() error { return server.Start(gctx) })
+	if certs != nil {
+		g.Go(func() error { return certs.Run(gctx) })
+	}
 
 	started := server.StartedChecker()
 	probes := http.NewServeMux()
@@ -102,6 +132,48 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// closeWhen asks clients to close their connection after each response once
+// stopping is set, so keep-alive connections move to other replicas while
+// this one drains.
+func closeWhen(stopping *atomic.Bool, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if stopping.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// newSelfCerts builds the self-managed certificate manager with a client for
+// --kubeconfig, or the in-cluster one.
+func newSelfCerts(o options, log logr.Logger) (*selfcerts.Manager, error) {
+	var cfg *rest.Config
+	var err error
+	if o.selfCerts.kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", o.selfCerts.kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("self-managed certificates: Kubernetes client: %w", err)
+	}
+	cfg.Timeout = 10 * time.Second
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("self-managed certificates: Kubernetes client: %w", err)
+	}
+	return selfcerts.New(selfcerts.Options{
+		Client:               client,
+		Namespace:            o.selfCerts.namespace,
+		SecretName:           o.selfCerts.secretName,
+		WebhookConfiguration: o.selfCerts.webhookConfiguration,
+		Hosts:                o.selfCerts.hosts,
+		CertDir:              o.certDir,
+		Interval:             o.selfCerts.interval,
+		Log:                  log.WithName("certificates"),
+	})
 }
 
 // hardenTLS sets TLS 1.2 as the floor and serves HTTP/1.1 only: HTTP/2 is

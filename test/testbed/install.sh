@@ -5,13 +5,15 @@
 #   kube-apiserver  built from the Go module proxy (k8s.io/kubernetes)
 #   etcd            Debian's etcd-server, unpacked into the cache
 #   sops, helm v3, helm v4, age-keygen   `go install` from the module proxy
+#   CRDs            cert-manager's and the ServiceMonitor CRD, from their Go
+#                   modules, for dry-runs of the deployment manifests
 #
 # Everything lands in $TESTBED_CACHE (default: <repo>/.cache/testbed) under a
 # name that carries its version, so a version bump rebuilds and an unchanged
 # version costs nothing. The last step writes $TESTBED_CACHE/env, which the
 # Makefile and the tests read.
 #
-# Usage: test/testbed/install.sh [all|apiserver|etcd|sops|helm|age]
+# Usage: test/testbed/install.sh [all|apiserver|etcd|sops|helm|age|crds]
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-1.37.2}
@@ -20,6 +22,8 @@ SOPS_VERSION=${SOPS_VERSION:-v3.13.3}
 HELM3_VERSION=${HELM3_VERSION:-v3.22.0}
 HELM4_VERSION=${HELM4_VERSION:-v4.3.1}
 AGE_VERSION=${AGE_VERSION:-v1.3.1}
+CERT_MANAGER_VERSION=${CERT_MANAGER_VERSION:-v1.21.2}
+PROM_OPERATOR_VERSION=${PROM_OPERATOR_VERSION:-v0.85.0}
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${TESTBED_CACHE:-$ROOT/.cache/testbed}
@@ -143,6 +147,32 @@ helm() {
 	ln -sfn helm3 "$BIN/helm"
 }
 
+# crdsfrom NAME MODULE@VERSION DIR FILE... copies CRD files out of a Go
+# module (downloaded through the module proxy) into $CACHE/crds/NAME.
+crdsfrom() {
+	local name=$1 mod=$2 dir=$3
+	shift 3
+	local target=$CACHE/crds/$name
+	if [[ -f $target/.done ]]; then
+		step "CRDs $name: cached"
+		return
+	fi
+	step "CRDs $name: go mod download $mod"
+	local src
+	src=$(cd "$CACHE/src" && GOFLAGS=-mod=mod go mod download -json "$mod" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	[[ -d $src/$dir ]] || { echo "no $dir in $mod" >&2; exit 1; }
+	mkdir -p "$target"
+	for f in "$@"; do cp "$src/$dir/$f" "$target/"; done
+	touch "$target/.done"
+}
+
+crds() {
+	crdsfrom cert-manager-$CERT_MANAGER_VERSION "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" deploy/crds \
+		cert-manager.io_certificates.yaml cert-manager.io_issuers.yaml cert-manager.io_clusterissuers.yaml cert-manager.io_certificaterequests.yaml
+	crdsfrom prometheus-operator-$PROM_OPERATOR_VERSION "github.com/prometheus-operator/prometheus-operator@$PROM_OPERATOR_VERSION" example/prometheus-operator-crd \
+		monitoring.coreos.com_servicemonitors.yaml
+}
+
 writeenv() {
 	cat >"$CACHE/env" <<EOF
 # written by test/testbed/install.sh
@@ -152,14 +182,15 @@ SOPS_BIN=$BIN/sops
 HELM3_BIN=$BIN/helm3
 HELM4_BIN=$BIN/helm4
 AGE_KEYGEN_BIN=$BIN/age-keygen
+CRD_DIRS=$CACHE/crds/cert-manager-$CERT_MANAGER_VERSION:$CACHE/crds/prometheus-operator-$PROM_OPERATOR_VERSION
 EOF
 	step "ready: $CACHE/env"
 }
 
 what=${1:-all}
 case $what in
-all) etcd; sops; age; apiserver; helm ;;
-apiserver | etcd | sops | helm | age) "$what" ;;
-*) echo "usage: $0 [all|apiserver|etcd|sops|helm|age]" >&2; exit 2 ;;
+all) etcd; sops; age; apiserver; helm; crds ;;
+apiserver | etcd | sops | helm | age | crds) "$what" ;;
+*) echo "usage: $0 [all|apiserver|etcd|sops|helm|age|crds]" >&2; exit 2 ;;
 esac
 writeenv

@@ -18,6 +18,9 @@ type Tools struct {
 	Helm3             string
 	Helm4             string
 	AgeKeygen         string
+	// CRDDirs are folders of CustomResourceDefinitions the deployment
+	// manifests use: cert-manager's and prometheus-operator's.
+	CRDDirs []string
 }
 
 var (
@@ -78,6 +81,9 @@ func load() (Tools, error) {
 		Helm3:             vars["HELM3_BIN"],
 		Helm4:             vars["HELM4_BIN"],
 		AgeKeygen:         vars["AGE_KEYGEN_BIN"],
+	}
+	if v := vars["CRD_DIRS"]; v != "" {
+		t.CRDDirs = strings.Split(v, ":")
 	}
 	return t, sc.Err()
 }

@@ -1,0 +1,370 @@
+package selfcerts
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/sops-webhook/sops-webhook/certs"
+)
+
+// Keys of the Secret that holds the certificates.
+const (
+	// keyTrusted holds the CAs the API server is told to trust, PEM, the
+	// signing CA first.
+	keyTrusted = "ca.crt"
+	keyCAKey   = "ca.key"
+	keyCert    = "tls.crt"
+	keyKey     = "tls.key"
+)
+
+// AnnotationRotate on the Secret asks for a new CA and serving certificate
+// now; set it to any new value (a timestamp). The webhook copies the value
+// to AnnotationRotated once the new certificate is in the Secret.
+const (
+	AnnotationRotate  = "sops-webhook.io/rotate"
+	AnnotationRotated = "sops-webhook.io/rotated"
+)
+
+// Defaults. A certificate is renewed when a third of its validity is left.
+const (
+	DefaultCAValidity   = 5 * 365 * 24 * time.Hour
+	DefaultCertValidity = 90 * 24 * time.Hour
+	DefaultInterval     = time.Minute
+)
+
+// maxTrusted caps the CAs kept in the caBundle: the signing CA and the ones
+// before it, whose certificates replicas may still serve.
+const maxTrusted = 4
+
+const caName = "sops-webhook self-managed CA"
+
+// Options configure a Manager.
+type Options struct {
+	Client kubernetes.Interface
+	// Namespace and SecretName name the Secret shared by all replicas.
+	Namespace, SecretName string
+	// WebhookConfiguration is the MutatingWebhookConfiguration whose
+	// webhooks get the caBundle.
+	WebhookConfiguration string
+	// Hosts are the serving certificate's DNS names and IP addresses.
+	Hosts []string
+	// CertDir receives tls.crt, tls.key and ca.crt.
+	CertDir                  string
+	CAValidity, CertValidity time.Duration
+	// Interval is how often Run checks the Secret and the caBundle.
+	Interval time.Duration
+	Log      logr.Logger
+	// Now is the clock; tests set it.
+	Now func() time.Time
+}
+
+// Manager keeps a self-managed CA and serving certificate in a Secret, the
+// CA in the webhook configuration's caBundle, and the certificate files in
+// the cert dir. Every replica runs one; they agree through the Secret's
+// resourceVersion (a lost update is re-read and redone), and the caBundle
+// only ever gains CAs until they expire, so no replica can remove a CA
+// another replica's certificate needs.
+type Manager struct {
+	o Options
+}
+
+// New returns a Manager, or an error naming a missing option.
+func New(o Options) (*Manager, error) {
+	var errs []error
+	if o.Client == nil {
+		errs = append(errs, errors.New("no Kubernetes client"))
+	}
+	for name, v := range map[string]string{"namespace": o.Namespace, "secret name": o.SecretName, "webhook configuration": o.WebhookConfiguration, "cert dir": o.CertDir} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("no %s", name))
+		}
+	}
+	if len(o.Hosts) == 0 {
+		errs = append(errs, errors.New("no hosts for the serving certificate"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("self-managed certificates: %w", err)
+	}
+	if o.CAValidity == 0 {
+		o.CAValidity = DefaultCAValidity
+	}
+	if o.CertValidity == 0 {
+		o.CertValidity = DefaultCertValidity
+	}
+	if o.Interval == 0 {
+		o.Interval = DefaultInterval
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Manager{o: o}, nil
+}
+
+// Bootstrap reconciles until it succeeds once, so the certificate files
+// exist, retrying every second; it returns ctx's error if ctx ends first.
+func (m *Manager) Bootstrap(ctx context.Context) error {
+	for {
+		err := m.Reconcile(ctx)
+		if err == nil {
+			return nil
+		}
+		m.o.Log.Info("certificates not ready yet; retrying", "error", err.Error())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Run reconciles every Interval until ctx ends. Errors are logged and retried
+// on the next tick; Run returns nil when ctx ends.
+func (m *Manager) Run(ctx context.Context) error {
+	t := time.NewTicker(m.o.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := m.Reconcile(ctx); err != nil {
+				m.o.Log.Error(err, "certificate check failed; retrying")
+			}
+		}
+	}
+}
+
+// state is the Secret's content, parsed.
+type state struct {
+	ca      *certs.CA
+	trusted []*x509.Certificate
+	cert    *x509.Certificate
+	certPEM []byte
+	keyPEM  []byte
+}
+
+// Reconcile makes one pass: it creates or renews the CA and the serving
+// certificate in the Secret, puts the trusted CAs in the caBundle before any
+// certificate they sign is issued, and writes the files.
+func (m *Manager) Reconcile(ctx context.Context) error {
+	secrets := m.o.Client.CoreV1().Secrets(m.o.Namespace)
+	sec, err := secrets.Get(ctx, m.o.SecretName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: m.o.SecretName, Namespace: m.o.Namespace}, Type: corev1.SecretTypeOpaque}
+		if err := m.newCA(&state{}, sec); err != nil {
+			return err
+		}
+		created, err := secrets.Create(ctx, sec, metav1.CreateOptions{})
+		if err != nil {
+			// Another replica created it first: the next pass reads it.
+			return fmt.Errorf("create Secret %s/%s: %w", m.o.Namespace, m.o.SecretName, err)
+		}
+		m.o.Log.Info("created the self-managed CA", "secret", m.o.SecretName)
+		sec = created
+	case err != nil:
+		return fmt.Errorf("get Secret %s/%s: %w", m.o.Namespace, m.o.SecretName, err)
+	}
+
+	st, err := parseState(sec)
+	now := m.o.Now()
+	rotate := sec.Annotations[AnnotationRotate] != "" && sec.Annotations[AnnotationRotate] != sec.Annotations[AnnotationRotated]
+	if err != nil || rotate || expiring(st.ca.Cert, now, m.o.CAValidity) {
+		reason := "renewal"
+		switch {
+		case err != nil:
+			reason = "unreadable Secret: " + err.Error()
+		case rotate:
+			reason = "rotation requested"
+		}
+		if err := m.newCA(st, sec); err != nil {
+			return err
+		}
+		if sec, err = secrets.Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("store new CA: %w", err)
+		}
+		m.o.Log.Info("new self-managed CA", "reason", reason)
+		if st, err = parseState(sec); err != nil {
+			return err
+		}
+	}
+
+	if err := m.ensureCABundle(ctx, st.trusted, now); err != nil {
+		return err
+	}
+
+	if rotate || m.certNeedsRenewal(st, now) {
+		certPEM, keyPEM, err := st.ca.Issue(m.o.Hosts, now, m.o.CertValidity)
+		if err != nil {
+			return err
+		}
+		sec.Data[keyCert], sec.Data[keyKey] = certPEM, keyPEM
+		if rotate {
+			if sec.Annotations == nil {
+				sec.Annotations = map[string]string{}
+			}
+			sec.Annotations[AnnotationRotated] = sec.Annotations[AnnotationRotate]
+		}
+		if sec, err = secrets.Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("store new serving certificate: %w", err)
+		}
+		m.o.Log.Info("new serving certificate", "notAfter", now.Add(m.o.CertValidity).UTC().Format(time.RFC3339))
+		if st, err = parseState(sec); err != nil {
+			return err
+		}
+	}
+	return m.writeFiles(st)
+}
+
+// newCA puts a fresh CA in front of the still valid trusted ones in sec.
+// The serving certificate is left alone: it is renewed once the caBundle
+// trusts the new CA.
+func (m *Manager) newCA(st *state, sec *corev1.Secret) error {
+	ca, err := certs.NewCA(caName, m.o.Now(), m.o.CAValidity)
+	if err != nil {
+		return err
+	}
+	trusted := append([]*x509.Certificate{ca.Cert}, st.trusted...)
+	if sec.Data == nil {
+		sec.Data = map[string][]byte{}
+	}
+	sec.Data[keyTrusted] = encodeCerts(keepValid(trusted, m.o.Now()))
+	sec.Data[keyCAKey] = ca.KeyPEM
+	return nil
+}
+
+// certNeedsRenewal reports whether the serving certificate is missing,
+// expiring, not signed by the signing CA, or not valid for every host.
+func (m *Manager) certNeedsRenewal(st *state, now time.Time) bool {
+	if st.cert == nil || expiring(st.cert, now, m.o.CertValidity) || st.cert.CheckSignatureFrom(st.ca.Cert) != nil {
+		return true
+	}
+	for _, h := range m.o.Hosts {
+		if st.cert.VerifyHostname(h) != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// ensureCABundle sets every webhook's caBundle in the configuration to the
+// trusted CAs plus the ones it already holds that have not expired.
+func (m *Manager) ensureCABundle(ctx context.Context, trusted []*x509.Certificate, now time.Time) error {
+	mwcs := m.o.Client.AdmissionregistrationV1().MutatingWebhookConfigurations()
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		mwc, err := mwcs.Get(ctx, m.o.WebhookConfiguration, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("get MutatingWebhookConfiguration %s: %w", m.o.WebhookConfiguration, err)
+		}
+		all := slices.Clone(trusted)
+		changed := false
+		for _, w := range mwc.Webhooks {
+			all = append(all, decodeCerts(w.ClientConfig.CABundle)...)
+		}
+		bundle := encodeCerts(keepValid(all, now))
+		for i := range mwc.Webhooks {
+			if !bytes.Equal(mwc.Webhooks[i].ClientConfig.CABundle, bundle) {
+				mwc.Webhooks[i].ClientConfig.CABundle = bundle
+				changed = true
+			}
+		}
+		if !changed {
+			return nil
+		}
+		if _, err := mwcs.Update(ctx, mwc, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+		m.o.Log.Info("caBundle updated", "webhookConfiguration", m.o.WebhookConfiguration)
+		return nil
+	})
+}
+
+// writeFiles writes the serving certificate, its key and the signing CA to
+// the cert dir when they differ from what is there.
+func (m *Manager) writeFiles(st *state) error {
+	old, err := os.ReadFile(filepath.Join(m.o.CertDir, keyCert))
+	if err == nil && bytes.Equal(old, st.certPEM) {
+		return nil
+	}
+	b := certs.Bundle{CACert: st.ca.CertPEM, Cert: st.certPEM, Key: st.keyPEM}
+	if err := b.WriteDir(m.o.CertDir); err != nil {
+		return fmt.Errorf("write certificates to %s: %w", m.o.CertDir, err)
+	}
+	return nil
+}
+
+// parseState reads the Secret. The serving certificate may be missing.
+func parseState(sec *corev1.Secret) (*state, error) {
+	trusted := decodeCerts(sec.Data[keyTrusted])
+	if len(trusted) == 0 {
+		return &state{}, errors.New("no CA certificate")
+	}
+	ca, err := certs.ParseCA(encodeCerts(trusted[:1]), sec.Data[keyCAKey])
+	if err != nil {
+		return &state{trusted: trusted}, err
+	}
+	st := &state{ca: ca, trusted: trusted, certPEM: sec.Data[keyCert], keyPEM: sec.Data[keyKey]}
+	if c := decodeCerts(st.certPEM); len(c) > 0 && len(st.keyPEM) > 0 {
+		st.cert = c[0]
+	}
+	return st, nil
+}
+
+// expiring reports whether less than a third of validity is left on c.
+func expiring(c *x509.Certificate, now time.Time, validity time.Duration) bool {
+	return now.Add(validity / 3).After(c.NotAfter)
+}
+
+// keepValid drops expired and duplicate certificates and keeps at most
+// maxTrusted, in order.
+func keepValid(cs []*x509.Certificate, now time.Time) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, c := range cs {
+		if now.After(c.NotAfter) || slices.ContainsFunc(out, c.Equal) {
+			continue
+		}
+		if out = append(out, c); len(out) == maxTrusted {
+			break
+		}
+	}
+	return out
+}
+
+func encodeCerts(cs []*x509.Certificate) []byte {
+	var b bytes.Buffer
+	for _, c := range cs {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}) // a bytes.Buffer does not fail
+	}
+	return b.Bytes()
+}
+
+// decodeCerts returns the certificates in PEM data, skipping what does not
+// parse.
+func decodeCerts(data []byte) []*x509.Certificate {
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return out
+		}
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil && b.Type == "CERTIFICATE" {
+			out = append(out, c)
+		}
+	}
+}

@@ -1,0 +1,189 @@
+package selfcerts
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+const (
+	ns     = "sops-webhook"
+	secret = "sops-webhook-tls"
+	mwc    = "sops-webhook"
+)
+
+type fixture struct {
+	client *fake.Clientset
+	now    time.Time
+}
+
+func newFixture() *fixture {
+	c := fake.NewClientset(&admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: mwc},
+		Webhooks:   []admissionregistrationv1.MutatingWebhook{{Name: "a.sops-webhook.io"}, {Name: "b.sops-webhook.io"}},
+	})
+	return &fixture{client: c, now: time.Now()}
+}
+
+func (f *fixture) manager(t *testing.T) *Manager {
+	t.Helper()
+	m, err := New(Options{
+		Client: f.client, Namespace: ns, SecretName: secret, WebhookConfiguration: mwc,
+		Hosts: []string{"sops-webhook.sops-webhook.svc", "127.0.0.1"}, CertDir: t.TempDir(),
+		CAValidity: 300 * 24 * time.Hour, CertValidity: 30 * 24 * time.Hour,
+		Log: logr.Discard(), Now: func() time.Time { return f.now },
+	})
+	require.NoError(t, err)
+	return m
+}
+
+func (f *fixture) secret(t *testing.T) *corev1.Secret {
+	t.Helper()
+	s, err := f.client.CoreV1().Secrets(ns).Get(context.Background(), secret, metav1.GetOptions{})
+	require.NoError(t, err)
+	return s
+}
+
+func (f *fixture) caBundles(t *testing.T) [][]byte {
+	t.Helper()
+	c, err := f.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(context.Background(), mwc, metav1.GetOptions{})
+	require.NoError(t, err)
+	var out [][]byte
+	for _, w := range c.Webhooks {
+		out = append(out, w.ClientConfig.CABundle)
+	}
+	return out
+}
+
+// servedVerifies checks that the files in m's cert dir form a pair that the
+// caBundle verifies for every host.
+func servedVerifies(t *testing.T, f *fixture, m *Manager) *x509.Certificate {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(filepath.Join(m.o.CertDir, "tls.crt"), filepath.Join(m.o.CertDir, "tls.key"))
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	require.NoError(t, err)
+	for _, bundle := range f.caBundles(t) {
+		pool := x509.NewCertPool()
+		require.True(t, pool.AppendCertsFromPEM(bundle))
+		for _, h := range m.o.Hosts {
+			_, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: h, CurrentTime: f.now})
+			require.NoError(t, err, h)
+		}
+	}
+	return leaf
+}
+
+func TestReconcileIssuesAndIsStable(t *testing.T) {
+	f := newFixture()
+	m := f.manager(t)
+	require.NoError(t, m.Reconcile(context.Background()))
+	leaf := servedVerifies(t, f, m)
+	rv := f.secret(t).ResourceVersion
+
+	// A second pass, and a second replica, change nothing.
+	require.NoError(t, m.Reconcile(context.Background()))
+	other := f.manager(t)
+	require.NoError(t, other.Reconcile(context.Background()))
+	assert.Equal(t, rv, f.secret(t).ResourceVersion)
+	assert.True(t, leaf.Equal(servedVerifies(t, f, other)), "replicas serve the same certificate")
+}
+
+func TestCertificateRenewedBeforeExpiryUnderTheSameCA(t *testing.T) {
+	f := newFixture()
+	m := f.manager(t)
+	require.NoError(t, m.Reconcile(context.Background()))
+	first := servedVerifies(t, f, m)
+	bundle := f.caBundles(t)[0]
+
+	f.now = f.now.Add(21 * 24 * time.Hour) // 9 of 30 days left: under a third
+	require.NoError(t, m.Reconcile(context.Background()))
+	second := servedVerifies(t, f, m)
+	assert.False(t, first.Equal(second), "renewed")
+	assert.Equal(t, bundle, f.caBundles(t)[0], "same CA, caBundle untouched")
+}
+
+func TestCARotationKeepsTheOldCATrusted(t *testing.T) {
+	for _, how := range []string{"expiry", "requested"} {
+		t.Run(how, func(t *testing.T) {
+			f := newFixture()
+			m := f.manager(t)
+			require.NoError(t, m.Reconcile(context.Background()))
+			oldLeaf := servedVerifies(t, f, m)
+			oldCA := decodeCerts(f.secret(t).Data[keyTrusted])[0]
+
+			switch how {
+			case "expiry":
+				f.now = f.now.Add(201 * 24 * time.Hour)
+			case "requested":
+				s := f.secret(t)
+				s.Annotations = map[string]string{AnnotationRotate: "now"}
+				_, err := f.client.CoreV1().Secrets(ns).Update(context.Background(), s, metav1.UpdateOptions{})
+				require.NoError(t, err)
+			}
+			require.NoError(t, m.Reconcile(context.Background()))
+			newLeaf := servedVerifies(t, f, m)
+			assert.False(t, oldLeaf.Equal(newLeaf))
+			trusted := decodeCerts(f.caBundles(t)[0])
+			require.Len(t, trusted, 2, "new and old CA")
+			assert.True(t, trusted[1].Equal(oldCA), "the old CA stays trusted while replicas may serve its certificate")
+			if how != "requested" {
+				return
+			}
+			assert.Equal(t, "now", f.secret(t).Annotations[AnnotationRotated])
+			// Replicas still serving the old certificate stay verifiable.
+			pool := x509.NewCertPool()
+			pool.AddCert(trusted[0])
+			pool.AddCert(trusted[1])
+			_, err := oldLeaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "127.0.0.1", CurrentTime: f.now})
+			assert.NoError(t, err)
+		})
+	}
+}
+
+func TestBundleKeepsCAsAnotherReplicaAdded(t *testing.T) {
+	f := newFixture()
+	a := f.manager(t)
+	require.NoError(t, a.Reconcile(context.Background()))
+	foreign := decodeCerts(f.caBundles(t)[0])[0]
+
+	// The Secret is lost (deleted by an admin): a fresh CA is made, but
+	// the CA the running replicas' certificate chains to stays trusted.
+	require.NoError(t, f.client.CoreV1().Secrets(ns).Delete(context.Background(), secret, metav1.DeleteOptions{}))
+	require.NoError(t, a.Reconcile(context.Background()))
+	trusted := decodeCerts(f.caBundles(t)[0])
+	require.Len(t, trusted, 2)
+	assert.True(t, trusted[1].Equal(foreign))
+	servedVerifies(t, f, a)
+}
+
+func TestUnreadableSecretIsReplaced(t *testing.T) {
+	f := newFixture()
+	_, err := f.client.CoreV1().Secrets(ns).Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: secret, Namespace: ns},
+		Data:       map[string][]byte{keyTrusted: []byte("garbage")},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	m := f.manager(t)
+	require.NoError(t, m.Reconcile(context.Background()))
+	servedVerifies(t, f, m)
+}
+
+func TestNewNamesMissingOptions(t *testing.T) {
+	_, err := New(Options{})
+	require.Error(t, err)
+	for _, want := range []string{"Kubernetes client", "namespace", "secret name", "webhook configuration", "cert dir", "hosts"} {
+		assert.Contains(t, err.Error(), want)
+	}
+}
