@@ -46,6 +46,8 @@ type Webhook struct {
 	MetricsURL string
 	// CertDir is the --cert-dir the webhook watches.
 	CertDir string
+	// Addr is the admission endpoint's host:port; ReadyURL its /readyz.
+	Addr, ReadyURL string
 
 	cmd  *exec.Cmd
 	logs *syncBuffer
@@ -55,41 +57,72 @@ type Webhook struct {
 	stopErr  error
 }
 
-// StartWebhook runs binary with configFile on free loopback ports, copying
-// its logs to extraLog (if not nil) and keeping them for Logs. It returns
-// once /readyz answers.
+// StartWebhook runs binary with configFile on free loopback ports, with a
+// fresh certificate in workDir/certs, copying its logs to extraLog (if not
+// nil) and keeping them for Logs. It returns once /readyz answers.
 func StartWebhook(ctx context.Context, binary, configFile, workDir string, extraLog io.Writer, extraArgs ...string) (*Webhook, error) {
-	certDir := filepath.Join(workDir, "certs")
+	return StartWebhookWith(ctx, binary, WebhookOptions{Config: configFile, WorkDir: workDir, Log: extraLog, Args: extraArgs})
+}
+
+// WebhookOptions configure StartWebhookWith.
+type WebhookOptions struct {
+	// Config is the --config file; WorkDir holds the cert dir and HOME.
+	Config, WorkDir string
+	// Log, if not nil, receives a copy of the webhook's output.
+	Log io.Writer
+	// Certs is the serving certificate to write into the cert dir; nil
+	// makes a fresh one, unless SelfManaged.
+	Certs *certs.Bundle
+	// SelfManaged leaves the cert dir empty: the webhook issues its own
+	// (pass --certificates=self-managed and its flags in Args).
+	SelfManaged bool
+	Args        []string
+}
+
+// StartWebhookWith runs binary as o says on free loopback ports and returns
+// once /readyz answers.
+func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*Webhook, error) {
+	certDir := filepath.Join(o.WorkDir, "certs")
 	if err := os.MkdirAll(certDir, 0o700); err != nil {
 		return nil, err
 	}
-	b, err := certs.NewServing([]string{"127.0.0.1", "localhost"}, 24*time.Hour)
-	if err != nil {
-		return nil, err
+	b := o.Certs
+	if b == nil && !o.SelfManaged {
+		var err error
+		if b, err = certs.NewServing([]string{"127.0.0.1", "localhost"}, 24*time.Hour); err != nil {
+			return nil, err
+		}
 	}
-	if err := b.WriteDir(certDir); err != nil {
-		return nil, err
+	var caBundle []byte
+	if b != nil {
+		if err := b.WriteDir(certDir); err != nil {
+			return nil, err
+		}
+		caBundle = b.CACert
 	}
 	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
 	}
 	args := append([]string{
-		"--config", configFile,
+		"--config", o.Config,
 		"--cert-dir", certDir,
 		"--host", "127.0.0.1",
 		"--port", strconv.Itoa(ports[0]),
 		"--metrics-bind-address", "127.0.0.1:" + strconv.Itoa(ports[1]),
 		"--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(ports[2]),
-	}, extraArgs...)
+	}, o.Args...)
 	w := &Webhook{
 		URL:        fmt.Sprintf("https://127.0.0.1:%d/mutate", ports[0]),
-		CABundle:   b.CACert,
+		Addr:       fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		ReadyURL:   fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[2]),
+		CABundle:   caBundle,
 		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", ports[1]),
 		CertDir:    certDir,
 		logs:       &syncBuffer{},
 		done:       make(chan error, 1),
 	}
+	extraLog, workDir := o.Log, o.WorkDir
 	var out io.Writer = w.logs
 	if extraLog != nil {
 		out = io.MultiWriter(w.logs, extraLog)
@@ -102,7 +135,7 @@ func StartWebhook(ctx context.Context, binary, configFile, workDir string, extra
 	}
 	go func() { w.done <- w.cmd.Wait() }()
 
-	ready := fmt.Sprintf("http://127.0.0.1:%d/readyz", ports[2])
+	ready := w.ReadyURL
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		select {

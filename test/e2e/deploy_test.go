@@ -1,0 +1,436 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sops-webhook/sops-webhook/certs"
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+// deploySuite runs the deployment manifests against a control plane of its
+// own: the manifests install cluster-wide objects (CRDs, a VAP) that the
+// other e2e tests must not see.
+type deploySuite struct {
+	cp         *testbed.ControlPlane
+	c          client.Client
+	kubeconfig string
+	work       string
+	bin        string
+	config     string
+	age        testbed.AgeKey
+	// doc is a dotenv SOPS document for age; plain is its plaintext.
+	doc, plain []byte
+
+	selfManagedWebhook *testbed.Webhook
+}
+
+func TestDeployment(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts kube-apiserver; run without -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	s := &deploySuite{age: testbed.NewAgeKey(t, false), work: t.TempDir()}
+	cp, err := testbed.StartControlPlane()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cp.Stop() })
+	s.cp, s.c = cp, cp.Client
+	s.kubeconfig = filepath.Join(s.work, "kubeconfig")
+	require.NoError(t, cp.WriteKubeconfig(s.kubeconfig))
+	s.bin, err = testbed.BuildWebhook(s.work)
+	require.NoError(t, err)
+	s.config = filepath.Join(s.work, "config.yaml")
+	require.NoError(t, os.WriteFile(s.config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: team-a\n    age: {identityFile: "+s.age.IdentityFile+"}\n"), 0o600))
+	s.plain = []byte("PASSWORD=deploy-PLAINTEXT-1\n")
+	s.doc = testbed.SopsEncrypt(t, s.plain, "dotenv", testbed.Recipients{Age: []testbed.AgeKey{s.age}})
+	for _, ns := range []string{"sops-webhook", "apps"} {
+		obj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}
+		require.NoError(t, s.c.Create(ctx, obj))
+	}
+
+	t.Run("every manifest of both overlays is accepted by the API server", s.manifestsAccepted)
+	t.Run("VAP rejects ciphertext while no webhook is registered", s.vapWithoutWebhook)
+	t.Run("self-managed certificates: issued, caBundle patched, rotated under load", s.selfManaged)
+	t.Run("two replicas behind one Service: stopping one loses no request", s.twoReplicas)
+}
+
+// kubectl runs the machine's kubectl against the control plane.
+func (s *deploySuite) kubectl(t *testing.T, stdin []byte, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("kubectl", append([]string{"--kubeconfig", s.kubeconfig}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	require.NoError(t, err, "kubectl %s: %s", strings.Join(args, " "), stderr.String())
+	return string(out)
+}
+
+// render builds a kustomization of the repository with kubectl.
+func (s *deploySuite) render(t *testing.T, dir string) []byte {
+	root, err := testbed.RepoRoot()
+	require.NoError(t, err)
+	return []byte(s.kubectl(t, nil, "kustomize", filepath.Join(root, dir)))
+}
+
+func (s *deploySuite) manifestsAccepted(t *testing.T) {
+	tools, err := testbed.Load()
+	require.NoError(t, err)
+	require.NotEmpty(t, tools.CRDDirs, "run make testbed: CRDs missing")
+	for _, dir := range tools.CRDDirs {
+		s.kubectl(t, nil, "apply", "--server-side", "-f", dir)
+	}
+	s.kubectl(t, nil, "wait", "--for=condition=Established", "--timeout=60s",
+		"crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io", "crd/servicemonitors.monitoring.coreos.com")
+
+	for _, overlay := range []string{"manifests/overlays/cert-manager", "manifests/overlays/self-managed"} {
+		t.Run(overlay, func(t *testing.T) {
+			rendered := s.render(t, overlay)
+			out := s.kubectl(t, rendered, "apply", "--server-side", "--dry-run=server", "--field-manager=sops-webhook-test", "-f", "-")
+			kinds := strings.Count(string(rendered), "\nkind: ")
+			assert.Equal(t, kinds, strings.Count(out, "serverside-applied"), "every object accepted:\n%s", out)
+			for _, want := range []string{"deployment.apps/sops-webhook", "mutatingwebhookconfiguration.admissionregistration.k8s.io/sops-webhook",
+				"validatingadmissionpolicy.admissionregistration.k8s.io/sops-webhook-no-ciphertext", "poddisruptionbudget.policy/sops-webhook"} {
+				assert.Contains(t, out, want)
+			}
+			if strings.HasSuffix(overlay, "cert-manager") {
+				assert.Contains(t, out, "certificate.cert-manager.io/sops-webhook")
+			} else {
+				assert.Contains(t, out, "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle")
+			}
+		})
+	}
+}
+
+// create creates a Secret in ns holding value under app.env.
+func (s *deploySuite) create(ctx context.Context, ns, name string, value []byte, mod func(*corev1.Secret)) error {
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Data: map[string][]byte{"app.env": value}}
+	if mod != nil {
+		mod(sec)
+	}
+	return s.c.Create(ctx, sec)
+}
+
+func (s *deploySuite) vapWithoutWebhook(t *testing.T) {
+	ctx := context.Background()
+	root, err := testbed.RepoRoot()
+	require.NoError(t, err)
+	s.kubectl(t, nil, "apply", "-f", filepath.Join(root, "manifests/base/validatingadmissionpolicy.yaml"))
+
+	binary := append([]byte("\x00\xff\xfe not text "), s.doc[:10]...)
+	tests := []struct {
+		name    string
+		ns      string
+		value   []byte
+		mod     func(*corev1.Secret)
+		allowed bool
+	}{
+		{"Secret with a SOPS document", "apps", s.doc, nil, false},
+		{"Secret with a values token and index", "apps", []byte("x"), func(sec *corev1.Secret) {
+			sec.Annotations = map[string]string{mutate.AnnotationValues: "{}"}
+		}, false},
+		{"plain Secret", "apps", []byte("PASSWORD=plain\n"), nil, true},
+		{"binary Secret that is not UTF-8", "apps", binary, nil, true},
+		{"Helm release record", "apps", s.doc, func(sec *corev1.Secret) {
+			sec.Type = mutate.HelmReleaseSecretType
+			sec.Labels = map[string]string{"owner": "helm"}
+		}, true},
+		{"object opted out", "apps", s.doc, func(sec *corev1.Secret) {
+			sec.Labels = map[string]string{mutate.LabelDecrypt: "disabled"}
+		}, true},
+		{"namespace not opted in", "default", s.doc, nil, true},
+		{"the webhook's own namespace", "sops-webhook", s.doc, nil, true},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// The policy takes a moment to be enforced after creation.
+			name := fmt.Sprintf("vap-%d", i)
+			if !tt.allowed {
+				require.Eventually(t, func() bool {
+					err := s.create(ctx, tt.ns, name, tt.value, tt.mod)
+					if err == nil {
+						_ = s.c.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: tt.ns}})
+						return false
+					}
+					assert.Contains(t, err.Error(), "still holds SOPS ciphertext")
+					assert.Contains(t, err.Error(), "Secret "+tt.ns+"/"+name)
+					return true
+				}, 20*time.Second, 200*time.Millisecond, "the VAP never rejected it")
+				return
+			}
+			require.NoError(t, s.create(ctx, tt.ns, name, tt.value, tt.mod))
+		})
+	}
+	t.Run("ConfigMap with a SOPS document", func(t *testing.T) {
+		err := s.c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "vap-cm", Namespace: "apps"}, Data: map[string]string{"app.env": string(s.doc)}})
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "still holds SOPS ciphertext")
+	})
+	t.Run("ConfigMap with a SOPS document in binaryData", func(t *testing.T) {
+		err := s.c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "vap-cm-bin", Namespace: "apps"}, BinaryData: map[string][]byte{"blob": s.doc}})
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "still holds SOPS ciphertext")
+	})
+}
+
+// stream creates Secrets holding the SOPS document in apps until stop is
+// closed, and reports how many were created and the errors.
+type stream struct {
+	created atomic.Int64
+	mu      sync.Mutex
+	errs    []error
+	names   []string
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+// startStream runs workers goroutines that create Secrets holding the SOPS
+// document in apps until finish.
+func (s *deploySuite) startStream(prefix string, workers int) *stream {
+	st := &stream{stop: make(chan struct{}), done: make(chan struct{})}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-st.stop:
+					return
+				default:
+				}
+				name := fmt.Sprintf("%s-%d-%d", prefix, w, i)
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				err := s.create(ctx, "apps", name, s.doc, nil)
+				cancel()
+				st.mu.Lock()
+				if err != nil {
+					st.errs = append(st.errs, err)
+				} else {
+					st.names = append(st.names, name)
+					st.created.Add(1)
+				}
+				st.mu.Unlock()
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(st.done) }()
+	return st
+}
+
+func (st *stream) finish() ([]string, []error) {
+	close(st.stop)
+	<-st.done
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.names, st.errs
+}
+
+// assertDecrypted checks every named Secret holds the plaintext.
+func (s *deploySuite) assertDecrypted(t *testing.T, names []string) {
+	t.Helper()
+	for _, n := range names {
+		got := &corev1.Secret{}
+		require.NoError(t, s.c.Get(context.Background(), client.ObjectKey{Namespace: "apps", Name: n}, got))
+		assert.Equal(t, string(s.plain), string(got.Data["app.env"]), n)
+	}
+}
+
+// pointWebhookAt sets the configuration's URL, and its caBundle when
+// caBundle is not nil, retrying on conflicts with the webhook's own writes.
+func (s *deploySuite) pointWebhookAt(t *testing.T, url string, caBundle []byte) {
+	t.Helper()
+	ctx := context.Background()
+	want, err := testbed.LoadWebhookConfiguration(url, nil)
+	require.NoError(t, err)
+	require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		live := want.DeepCopy()
+		if err := s.c.Get(ctx, client.ObjectKeyFromObject(want), live); apierrors.IsNotFound(err) {
+			cfg := want.DeepCopy()
+			for i := range cfg.Webhooks {
+				cfg.Webhooks[i].ClientConfig.CABundle = caBundle
+			}
+			return s.c.Create(ctx, cfg)
+		} else if err != nil {
+			return err
+		}
+		for i := range live.Webhooks {
+			live.Webhooks[i].ClientConfig.URL = &url
+			if caBundle != nil {
+				live.Webhooks[i].ClientConfig.CABundle = caBundle
+			}
+		}
+		return s.c.Update(ctx, live)
+	}))
+}
+
+func (s *deploySuite) tlsSecret(t *testing.T) *corev1.Secret {
+	t.Helper()
+	sec := &corev1.Secret{}
+	require.NoError(t, s.c.Get(context.Background(), client.ObjectKey{Namespace: "sops-webhook", Name: "sops-webhook-tls"}, sec))
+	return sec
+}
+
+func (s *deploySuite) selfManaged(t *testing.T) {
+	ctx := context.Background()
+	// The configuration from manifests, with no caBundle and no address
+	// yet: the webhook must provide the caBundle.
+	s.pointWebhookAt(t, "https://127.0.0.1:1/not-yet", nil)
+	wh, err := testbed.StartWebhookWith(ctx, s.bin, testbed.WebhookOptions{
+		Config: s.config, WorkDir: filepath.Join(s.work, "self-managed"), SelfManaged: true, Log: verbose(),
+		Args: []string{"--certificates=self-managed", "--kubeconfig", s.kubeconfig, "--namespace", "sops-webhook",
+			"--tls-hosts", "127.0.0.1", "--cert-check-interval", "200ms"},
+	})
+	require.NoError(t, err)
+	s.selfManagedWebhook = wh
+	s.pointWebhookAt(t, wh.URL, nil)
+
+	sec := s.tlsSecret(t)
+	for _, k := range []string{"ca.crt", "ca.key", "tls.crt", "tls.key"} {
+		require.NotEmpty(t, sec.Data[k], k)
+	}
+	live, err := testbed.LoadWebhookConfiguration(wh.URL, nil)
+	require.NoError(t, err)
+	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(live), live))
+	for _, w := range live.Webhooks {
+		assert.Equal(t, string(sec.Data["ca.crt"]), string(w.ClientConfig.CABundle), "caBundle patched from the Secret")
+	}
+	require.NoError(t, s.cp.WaitForWebhook(ctx, "apps"))
+
+	t.Run("decrypts, and the VAP is silent", func(t *testing.T) {
+		require.NoError(t, s.create(ctx, "apps", "self-managed", s.doc, nil))
+		s.assertDecrypted(t, []string{"self-managed"})
+	})
+
+	t.Run("forced rotation under a stream of creates loses no request", func(t *testing.T) {
+		st := s.startStream("rotation", 4)
+		time.Sleep(time.Second)
+		value := time.Now().UTC().Format(time.RFC3339Nano)
+		require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			sec := s.tlsSecret(t)
+			if sec.Annotations == nil {
+				sec.Annotations = map[string]string{}
+			}
+			sec.Annotations[selfcerts.AnnotationRotate] = value
+			return s.c.Update(ctx, sec)
+		}))
+		var newCA *x509.Certificate
+		require.Eventually(t, func() bool {
+			sec := s.tlsSecret(t)
+			if sec.Annotations[selfcerts.AnnotationRotated] != value {
+				return false
+			}
+			newCA = firstCert(t, sec.Data["ca.crt"])
+			pool := x509.NewCertPool()
+			pool.AddCert(newCA)
+			conn, err := tls.Dial("tcp", wh.Addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12})
+			if err != nil {
+				return false
+			}
+			conn.Close()
+			return true
+		}, 30*time.Second, 100*time.Millisecond, "the webhook never served a certificate from the new CA")
+		time.Sleep(time.Second)
+		names, errs := st.finish()
+		require.Empty(t, errs, "requests lost during the rotation")
+		require.NotEmpty(t, names)
+		t.Logf("%d Secrets created during the rotation, none lost", len(names))
+		s.assertDecrypted(t, names)
+		require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(live), live))
+		assert.Len(t, decodePEMCerts(live.Webhooks[0].ClientConfig.CABundle), 2, "new and old CA trusted")
+	})
+	require.NoError(t, wh.Stop())
+}
+
+func (s *deploySuite) twoReplicas(t *testing.T) {
+	ctx := context.Background()
+	bundle, err := certs.NewServing([]string{"127.0.0.1"}, time.Hour)
+	require.NoError(t, err)
+	var replicas []*testbed.Webhook
+	for _, name := range []string{"replica-a", "replica-b"} {
+		wh, err := testbed.StartWebhookWith(ctx, s.bin, testbed.WebhookOptions{
+			Config: s.config, WorkDir: filepath.Join(s.work, name), Certs: bundle, Log: verbose(),
+			Args: []string{"--shutdown-delay", "1s"},
+		})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = wh.Stop() })
+		replicas = append(replicas, wh)
+	}
+	proxy, err := testbed.StartServiceProxy(replicas...)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = proxy.Close() })
+	s.pointWebhookAt(t, "https://"+proxy.Addr+"/mutate", bundle.CACert)
+	require.NoError(t, s.cp.WaitForWebhook(ctx, "apps"))
+
+	// Concurrent creates make the API server open several connections,
+	// which the proxy spreads over both replicas.
+	st := s.startStream("ha", 8)
+	time.Sleep(time.Second)
+	victim, survivor := 0, 1
+	if proxy.Conns[1].Load() > proxy.Conns[0].Load() {
+		victim, survivor = 1, 0
+	}
+	require.NotZero(t, proxy.Conns[victim].Load(), "the stopped replica was serving")
+	before := proxy.Conns[survivor].Load()
+	require.NoError(t, replicas[victim].Stop(), "the replica exits cleanly")
+	time.Sleep(2 * time.Second)
+	names, errs := st.finish()
+	require.Empty(t, errs, "requests lost while a replica stopped")
+	t.Logf("%d Secrets created, none lost; connections to the replicas: %d and %d", len(names), proxy.Conns[0].Load(), proxy.Conns[1].Load())
+	s.assertDecrypted(t, names)
+	assert.Greater(t, proxy.Conns[survivor].Load(), before, "the other replica took the stopped one's connections")
+}
+
+func firstCert(t *testing.T, pemData []byte) *x509.Certificate {
+	t.Helper()
+	cs := decodePEMCerts(pemData)
+	require.NotEmpty(t, cs)
+	return cs[0]
+}
+
+func decodePEMCerts(data []byte) []*x509.Certificate {
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return out
+		}
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+			out = append(out, c)
+		}
+	}
+}
+
+func verbose() io.Writer {
+	if testing.Verbose() {
+		return os.Stderr
+	}
+	return nil
+}
