@@ -60,7 +60,7 @@ func TestE2E(t *testing.T) {
 	t.Run("b/namespace without the label stores ciphertext", s.notOptedIn)
 	t.Run("b/object opt-out label stores ciphertext", s.objectOptOut)
 	t.Run("c/tampered MAC and unknown key are rejected naming the field", s.rejected)
-	t.Run("d/secret without SOPS content is not patched", s.untouched)
+	t.Run("d/objects the configuration excludes are not sent to the webhook", s.untouched)
 	t.Run("e/update to a new ciphertext stores the new plaintext", s.update)
 	t.Run("f/server-side dry-run returns plaintext and stores nothing", s.dryRun)
 	for _, h := range testbed.HelmCLIs(t, s.kubeconfig) {
@@ -227,17 +227,57 @@ func (s *suite) rejected(t *testing.T) {
 	}
 }
 
+// calls sums the webhook's request counter over all outcomes for Secrets.
+func (s *suite) calls(t *testing.T) float64 {
+	t.Helper()
+	var n float64
+	for _, o := range []string{"skipped", "patched", "denied", "errored"} {
+		n += s.metric(t, `sops_webhook_admission_requests_total{kind="Secret",operation="CREATE",outcome="`+o+`"}`)
+	}
+	return n
+}
+
+// untouched: objects the MutatingWebhookConfiguration's selectors and
+// matchConditions exclude are stored as sent without calling the webhook,
+// which the webhook's request counter shows. A Secret with a document is
+// sent, as a control that the counter counts.
 func (s *suite) untouched(t *testing.T) {
 	ctx := context.Background()
-	before := s.metric(t, `sops_webhook_admission_requests_total{kind="Secret",operation="CREATE",outcome="skipped"}`)
-	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "no-sops", Namespace: "team-a"}, Data: map[string][]byte{"password": []byte("hunter2")}}
-	require.NoError(t, s.c.Create(ctx, sec))
-	got := &corev1.Secret{}
-	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
-	assert.Equal(t, "hunter2", string(got.Data["password"]))
-	assert.Empty(t, got.Annotations)
-	after := s.metric(t, `sops_webhook_admission_requests_total{kind="Secret",operation="CREATE",outcome="skipped"}`)
-	assert.Equal(t, before+1, after, "the webhook was called and answered without a patch")
+	enc := testbed.SopsEncrypt(t, []byte(plaintexts["dotenv"].plain), "dotenv", s.recipients("age"))
+	require.NoError(t, s.c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+		Name: "sops-webhook", Labels: map[string]string{mutate.LabelDecrypt: "enabled"},
+	}}))
+	tests := []struct {
+		name   string
+		secret *corev1.Secret
+		called bool
+	}{
+		{"no SOPS content (matchConditions)", &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "no-sops", Namespace: "team-a"},
+			Data: map[string][]byte{"password": []byte("hunter2")}}, false},
+		{"Helm release record", &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sh.helm.release.v1.app.v1", Namespace: "team-a",
+			Labels: map[string]string{"owner": "helm"}}, Type: mutate.HelmReleaseSecretType, Data: map[string][]byte{"release": enc}}, false},
+		{"the webhook's own namespace, labelled", &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "own", Namespace: "sops-webhook"},
+			Data: map[string][]byte{"app.env": enc}}, false},
+		{"control: a SOPS document is sent", &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "control", Namespace: "team-a"},
+			Data: map[string][]byte{"app.env": enc}}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := s.calls(t)
+			sent := tt.secret.DeepCopy()
+			require.NoError(t, s.c.Create(ctx, tt.secret))
+			got := &corev1.Secret{}
+			require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(tt.secret), got))
+			after := s.calls(t)
+			if tt.called {
+				assert.Equal(t, before+1, after, "the webhook was called")
+				return
+			}
+			assert.Equal(t, before, after, "the webhook was not called")
+			assert.Equal(t, sent.Data, got.Data, "stored as sent")
+			assert.NotContains(t, got.Annotations, mutate.AnnotationDecrypted)
+		})
+	}
 }
 
 func (s *suite) update(t *testing.T) {
