@@ -7,8 +7,10 @@ RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags=-s -o bin/webhook ./cmd/webhook
 
-# gcr.io/distroless/static-debian12:nonroot; pin by digest when publishing.
-FROM gcr.io/distroless/static-debian12:nonroot
+# Static, non-root, no shell, pinned by digest: the tag says what it is, the
+# digest decides which image it is. Refresh it with a reviewed commit, e.g.
+#   crane digest gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:d093aa3e30dbadd3efe1310db061a14da60299baff8450a17fe0ccc514a16639
 COPY --from=build /src/bin/webhook /webhook
 USER 65532:65532
 ENTRYPOINT ["/webhook"]

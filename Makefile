@@ -48,9 +48,11 @@ fuzz-short:
 fuzz: FUZZTIME = 2m
 fuzz: fuzz-short
 
-## check-dockerfile: the Dockerfile builds with the same command as `make build`
+## check-dockerfile: the Dockerfile builds with the same command as `make build`, on a digest-pinned non-root base
 check-dockerfile:
 	@grep -qF -- '$(subst $(GO),go,$(BUILD_CMD))' Dockerfile || { echo "Dockerfile does not run: $(subst $(GO),go,$(BUILD_CMD))"; exit 1; }
+	@grep -qE '^FROM gcr.io/distroless/static-debian12:nonroot@sha256:[0-9a-f]{64}$$' Dockerfile || { echo "Dockerfile: the runtime base must be distroless static nonroot, pinned by digest"; exit 1; }
+	@grep -qx 'USER 65532:65532' Dockerfile || { echo "Dockerfile: must run as USER 65532:65532"; exit 1; }
 
 ## image: container image with whatever engine is installed (docker or podman)
 image:

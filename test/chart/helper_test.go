@@ -199,10 +199,13 @@ func TestHelperAnnotationSizeForAThousandSecrets(t *testing.T) {
 	}
 }
 
-// TestChartsLint runs `helm lint --strict` on the helper chart and on the
-// example chart (with an encrypted values file and its encrypted dotenv
-// file), with both Helm majors.
+// TestChartsLint runs `helm lint --strict` on the helper chart, on the
+// webhook's own chart in both certificate modes, and on the example chart
+// (with an encrypted values file and its encrypted dotenv file), with both
+// Helm majors.
 func TestChartsLint(t *testing.T) {
+	repo, err := testbed.RepoRoot()
+	require.NoError(t, err)
 	key := testbed.NewAgeKey(t, false)
 	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
 	root := t.TempDir()
@@ -219,6 +222,11 @@ func TestChartsLint(t *testing.T) {
 	for _, h := range testbed.HelmCLIs(t, "") {
 		t.Run(h.Name, func(t *testing.T) {
 			h.MustRun(t, "lint", "--strict", filepath.Join(root, "charts", "sops-webhook-values"))
+			webhook := filepath.Join(repo, "charts", "sops-webhook")
+			h.MustRun(t, "lint", "--strict", webhook)
+			h.MustRun(t, "lint", "--strict", webhook, "--set", "certificates.mode=self-managed", "--set", "serviceMonitor.enabled=true")
+			_, err := h.Run("lint", "--strict", webhook, "--set", "certificates.mode=acme")
+			require.Error(t, err, "an unknown certificates.mode fails")
 			h.MustRun(t, "dependency", "update", example)
 			h.MustRun(t, "lint", "--strict", example, "-f", values)
 		})

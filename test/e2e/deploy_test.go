@@ -19,6 +19,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -76,6 +77,8 @@ func TestDeployment(t *testing.T) {
 	t.Run("VAP rejects ciphertext while no webhook is registered", s.vapWithoutWebhook)
 	t.Run("self-managed certificates: issued, caBundle patched, rotated under load", s.selfManaged)
 	t.Run("two replicas behind one Service: stopping one loses no request", s.twoReplicas)
+	// Last: it registers a webhook with no endpoints.
+	t.Run("helm install and uninstall of the chart", s.helmInstall)
 }
 
 // kubectl runs the machine's kubectl against the control plane.
@@ -124,6 +127,112 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 			} else {
 				assert.Contains(t, out, "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle")
 			}
+		})
+	}
+
+	for _, h := range testbed.HelmCLIs(t, s.kubeconfig) {
+		for _, vs := range chartValueSets {
+			t.Run("chart/"+h.Name+"/"+vs.name, func(t *testing.T) {
+				rendered := s.renderChart(t, h, "sops-webhook", vs.args...)
+				out := s.kubectl(t, []byte(rendered), "apply", "--server-side", "--dry-run=server", "--field-manager=sops-webhook-test", "-f", "-")
+				assert.Equal(t, strings.Count(rendered, "\nkind: "), strings.Count(out, "serverside-applied"), "every object accepted:\n%s", out)
+				for _, want := range vs.want {
+					assert.Contains(t, out, want)
+				}
+			})
+		}
+	}
+
+	t.Run("chart and manifests register the same webhook and policy", func(t *testing.T) {
+		h := testbed.HelmCLIs(t, "")[0]
+		chart := testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook"))
+		kustomized := testbed.ParseObjects(t, string(s.render(t, "manifests/overlays/cert-manager")))
+		for _, kind := range []string{"MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
+			a, b := chart[kind], kustomized[kind]
+			require.NotNil(t, a, kind)
+			require.NotNil(t, b, kind)
+			assert.Equal(t, normalizeSpace(specOf(t, kind, b)), normalizeSpace(specOf(t, kind, a)), kind)
+		}
+	})
+}
+
+// chartValueSets are the chart's default values and non-default ones.
+var chartValueSets = []struct {
+	name string
+	args []string
+	want []string
+}{
+	{"defaults", nil, []string{"certificate.cert-manager.io/sops-webhook", "issuer.cert-manager.io/sops-webhook-selfsigned",
+		"validatingadmissionpolicy.admissionregistration.k8s.io/sops-webhook-no-ciphertext"}},
+	{"self-managed, ServiceMonitor, no VAP, pinned image", []string{
+		"--set", "certificates.mode=self-managed", "--set", "serviceMonitor.enabled=true", "--set", "validatingAdmissionPolicy.enabled=false",
+		"--set", "replicas=3", "--set", "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+		"--set", "webhook.excludedNamespaces={kube-system,flux-system}", "--set", "priorityClassName=system-cluster-critical",
+	}, []string{"servicemonitor.monitoring.coreos.com/sops-webhook", "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle"}},
+	{"cert-manager with a ClusterIssuer", []string{
+		"--set", "certificates.certManager.issuerRef.name=corp-ca", "--set", "certificates.certManager.issuerRef.kind=ClusterIssuer",
+	}, []string{"certificate.cert-manager.io/sops-webhook"}},
+}
+
+// renderChart renders charts/sops-webhook as release into sops-webhook.
+func (s *deploySuite) renderChart(t *testing.T, h *testbed.Helm, release string, args ...string) string {
+	root, err := testbed.RepoRoot()
+	require.NoError(t, err)
+	return h.MustRun(t, append([]string{"template", release, filepath.Join(root, "charts/sops-webhook"), "-n", "sops-webhook", "--kube-version", "1.37.2"}, args...)...)
+}
+
+// normalizeSpace folds runs of white space in every string of v, so that
+// YAML line folding (kustomize re-folds block scalars) does not count.
+func normalizeSpace(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		for k, c := range v {
+			v[k] = normalizeSpace(c)
+		}
+	case []any:
+		for i, c := range v {
+			v[i] = normalizeSpace(c)
+		}
+	case string:
+		return strings.Join(strings.Fields(v), " ")
+	}
+	return v
+}
+
+// specOf is what must agree between the chart and the manifests: the
+// webhooks without their client config, or a policy's spec.
+func specOf(t *testing.T, kind string, obj map[string]any) any {
+	t.Helper()
+	if kind != "MutatingWebhookConfiguration" {
+		return obj["spec"]
+	}
+	hooks := obj["webhooks"].([]any)
+	for _, h := range hooks {
+		delete(h.(map[string]any), "clientConfig")
+	}
+	return hooks
+}
+
+func (s *deploySuite) helmInstall(t *testing.T) {
+	ctx := context.Background()
+	root, err := testbed.RepoRoot()
+	require.NoError(t, err)
+	for _, h := range testbed.HelmCLIs(t, s.kubeconfig) {
+		t.Run(h.Name, func(t *testing.T) {
+			h.MustRun(t, "install", "sw", filepath.Join(root, "charts/sops-webhook"), "-n", "sops-webhook", "--set", "certificates.mode=self-managed")
+			live, err := testbed.LoadWebhookConfiguration("https://unused", nil)
+			require.NoError(t, err)
+			mwc := live.DeepCopy()
+			require.NoError(t, s.c.Get(ctx, client.ObjectKey{Name: "sw-sops-webhook"}, mwc))
+			assert.Equal(t, "sw-sops-webhook", mwc.Webhooks[0].ClientConfig.Service.Name)
+			assert.Equal(t, "sops-webhook", mwc.Webhooks[0].ClientConfig.Service.Namespace)
+
+			h.MustRun(t, "uninstall", "sw", "-n", "sops-webhook", "--wait")
+			err = s.c.Get(ctx, client.ObjectKey{Name: "sw-sops-webhook"}, mwc)
+			assert.True(t, apierrors.IsNotFound(err), "the webhook is still registered after uninstall: %v", err)
+			var dep appsv1.Deployment
+			err = s.c.Get(ctx, client.ObjectKey{Namespace: "sops-webhook", Name: "sw-sops-webhook"}, &dep)
+			assert.True(t, apierrors.IsNotFound(err), "the Deployment is left: %v", err)
 		})
 	}
 }

@@ -160,3 +160,23 @@ func decodeInto(t testing.TB, raw map[string]any, into any) {
 		t.Fatalf("decode %v: %v", raw["kind"], err)
 	}
 }
+
+// ParseObjects parses a multi-document manifest stream into generic objects
+// by kind; a later object of the same kind replaces an earlier one.
+func ParseObjects(t testing.TB, manifests string) map[string]map[string]any {
+	t.Helper()
+	out := map[string]map[string]any{}
+	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(manifests), 4096)
+	for {
+		var raw map[string]any
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				return out
+			}
+			t.Fatalf("parse manifests: %v", err)
+		}
+		if kind, ok := raw["kind"].(string); ok {
+			out[kind] = raw
+		}
+	}
+}

@@ -77,7 +77,9 @@ gobin() {
 
 apiserver() {
 	local target=$ASSETS/kube-apiserver
-	if [[ -x $target ]]; then
+	# The stamp marks a binary that reports its version (/version): Helm
+	# checks charts' kubeVersion against it.
+	if [[ -x $target && -f $target.versioned ]]; then
 		step "kube-apiserver v$KUBE_VERSION: cached"
 		return
 	fi
@@ -107,10 +109,14 @@ apiserver() {
 		step "kube-apiserver: compiling"
 		local log=$CACHE/log/kube-apiserver-$KUBE_VERSION.log
 		: >"$log"
-		go build -v -trimpath -o "$target.tmp" k8s.io/kubernetes/cmd/kube-apiserver 2>&1 |
+		local v=k8s.io/component-base/version minor=${KUBE_VERSION#*.}
+		minor=${minor%%.*}
+		go build -v -trimpath -ldflags "-X $v.gitVersion=v$KUBE_VERSION -X $v.gitMajor=${KUBE_VERSION%%.*} -X $v.gitMinor=$minor -X $v.gitTreeState=clean" \
+			-o "$target.tmp" k8s.io/kubernetes/cmd/kube-apiserver 2>&1 |
 			progress "$log" || fail "$log"
 	)
 	mv "$target.tmp" "$target"
+	touch "$target.versioned"
 	step "kube-apiserver v$KUBE_VERSION: built"
 }
 

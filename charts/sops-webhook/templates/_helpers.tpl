@@ -1,0 +1,42 @@
+{{- define "sops-webhook.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sops-webhook.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "sops-webhook.labels" -}}
+{{ include "sops-webhook.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "sops-webhook.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{- define "sops-webhook.tlsSecret" -}}
+{{ include "sops-webhook.fullname" . }}-tls
+{{- end -}}
+
+{{- /* The namespaces never sent to the webhook: the release's own and the configured ones. */ -}}
+{{- define "sops-webhook.excludedNamespaces" -}}
+{{- $ns := list .Release.Namespace -}}
+{{- range .Values.webhook.excludedNamespaces }}{{ $ns = append $ns . }}{{ end -}}
+{{- toJson (uniq $ns | sortAlpha) -}}
+{{- end -}}
+
+{{- define "sops-webhook.selfManaged" -}}
+{{- if eq .Values.certificates.mode "self-managed" }}true{{ else if eq .Values.certificates.mode "cert-manager" }}{{ else }}{{ fail "certificates.mode must be cert-manager or self-managed" }}{{ end -}}
+{{- end -}}
