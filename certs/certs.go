@@ -168,6 +168,22 @@ func (b *Bundle) WriteDir(dir string) error {
 	return nil
 }
 
+// ParseCertificates returns the certificates in PEM data, in order, skipping
+// blocks that are not certificates or do not parse.
+func ParseCertificates(data []byte) []*x509.Certificate {
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return out
+		}
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil && b.Type == "CERTIFICATE" {
+			out = append(out, c)
+		}
+	}
+}
+
 func serial() *big.Int {
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {

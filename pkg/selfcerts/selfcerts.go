@@ -274,7 +274,7 @@ func (m *Manager) ensureCABundle(ctx context.Context, trusted []*x509.Certificat
 		all := slices.Clone(trusted)
 		changed := false
 		for _, w := range mwc.Webhooks {
-			all = append(all, decodeCerts(w.ClientConfig.CABundle)...)
+			all = append(all, certs.ParseCertificates(w.ClientConfig.CABundle)...)
 		}
 		bundle := encodeCerts(keepValid(all, now))
 		for i := range mwc.Webhooks {
@@ -310,7 +310,7 @@ func (m *Manager) writeFiles(st *state) error {
 
 // parseState reads the Secret. The serving certificate may be missing.
 func parseState(sec *corev1.Secret) (*state, error) {
-	trusted := decodeCerts(sec.Data[keyTrusted])
+	trusted := certs.ParseCertificates(sec.Data[keyTrusted])
 	if len(trusted) == 0 {
 		return &state{}, errors.New("no CA certificate")
 	}
@@ -319,7 +319,7 @@ func parseState(sec *corev1.Secret) (*state, error) {
 		return &state{trusted: trusted}, err
 	}
 	st := &state{ca: ca, trusted: trusted, certPEM: sec.Data[keyCert], keyPEM: sec.Data[keyKey]}
-	if c := decodeCerts(st.certPEM); len(c) > 0 && len(st.keyPEM) > 0 {
+	if c := certs.ParseCertificates(st.certPEM); len(c) > 0 && len(st.keyPEM) > 0 {
 		st.cert = c[0]
 	}
 	return st, nil
@@ -351,20 +351,4 @@ func encodeCerts(cs []*x509.Certificate) []byte {
 		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}) // a bytes.Buffer does not fail
 	}
 	return b.Bytes()
-}
-
-// decodeCerts returns the certificates in PEM data, skipping what does not
-// parse.
-func decodeCerts(data []byte) []*x509.Certificate {
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			return out
-		}
-		if c, err := x509.ParseCertificate(b.Bytes); err == nil && b.Type == "CERTIFICATE" {
-			out = append(out, c)
-		}
-	}
 }

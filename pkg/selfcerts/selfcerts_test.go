@@ -15,6 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/sops-webhook/sops-webhook/certs"
 )
 
 const (
@@ -121,7 +123,7 @@ func TestCARotationKeepsTheOldCATrusted(t *testing.T) {
 			m := f.manager(t)
 			require.NoError(t, m.Reconcile(context.Background()))
 			oldLeaf := servedVerifies(t, f, m)
-			oldCA := decodeCerts(f.secret(t).Data[keyTrusted])[0]
+			oldCA := certs.ParseCertificates(f.secret(t).Data[keyTrusted])[0]
 
 			switch how {
 			case "expiry":
@@ -135,7 +137,7 @@ func TestCARotationKeepsTheOldCATrusted(t *testing.T) {
 			require.NoError(t, m.Reconcile(context.Background()))
 			newLeaf := servedVerifies(t, f, m)
 			assert.False(t, oldLeaf.Equal(newLeaf))
-			trusted := decodeCerts(f.caBundles(t)[0])
+			trusted := certs.ParseCertificates(f.caBundles(t)[0])
 			require.Len(t, trusted, 2, "new and old CA")
 			assert.True(t, trusted[1].Equal(oldCA), "the old CA stays trusted while replicas may serve its certificate")
 			if how != "requested" {
@@ -156,13 +158,13 @@ func TestBundleKeepsCAsAnotherReplicaAdded(t *testing.T) {
 	f := newFixture()
 	a := f.manager(t)
 	require.NoError(t, a.Reconcile(context.Background()))
-	foreign := decodeCerts(f.caBundles(t)[0])[0]
+	foreign := certs.ParseCertificates(f.caBundles(t)[0])[0]
 
 	// The Secret is lost (deleted by an admin): a fresh CA is made, but
 	// the CA the running replicas' certificate chains to stays trusted.
 	require.NoError(t, f.client.CoreV1().Secrets(ns).Delete(context.Background(), secret, metav1.DeleteOptions{}))
 	require.NoError(t, a.Reconcile(context.Background()))
-	trusted := decodeCerts(f.caBundles(t)[0])
+	trusted := certs.ParseCertificates(f.caBundles(t)[0])
 	require.Len(t, trusted, 2)
 	assert.True(t, trusted[1].Equal(foreign))
 	servedVerifies(t, f, a)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"os"
@@ -472,7 +471,7 @@ func (s *deploySuite) selfManaged(t *testing.T) {
 		t.Logf("%d Secrets created during the rotation, none lost", len(names))
 		s.assertDecrypted(t, names)
 		require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(live), live))
-		assert.Len(t, decodePEMCerts(live.Webhooks[0].ClientConfig.CABundle), 2, "new and old CA trusted")
+		assert.Len(t, certs.ParseCertificates(live.Webhooks[0].ClientConfig.CABundle), 2, "new and old CA trusted")
 	})
 	require.NoError(t, wh.Stop())
 }
@@ -518,23 +517,9 @@ func (s *deploySuite) twoReplicas(t *testing.T) {
 
 func firstCert(t *testing.T, pemData []byte) *x509.Certificate {
 	t.Helper()
-	cs := decodePEMCerts(pemData)
+	cs := certs.ParseCertificates(pemData)
 	require.NotEmpty(t, cs)
 	return cs[0]
-}
-
-func decodePEMCerts(data []byte) []*x509.Certificate {
-	var out []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, data = pem.Decode(data)
-		if b == nil {
-			return out
-		}
-		if c, err := x509.ParseCertificate(b.Bytes); err == nil {
-			out = append(out, c)
-		}
-	}
 }
 
 func verbose() io.Writer {

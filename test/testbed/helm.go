@@ -121,15 +121,7 @@ type Rendered struct {
 func ParseManifests(t testing.TB, manifests string) Rendered {
 	t.Helper()
 	out := Rendered{Secrets: map[string]*corev1.Secret{}, ConfigMaps: map[string]*corev1.ConfigMap{}}
-	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(manifests), 4096)
-	for {
-		var raw map[string]any
-		if err := dec.Decode(&raw); err != nil {
-			if errors.Is(err, io.EOF) {
-				return out
-			}
-			t.Fatalf("parse manifests: %v", err)
-		}
+	eachDocument(t, manifests, func(raw map[string]any) {
 		switch raw["kind"] {
 		case "Secret":
 			var s corev1.Secret
@@ -146,6 +138,25 @@ func ParseManifests(t testing.TB, manifests string) Rendered {
 			var c corev1.ConfigMap
 			decodeInto(t, raw, &c)
 			out.ConfigMaps[c.Name] = &c
+		}
+	})
+	return out
+}
+
+// eachDocument calls fn with every document of a manifest stream.
+func eachDocument(t testing.TB, manifests string, fn func(map[string]any)) {
+	t.Helper()
+	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(manifests), 4096)
+	for {
+		var raw map[string]any
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			t.Fatalf("parse manifests: %v", err)
+		}
+		if raw != nil {
+			fn(raw)
 		}
 	}
 }
@@ -166,17 +177,10 @@ func decodeInto(t testing.TB, raw map[string]any, into any) {
 func ParseObjects(t testing.TB, manifests string) map[string]map[string]any {
 	t.Helper()
 	out := map[string]map[string]any{}
-	dec := yaml.NewYAMLOrJSONDecoder(strings.NewReader(manifests), 4096)
-	for {
-		var raw map[string]any
-		if err := dec.Decode(&raw); err != nil {
-			if errors.Is(err, io.EOF) {
-				return out
-			}
-			t.Fatalf("parse manifests: %v", err)
-		}
+	eachDocument(t, manifests, func(raw map[string]any) {
 		if kind, ok := raw["kind"].(string); ok {
 			out[kind] = raw
 		}
-	}
+	})
+	return out
 }
