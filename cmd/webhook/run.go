@@ -56,7 +56,7 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	handler := mutate.NewHandler(decrypt.New(ring), mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout))
+	handler := mutate.NewHandler(mutate.Static(mutate.Engine{Decryptor: decrypt.New(ring)}), mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout))
 
 	var certs *selfcerts.Manager
 	if o.certificates == certificatesSelfManaged {

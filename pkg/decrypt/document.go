@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -69,8 +70,9 @@ type Result struct {
 }
 
 // Document decrypts value, a complete SOPS document of format f (from
-// Detect). The MAC is verified. Errors are always *Error.
-func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res Result, err error) {
+// Detect), with the keys access allows (nil: all). The MAC is verified.
+// Errors are always *Error.
+func (d *Decryptor) Document(ctx context.Context, value []byte, f Format, access keysource.Access) (res Result, err error) {
 	if !f.IsDocument() {
 		return Result{}, fail(ReasonUnsupported, fmt.Sprintf("format %q is not a document format", f))
 	}
@@ -93,7 +95,7 @@ func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res R
 	if tree.Metadata.MessageAuthenticationCode == "" {
 		return Result{}, fail(ReasonNoMAC, "")
 	}
-	dataKey, keys, err := d.unwrap(ctx, tree.Metadata)
+	dataKey, keys, err := d.unwrap(ctx, tree.Metadata, access)
 	if err != nil {
 		return Result{}, err
 	}
@@ -121,20 +123,35 @@ func (d *Decryptor) Document(ctx context.Context, value []byte, f Format) (res R
 }
 
 // unwrap returns the data key of m and the names of the configured keys that
-// unwrapped it. Only the Decryptor's ring is asked. Errors are *Error.
-func (d *Decryptor) unwrap(ctx context.Context, m sops.Metadata) (dataKey []byte, keys []string, err error) {
+// unwrapped it. Only the Decryptor's ring is asked, and only for the keys
+// access allows. Errors are *Error.
+func (d *Decryptor) unwrap(ctx context.Context, m sops.Metadata, access keysource.Access) (dataKey []byte, keys []string, err error) {
 	if n := countMasterKeys(m); n > MaxMasterKeys {
 		return nil, nil, fail(ReasonTooLarge, fmt.Sprintf("%d master keys listed; at most %d are accepted", n, MaxMasterKeys))
 	}
-	client := d.ring.Client(ctx)
+	client := d.ring.Client(ctx, access)
 	dataKey, err = m.GetDataKeyWithKeyServices([]keyservice.KeyServiceClient{client}, nil)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, nil, fail(ReasonTimeout, "")
 		}
+		if denied := client.Denied(); len(denied) > 0 {
+			return nil, nil, fail(ReasonNotGranted, joinUnique(denied))
+		}
 		return nil, nil, fail(ReasonNoKey, describeKeys(m)+"; "+hintNoKey)
 	}
 	return dataKey, client.Used(), nil
+}
+
+// joinUnique joins the distinct messages of errs with "; ".
+func joinUnique(errs []error) string {
+	var out []string
+	for _, e := range errs {
+		if msg := e.Error(); !slices.Contains(out, msg) {
+			out = append(out, msg)
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 // store is what Document needs of a sops store.

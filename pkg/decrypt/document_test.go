@@ -83,7 +83,7 @@ func TestDocumentMatchesSopsCLI(t *testing.T) {
 
 				got := decrypt.Detect(enc, s.file)
 				require.Equal(t, f.want, got)
-				res, err := d.Document(context.Background(), enc, got)
+				res, err := d.Document(context.Background(), enc, got, nil)
 				require.NoError(t, err)
 				assert.Equal(t, string(want), string(res.Plaintext), "output differs from `sops decrypt`")
 				assert.Equal(t, kk.wantKeys, res.Keys)
@@ -104,7 +104,7 @@ func TestDocumentCompactJSON(t *testing.T) {
 
 	f := decrypt.Detect(compact.Bytes(), "settings")
 	require.Equal(t, decrypt.FormatJSON, f)
-	res, err := d.Document(context.Background(), compact.Bytes(), f)
+	res, err := d.Document(context.Background(), compact.Bytes(), f, nil)
 	require.NoError(t, err)
 	assert.Equal(t, string(testbed.SopsDecrypt(t, enc, "json", r)), string(res.Plaintext))
 }
@@ -116,12 +116,12 @@ func TestDocumentShamirNeedsThreshold(t *testing.T) {
 
 	t.Run("one of two groups is not enough", func(t *testing.T) {
 		d := newDecryptor(t, loadAge(t, "a", a))
-		_, err := d.Document(context.Background(), enc, decrypt.FormatYAML)
+		_, err := d.Document(context.Background(), enc, decrypt.FormatYAML, nil)
 		assert.True(t, decrypt.IsReason(err, decrypt.ReasonNoKey), "got %v", err)
 	})
 	t.Run("both groups reach the threshold", func(t *testing.T) {
 		d := newDecryptor(t, loadAge(t, "a", a), loadAge(t, "b", b))
-		res, err := d.Document(context.Background(), enc, decrypt.FormatYAML)
+		res, err := d.Document(context.Background(), enc, decrypt.FormatYAML, nil)
 		require.NoError(t, err)
 		assert.Equal(t, []string{"a", "b"}, res.Keys)
 		assert.Equal(t, string(samples["yaml"].plain), string(res.Plaintext))
@@ -157,7 +157,7 @@ func TestDocumentFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := d.Document(context.Background(), tt.value, tt.format)
+			_, err := d.Document(context.Background(), tt.value, tt.format, nil)
 			require.Error(t, err)
 			assert.True(t, decrypt.IsReason(err, tt.reason), "got %v", err)
 			assert.Contains(t, err.Error(), tt.hint)
@@ -177,7 +177,7 @@ func TestDocumentTypeBytesDoesNotCrash(t *testing.T) {
 			hostile := bytes.ReplaceAll(enc, []byte("type:str]"), []byte("type:bytes]"))
 			require.NotEqual(t, enc, hostile)
 			f := decrypt.Detect(hostile, samples[format].file)
-			res, err := d.Document(context.Background(), hostile, f)
+			res, err := d.Document(context.Background(), hostile, f, nil)
 			if err != nil {
 				assert.NotContains(t, err.Error(), "s3cr3t")
 				return

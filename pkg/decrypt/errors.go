@@ -10,6 +10,7 @@ const (
 	ReasonTooLarge    Reason = "payload is too large"
 	ReasonMalformed   Reason = "not a valid SOPS document"
 	ReasonNoKey       Reason = "no configured key can open it"
+	ReasonNotGranted  Reason = "the key that opens it is not granted here"
 	ReasonCorrupt     Reason = "a value failed authentication (tampered, or encrypted with another data key)"
 	ReasonMAC         Reason = "MAC mismatch: the document was modified after it was encrypted"
 	ReasonNoMAC       Reason = "the document carries no usable MAC"

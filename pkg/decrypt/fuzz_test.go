@@ -61,7 +61,7 @@ func FuzzDocument(f *testing.F) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		res, err := d.Document(ctx, value, format)
+		res, err := d.Document(ctx, value, format, nil)
 		if err != nil {
 			var e *decrypt.Error
 			if !errors.As(err, &e) {
@@ -108,7 +108,7 @@ func FuzzTokens(f *testing.F) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		out, err := d.Tokens(idx).Decrypt(ctx, value)
+		out, err := d.Tokens(idx, nil).Decrypt(ctx, value)
 		if err != nil {
 			var e *decrypt.Error
 			if !errors.As(err, &e) {

@@ -12,6 +12,8 @@ import (
 	"strconv"
 
 	"github.com/getsops/sops/v3"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 )
 
 // MaxIndexSize caps the values index (the sops-webhook.io/values
@@ -69,9 +71,10 @@ func ParseIndex(annotation []byte) (idx *Index, err error) {
 // needs it. A Tokens is used by one request and is not safe for concurrent
 // use.
 type Tokens struct {
-	d     *Decryptor
-	idx   *Index
-	count int
+	d      *Decryptor
+	idx    *Index
+	access keysource.Access
+	count  int
 
 	unwrapped bool
 	block     cipher.Block
@@ -80,10 +83,11 @@ type Tokens struct {
 	err       error
 }
 
-// Tokens returns a Tokens that decrypts with idx; idx may be nil, in which
-// case every token is refused with ReasonNoIndex.
-func (d *Decryptor) Tokens(idx *Index) *Tokens {
-	return &Tokens{d: d, idx: idx}
+// Tokens returns a Tokens that decrypts with idx and the keys access allows
+// (nil: all); idx may be nil, in which case every token is refused with
+// ReasonNoIndex.
+func (d *Decryptor) Tokens(idx *Index, access keysource.Access) *Tokens {
+	return &Tokens{d: d, idx: idx, access: access}
 }
 
 // Keys returns the names of the configured keys that unwrapped the data key,
@@ -152,7 +156,7 @@ func (t *Tokens) open(ctx context.Context, tok token) ([]byte, error) {
 func (t *Tokens) cipher(ctx context.Context, nonceSize int) (cipher.AEAD, error) {
 	if !t.unwrapped {
 		t.unwrapped = true
-		t.block, t.keys, t.err = t.d.blockFor(ctx, t.idx.metadata)
+		t.block, t.keys, t.err = t.d.blockFor(ctx, t.idx.metadata, t.access)
 		t.aead = make(map[int]cipher.AEAD, 1)
 	}
 	if t.err != nil {
@@ -170,8 +174,8 @@ func (t *Tokens) cipher(ctx context.Context, nonceSize int) (cipher.AEAD, error)
 }
 
 // blockFor unwraps the data key of m and returns its AES block cipher.
-func (d *Decryptor) blockFor(ctx context.Context, m sops.Metadata) (cipher.Block, []string, error) {
-	key, keys, err := d.unwrap(ctx, m)
+func (d *Decryptor) blockFor(ctx context.Context, m sops.Metadata, access keysource.Access) (cipher.Block, []string, error) {
+	key, keys, err := d.unwrap(ctx, m, access)
 	var e *Error
 	if errors.As(err, &e) && e.Reason == ReasonNoKey {
 		return nil, nil, fail(ReasonNoKey, "the values file whose metadata the sops-webhook.values helper rendered: "+e.Hint)

@@ -69,7 +69,7 @@ func TestTokensRenderAsHelm(t *testing.T) {
 	encLeaves, plainLeaves := testbed.ValuesLeaves(t, enc), testbed.ValuesLeaves(t, plain)
 	require.Len(t, encLeaves, len(plainLeaves))
 
-	tokens := d.Tokens(idx)
+	tokens := d.Tokens(idx, nil)
 	decrypted := 0
 	for i, leaf := range encLeaves {
 		s, ok := leaf.Value.(string)
@@ -120,7 +120,7 @@ func TestTokensUnwrapTheDataKeyOncePerTokens(t *testing.T) {
 	idx, err := decrypt.ParseIndex([]byte(testbed.ValuesIndex(t, enc)))
 	require.NoError(t, err)
 
-	tokens := d.Tokens(idx)
+	tokens := d.Tokens(idx, nil)
 	var all []string
 	for _, l := range tokensOf(t, enc) {
 		all = append(all, l.Value.(string))
@@ -186,7 +186,7 @@ func TestTokensFailures(t *testing.T) {
 					return
 				}
 			}
-			out, err := d.Tokens(idx).Decrypt(context.Background(), []byte(tt.value))
+			out, err := d.Tokens(idx, nil).Decrypt(context.Background(), []byte(tt.value))
 			require.Error(t, err)
 			assert.Nil(t, out, "nothing is returned half-decrypted")
 			assert.True(t, decrypt.IsReason(err, tt.reason), "got %v", err)
@@ -264,7 +264,7 @@ func TestEntries(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			enc := testbed.SopsEncrypt(t, []byte(tt.plain), tt.format, r)
-			res, err := d.Document(context.Background(), enc, decrypt.Detect(enc, tt.file))
+			res, err := d.Document(context.Background(), enc, decrypt.Detect(enc, tt.file), nil)
 			require.NoError(t, err)
 			got, err := res.Entries()
 			if tt.want == nil {

@@ -12,11 +12,13 @@ import (
 
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 )
 
 // MaxDocumentsPerObject caps the SOPS documents one object may carry, which
@@ -30,15 +32,33 @@ const DefaultDecryptTimeout = 5 * time.Second
 
 // Decryptor is what the handler needs of package decrypt.
 type Decryptor interface {
-	Document(ctx context.Context, value []byte, f decrypt.Format) (decrypt.Result, error)
-	Tokens(idx *decrypt.Index) *decrypt.Tokens
+	Document(ctx context.Context, value []byte, f decrypt.Format, access keysource.Access) (decrypt.Result, error)
+	Tokens(idx *decrypt.Index, access keysource.Access) *decrypt.Tokens
 }
+
+// Policy decides which configured keys a request may use.
+type Policy interface {
+	// Access returns the keys a user may use for an object of kind in
+	// namespace; nil allows every key.
+	Access(namespace, kind string, user authenticationv1.UserInfo) keysource.Access
+}
+
+// Engine is what a request is handled with. The webhook swaps it atomically
+// when its config is reloaded; one request uses one Engine throughout.
+type Engine struct {
+	Decryptor Decryptor
+	// Policy may be nil: every key is usable in every namespace.
+	Policy Policy
+}
+
+// Static returns an Engine source that always returns e.
+func Static(e Engine) func() Engine { return func() Engine { return e } }
 
 // Handler is the admission handler for Secrets and ConfigMaps.
 type Handler struct {
-	decryptor Decryptor
-	metrics   *Metrics
-	timeout   time.Duration
+	engine  func() Engine
+	metrics *Metrics
+	timeout time.Duration
 }
 
 // Option configures a Handler.
@@ -50,9 +70,10 @@ func WithTimeout(d time.Duration) Option { return func(h *Handler) { h.timeout =
 // WithMetrics records requests and decryptions in m.
 func WithMetrics(m *Metrics) Option { return func(h *Handler) { h.metrics = m } }
 
-// NewHandler returns a Handler that decrypts with d.
-func NewHandler(d Decryptor, opts ...Option) *Handler {
-	h := &Handler{decryptor: d, timeout: DefaultDecryptTimeout}
+// NewHandler returns a Handler that handles each request with the Engine
+// engine returns at its start.
+func NewHandler(engine func() Engine, opts ...Option) *Handler {
+	h := &Handler{engine: engine, timeout: DefaultDecryptTimeout}
 	for _, o := range opts {
 		o(h)
 	}
@@ -123,7 +144,12 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 	// Mutate.
 	ctx, cancel := context.WithTimeout(ctx, h.timeout)
 	defer cancel()
-	m, denial := h.mutate(ctx, obj)
+	eng := h.engine()
+	var access keysource.Access
+	if eng.Policy != nil {
+		access = eng.Policy.Access(obj.namespace, obj.kind, req.UserInfo)
+	}
+	m, denial := h.mutate(ctx, eng.Decryptor, access, obj)
 	log := logf.FromContext(ctx)
 	if denial != nil {
 		log.Info("denied", "field", denial.field, "reason", denial.err.Error())
@@ -234,7 +260,7 @@ func (d *denial) message(obj object) string {
 // valuesField names the values index in messages.
 var valuesField = "metadata.annotations[" + AnnotationValues + "]"
 
-func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
+func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Access, obj object) (mutation, *denial) {
 	expand, err := expandRequested(obj.annotations)
 	if err != nil {
 		return mutation{}, &denial{field: "metadata.annotations[" + AnnotationExpand + "]", err: err}
@@ -253,11 +279,11 @@ func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
 			continue
 		case format == decrypt.FormatTokens:
 			if tokens == nil {
-				idx, d := h.index(obj)
-				if d != nil {
-					return mutation{}, d
+				idx, bad := h.index(obj)
+				if bad != nil {
+					return mutation{}, bad
 				}
-				tokens = h.decryptor.Tokens(idx)
+				tokens = d.Tokens(idx, access)
 			}
 			plain, err := tokens.Decrypt(ctx, f.value)
 			h.metrics.observeDecryption(format, reasonOf(err))
@@ -274,7 +300,7 @@ func (h *Handler) mutate(ctx context.Context, obj object) (mutation, *denial) {
 		if count++; count > MaxDocumentsPerObject {
 			return mutation{}, &denial{field: f.path(), err: fmt.Errorf("more than %d SOPS documents in one object", MaxDocumentsPerObject)}
 		}
-		res, err := h.decryptor.Document(ctx, f.value, format)
+		res, err := d.Document(ctx, f.value, format, access)
 		h.metrics.observeDecryption(format, reasonOf(err))
 		if err != nil {
 			return mutation{}, &denial{field: f.path(), err: err}

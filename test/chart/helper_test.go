@@ -132,7 +132,7 @@ func TestHelperIndexOpensEveryToken(t *testing.T) {
 
 					idx, err := decrypt.ParseIndex([]byte(index))
 					require.NoError(t, err)
-					tokens := d.Tokens(idx)
+					tokens := d.Tokens(idx, nil)
 					encLeaves, plainLeaves := testbed.ValuesLeaves(t, enc), testbed.ValuesLeaves(t, plain)
 					require.Len(t, encLeaves, len(plainLeaves))
 					opened := 0

@@ -19,6 +19,8 @@ import (
 type Age struct {
 	name       string
 	identities []age.Identity
+	// recipients are the identities' public keys, for Matches.
+	recipients map[string]bool
 }
 
 // LoadAge reads an age identity file. Blank lines and # comments are skipped.
@@ -33,7 +35,20 @@ func LoadAge(name, path string) (*Age, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return &Age{name: name, identities: ids}, nil
+	return newAge(name, ids), nil
+}
+
+func newAge(name string, ids []age.Identity) *Age {
+	a := &Age{name: name, identities: ids, recipients: map[string]bool{}}
+	for _, id := range ids {
+		switch id := id.(type) {
+		case *age.X25519Identity:
+			a.recipients[id.Recipient().String()] = true
+		case *age.HybridIdentity:
+			a.recipients[id.Recipient().String()] = true
+		}
+	}
+	return a
 }
 
 // ParseAgeIdentities parses the content of an age identity file. It fails on

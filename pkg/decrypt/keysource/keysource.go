@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/getsops/sops/v3/keyservice"
 	"google.golang.org/grpc"
@@ -42,15 +43,47 @@ type Source interface {
 	Unwrap(ctx context.Context, key *keyservice.Key, ciphertext []byte) ([]byte, error)
 }
 
-// Ring is the immutable set of configured keys. It is safe for concurrent use.
+// Ring is the immutable set of configured keys, with the cache of the data
+// keys they unwrapped. It is safe for concurrent use.
 type Ring struct {
 	sources []Source
+	cache   *dataKeyCache
+	stats   Stats
 }
 
-// NewRing returns a Ring of the given sources. It fails when there are none or
-// when two share a name: an empty identity set is an error, never a reason to
-// fall back to sops' own key lookups.
+// Stats observes a Ring's unwraps; its methods may be nil.
+type Stats struct {
+	// CacheLookup is called on every cache lookup with its result.
+	CacheLookup func(hit bool)
+	// Unwrap is called after a Source was asked to unwrap, with the key's
+	// name and whether it opened the data key.
+	Unwrap func(key string, opened bool)
+}
+
+// RingOption configures a Ring.
+type RingOption func(*Ring)
+
+// WithCache caches up to size unwrapped data keys for ttl each. Size or ttl
+// 0 disables the cache. now is the clock (nil: time.Now).
+func WithCache(size int, ttl time.Duration, now func() time.Time) RingOption {
+	if now == nil {
+		now = time.Now
+	}
+	return func(r *Ring) { r.cache = newDataKeyCache(size, ttl, now) }
+}
+
+// WithStats reports the Ring's cache lookups and unwraps to s.
+func WithStats(s Stats) RingOption { return func(r *Ring) { r.stats = s } }
+
+// NewRing returns a Ring of the given sources, with no cache. It fails when
+// there are none or when two share a name: an empty identity set is an error,
+// never a reason to fall back to sops' own key lookups.
 func NewRing(sources ...Source) (*Ring, error) {
+	return NewRingWith(sources, nil)
+}
+
+// NewRingWith is NewRing with options.
+func NewRingWith(sources []Source, opts []RingOption) (*Ring, error) {
 	if len(sources) == 0 {
 		return nil, errors.New("no keys configured")
 	}
@@ -61,7 +94,11 @@ func NewRing(sources ...Source) (*Ring, error) {
 		}
 		seen[s.Name()] = true
 	}
-	return &Ring{sources: append([]Source(nil), sources...)}, nil
+	r := &Ring{sources: append([]Source(nil), sources...)}
+	for _, o := range opts {
+		o(r)
+	}
+	return r, nil
 }
 
 // Names returns the configured key names in config order.
@@ -74,26 +111,31 @@ func (r *Ring) Names() []string {
 }
 
 // Client returns a key service client for one decryption. ctx bounds every
-// unwrap it performs.
-func (r *Ring) Client(ctx context.Context) *Client {
-	return &Client{ctx: ctx, ring: r}
+// unwrap it performs; access (nil: all keys) decides which keys it may use.
+func (r *Ring) Client(ctx context.Context, access Access) *Client {
+	return &Client{ctx: ctx, ring: r, access: access}
 }
 
 // Client is a sops keyservice.KeyServiceClient backed by a Ring. It is meant
-// for a single decryption and records the names of the keys it used.
+// for a single decryption and records the names of the keys it used, and
+// the denials of keys the payload was meant for.
 type Client struct {
-	ctx  context.Context
-	ring *Ring
+	ctx    context.Context
+	ring   *Ring
+	access Access
 
-	mu   sync.Mutex
-	used map[string]bool
+	mu     sync.Mutex
+	used   map[string]bool
+	denied []error
 }
 
 var _ keyservice.KeyServiceClient = (*Client)(nil)
 
-// Decrypt unwraps req.Ciphertext with the first configured key that opens it.
-// It never contacts a key that is not configured. The ctx argument is ignored
-// in favour of the Client's own: sops passes context.Background.
+// Decrypt unwraps req.Ciphertext with the first configured key that the
+// Access allows and that opens it: from the cache when it opened the same
+// wrapped key before, else by asking the Source. It never contacts a key that
+// is not configured or not allowed. The ctx argument is ignored in favour of
+// the Client's own: sops passes context.Background.
 func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ...grpc.CallOption) (*keyservice.DecryptResponse, error) {
 	if err := c.ctx.Err(); err != nil {
 		return nil, err
@@ -106,22 +148,55 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 	}
 	var errs []error
 	for _, s := range c.ring.sources {
-		plain, err := s.Unwrap(c.ctx, req.Key, req.Ciphertext)
-		if err == nil {
+		if err := allowed(c.ctx, c.access, s); err != nil {
+			if m, ok := s.(Matcher); ok && m.Matches(req.Key) {
+				c.deny(err)
+			}
+			continue
+		}
+		ck := newCacheKey(s.Name(), req.Key, req.Ciphertext)
+		plain, hit := c.ring.cache.get(ck)
+		if c.ring.cache != nil && c.ring.stats.CacheLookup != nil {
+			c.ring.stats.CacheLookup(hit)
+		}
+		if !hit {
+			var err error
+			plain, err = s.Unwrap(c.ctx, req.Key, req.Ciphertext)
+			if c.ring.stats.Unwrap != nil {
+				c.ring.stats.Unwrap(s.Name(), err == nil)
+			}
+			if err != nil {
+				if !errors.Is(err, ErrNotHeld) {
+					errs = append(errs, fmt.Errorf("key %q: %w", s.Name(), err))
+				}
+				continue
+			}
 			if len(plain) > MaxDataKeySize {
 				return nil, fmt.Errorf("unwrapped data key is larger than %d bytes", MaxDataKeySize)
 			}
-			c.markUsed(s.Name())
-			return &keyservice.DecryptResponse{Plaintext: plain}, nil
+			c.ring.cache.put(ck, plain)
 		}
-		if !errors.Is(err, ErrNotHeld) {
-			errs = append(errs, fmt.Errorf("key %q: %w", s.Name(), err))
-		}
+		c.markUsed(s.Name())
+		return &keyservice.DecryptResponse{Plaintext: plain}, nil
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return nil, ErrNoKey
+}
+
+func (c *Client) deny(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.denied = append(c.denied, err)
+}
+
+// Denied returns the Access errors for keys the payload's metadata names
+// but this request may not use, in the order met.
+func (c *Client) Denied() []error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]error(nil), c.denied...)
 }
 
 // Encrypt always fails: the webhook only decrypts.

@@ -73,7 +73,7 @@ func TestClientRecordsTheKeyThatUnwrapped(t *testing.T) {
 
 	// The metadata claims team-a's recipient, but only team-b can open it:
 	// authorisation follows the unwrap, not the claim.
-	c := ring.Client(context.Background())
+	c := ring.Client(context.Background(), nil)
 	resp, err := c.Decrypt(context.Background(), ageReq(wrapAge(t, idB.Recipient()), "age1claimed"))
 	require.NoError(t, err)
 	assert.Equal(t, dataKey, resp.Plaintext)
@@ -107,7 +107,7 @@ func TestClientRefusesWhatItDoesNotHold(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := ring.Client(context.Background())
+			c := ring.Client(context.Background(), nil)
 			_, err := c.Decrypt(context.Background(), tt.req)
 			assert.True(t, errors.Is(err, tt.want), "got %v", err)
 			assert.Empty(t, c.Used())
@@ -115,13 +115,13 @@ func TestClientRefusesWhatItDoesNotHold(t *testing.T) {
 	}
 
 	t.Run("oversized wrapped key", func(t *testing.T) {
-		_, err := ring.Client(context.Background()).Decrypt(context.Background(), ageReq(make([]byte, keysource.MaxWrappedKeySize+1), ""))
+		_, err := ring.Client(context.Background(), nil).Decrypt(context.Background(), ageReq(make([]byte, keysource.MaxWrappedKeySize+1), ""))
 		assert.ErrorContains(t, err, "larger than")
 	})
 	t.Run("cancelled context", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		_, err := ring.Client(ctx).Decrypt(context.Background(), ageReq(wrapAge(t, stranger.Recipient()), ""))
+		_, err := ring.Client(ctx, nil).Decrypt(context.Background(), ageReq(wrapAge(t, stranger.Recipient()), ""))
 		assert.ErrorIs(t, err, context.Canceled)
 	})
 }

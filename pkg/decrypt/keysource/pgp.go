@@ -3,9 +3,11 @@ package keysource
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
@@ -18,6 +20,9 @@ import (
 type PGP struct {
 	name    string
 	keyring openpgp.EntityList
+	// fingerprints of the keyring's keys and subkeys, upper-case hex, for
+	// Matches.
+	fingerprints map[string]bool
 }
 
 // LoadPGP reads an armored or binary OpenPGP private key file. A key without
@@ -32,7 +37,14 @@ func LoadPGP(name, path string) (*PGP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return &PGP{name: name, keyring: ring}, nil
+	p := &PGP{name: name, keyring: ring, fingerprints: map[string]bool{}}
+	for _, e := range ring {
+		p.fingerprints[strings.ToUpper(hex.EncodeToString(e.PrimaryKey.Fingerprint))] = true
+		for _, sk := range e.Subkeys {
+			p.fingerprints[strings.ToUpper(hex.EncodeToString(sk.PublicKey.Fingerprint))] = true
+		}
+	}
+	return p, nil
 }
 
 // ParsePGPKeyring parses armored or binary OpenPGP private keys. It fails when

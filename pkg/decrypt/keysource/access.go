@@ -1,0 +1,49 @@
+package keysource
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"github.com/getsops/sops/v3/keyservice"
+)
+
+// ErrNotGranted is wrapped by Access errors: the key exists but this request
+// may not use it.
+var ErrNotGranted = errors.New("not granted")
+
+// Access decides, per request, which configured keys may be used. Allowed
+// returns nil when the key named name may be used, or an error wrapping
+// ErrNotGranted whose text says why (key, namespace, kind, user; never a
+// value). A nil Access allows every key.
+type Access interface {
+	Allowed(ctx context.Context, name string) error
+}
+
+// Matcher is implemented by Sources that can tell, from a payload's metadata
+// alone, that a wrapped key is meant for them (an age recipient, a PGP
+// fingerprint). It only explains a denial: authorization always follows the
+// key that actually unwraps.
+type Matcher interface {
+	Matches(key *keyservice.Key) bool
+}
+
+// Matches reports whether the metadata names one of a's recipients.
+func (a *Age) Matches(key *keyservice.Key) bool {
+	k := key.GetAgeKey()
+	return k != nil && a.recipients[k.Recipient]
+}
+
+// Matches reports whether the metadata names a fingerprint of p's keyring.
+func (p *PGP) Matches(key *keyservice.Key) bool {
+	k := key.GetPgpKey()
+	return k != nil && p.fingerprints[strings.ToUpper(k.Fingerprint)]
+}
+
+// allowed asks access about s. A nil Access allows everything.
+func allowed(ctx context.Context, access Access, s Source) error {
+	if access == nil {
+		return nil
+	}
+	return access.Allowed(ctx, s.Name())
+}
