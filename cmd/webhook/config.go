@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/policy"
 )
 
 // Config API version and kind (DESIGN §4.1).
@@ -25,9 +27,18 @@ type config struct {
 	APIVersion string      `json:"apiVersion"`
 	Kind       string      `json:"kind"`
 	Keys       []keyConfig `json:"keys"`
-	// Policy is parsed so its presence is noticed; it is not enforced by
-	// this version, which therefore refuses a config that has one.
-	Policy []map[string]any `json:"policy,omitempty"`
+	// Policy grants keys to namespaces and kinds; absent, every key is
+	// usable in every opted-in namespace.
+	Policy []ruleConfig `json:"policy,omitempty"`
+}
+
+// ruleConfig is one policy rule (DESIGN §4.1).
+type ruleConfig struct {
+	Keys              []string              `json:"keys"`
+	Namespaces        []string              `json:"namespaces,omitempty"`
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	Kinds             []string              `json:"kinds,omitempty"`
+	RequireRBAC       bool                  `json:"requireRBAC,omitempty"`
 }
 
 // keyConfig is one named key. Exactly one source is set.
@@ -85,9 +96,6 @@ func (c *config) validate() error {
 	if len(c.Keys) == 0 {
 		errs = append(errs, errors.New("keys: at least one key is required"))
 	}
-	if len(c.Policy) > 0 {
-		errs = append(errs, errors.New("policy: not supported by this version; remove it (every key is usable in every opted-in namespace) or upgrade"))
-	}
 	names := map[string]bool{}
 	for i, k := range c.Keys {
 		at := fmt.Sprintf("keys[%d]", i)
@@ -119,8 +127,60 @@ func (c *config) validate() error {
 	return errors.Join(errs...)
 }
 
+// rules converts the policy to policy.Rules. Errors name the rule.
+func (c *config) rules() ([]policy.Rule, error) {
+	var errs []error
+	out := make([]policy.Rule, 0, len(c.Policy))
+	for i, r := range c.Policy {
+		rule := policy.Rule{Keys: r.Keys, Namespaces: r.Namespaces, Kinds: r.Kinds, RequireRBAC: r.RequireRBAC}
+		if r.NamespaceSelector != nil {
+			sel, err := metav1.LabelSelectorAsSelector(r.NamespaceSelector)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("policy[%d].namespaceSelector: %w", i, err))
+				continue
+			}
+			rule.NamespaceSelector = sel
+		}
+		out = append(out, rule)
+	}
+	return out, errors.Join(errs...)
+}
+
+// needsAPI reports whether the policy reads namespaces or asks RBAC.
+func (c *config) needsAPI() bool {
+	for _, r := range c.Policy {
+		if r.NamespaceSelector != nil || r.RequireRBAC {
+			return true
+		}
+	}
+	return false
+}
+
+// names returns the configured key names.
+func (c *config) names() []string {
+	out := make([]string, len(c.Keys))
+	for i, k := range c.Keys {
+		out[i] = k.Name
+	}
+	return out
+}
+
+// keyFiles are the files the configured keys are read from.
+func (c *config) keyFiles() []string {
+	var out []string
+	for _, k := range c.Keys {
+		switch {
+		case k.Age != nil:
+			out = append(out, k.Age.IdentityFile)
+		case k.PGP != nil:
+			out = append(out, k.PGP.PrivateKeyFile)
+		}
+	}
+	return out
+}
+
 // loadRing reads every configured key into memory, once.
-func (c *config) loadRing() (*keysource.Ring, error) {
+func (c *config) loadRing(opts ...keysource.RingOption) (*keysource.Ring, error) {
 	var sources []keysource.Source
 	for i, k := range c.Keys {
 		var (
@@ -138,5 +198,5 @@ func (c *config) loadRing() (*keysource.Ring, error) {
 		}
 		sources = append(sources, s)
 	}
-	return keysource.NewRing(sources...)
+	return keysource.NewRingWith(sources, opts)
 }

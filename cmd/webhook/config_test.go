@@ -47,7 +47,11 @@ func TestLoadConfig(t *testing.T) {
 		{"pgp key is not age", header + "keys:\n- name: a\n  age: {identityFile: " + pgpKey.PrivateKeyFile + "}\n", "not an age identity"},
 		{"two sources in one key", header + "keys:\n- name: a\n  age: {identityFile: /k/a}\n  pgp: {privateKeyFile: /k/b}\n", "exactly one of"},
 		{"duplicate name", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\n", `keys[1].name: "a" is used twice`},
-		{"policy not yet supported", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n", "policy: not supported"},
+		{"policy", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n  namespaces: [team-a, \"team-a-*\"]\n  kinds: [Secret, ConfigMap]\n", ""},
+		{"policy naming an unknown key", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [b]\n  namespaces: [x]\n", `policy rule 1: keys: "b" is not a configured key`},
+		{"policy with a bad selector", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n  namespaceSelector: {matchExpressions: [{key: x, operator: Bogus}]}\n", "policy[0].namespaceSelector"},
+		{"policy unknown field", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n  namespace: [x]\n", `unknown field "policy[0].namespace"`},
+		{"requireRBAC without API access", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n  namespaces: [\"*\"]\n  requireRBAC: true\n", "need API access"},
 		{"cloud source not yet supported", header + "keys:\n- name: kms\n  awsKms: {arn: x}\n", "not supported by this version"},
 	}
 	for _, tt := range tests {
@@ -55,7 +59,7 @@ func TestLoadConfig(t *testing.T) {
 			path := writeFile(t, t.TempDir(), "config.yaml", tt.body)
 			cfg, err := loadConfig(path)
 			if err == nil {
-				_, err = cfg.loadRing()
+				_, _, err = buildEngine(cfg, engineDeps{})
 			}
 			if tt.wantErr == "" {
 				require.NoError(t, err)

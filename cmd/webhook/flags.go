@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/pkg/policy"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 )
 
@@ -32,11 +34,16 @@ type options struct {
 	// certificatesSelfManaged (package selfcerts).
 	certificates string
 	selfCerts    selfCertOptions
+
+	kubeconfig          string
+	cacheSize           int
+	cacheTTL            time.Duration
+	policyCacheTTL      time.Duration
+	configCheckInterval time.Duration
 }
 
 // selfCertOptions configure the self-managed certificate mode.
 type selfCertOptions struct {
-	kubeconfig           string
 	namespace            string
 	secretName           string
 	webhookConfiguration string
@@ -66,7 +73,11 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 25*time.Second, "longest time to drain requests on SIGTERM")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, how long to keep serving while reporting not ready, so endpoints drop this replica before it stops")
 	fs.StringVar(&o.certificates, "certificates", certificatesFiles, `where the serving certificate comes from: "files" in --cert-dir (cert-manager, a mounted Secret), or "self-managed" (the webhook issues it, stores it in --tls-secret and patches the caBundle of --webhook-configuration)`)
-	fs.StringVar(&o.selfCerts.kubeconfig, "kubeconfig", "", "self-managed: kubeconfig file (default: in-cluster)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file for API access (default: in-cluster when in a pod); used by self-managed certificates and by policies with namespaceSelector or requireRBAC")
+	fs.IntVar(&o.cacheSize, "data-key-cache-size", keysource.DefaultCacheSize, "how many unwrapped data keys are kept in memory; 0 disables the cache")
+	fs.DurationVar(&o.cacheTTL, "data-key-cache-ttl", keysource.DefaultCacheTTL, "how long an unwrapped data key is reused; 0 disables the cache")
+	fs.DurationVar(&o.policyCacheTTL, "policy-cache-ttl", policy.DefaultCacheTTL, "how long RBAC decisions and namespace labels are reused")
+	fs.DurationVar(&o.configCheckInterval, "config-check-interval", 10*time.Second, "how often the config file and the key files are checked for changes; 0 disables reloading")
 	fs.StringVar(&o.selfCerts.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "self-managed: the webhook's namespace (default $POD_NAMESPACE)")
 	fs.StringVar(&o.selfCerts.secretName, "tls-secret", "sops-webhook-tls", "self-managed: Secret holding the CA and serving certificate")
 	fs.StringVar(&o.selfCerts.webhookConfiguration, "webhook-configuration", "sops-webhook", "self-managed: MutatingWebhookConfiguration whose caBundle is kept")
@@ -117,6 +128,9 @@ func (o options) validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--certificates %q is not files or self-managed", o.certificates))
+	}
+	if o.cacheSize < 0 || o.cacheTTL < 0 || o.policyCacheTTL < 0 || o.configCheckInterval < 0 {
+		errs = append(errs, errors.New("--data-key-cache-size, --data-key-cache-ttl, --policy-cache-ttl and --config-check-interval must not be negative"))
 	}
 	if o.shutdownDelay < 0 {
 		errs = append(errs, errors.New("--shutdown-delay must not be negative"))

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -25,7 +26,6 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
-	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 )
@@ -40,27 +40,36 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	ctrllog.SetLogger(log)
 	ctx = ctrllog.IntoContext(ctx, log)
 
-	cfg, err := loadConfig(o.configFile)
+	kube, err := kubeClient(o.kubeconfig)
 	if err != nil {
 		return err
 	}
-	ring, err := cfg.loadRing()
-	if err != nil {
-		return fmt.Errorf("config %s: %w", o.configFile, err)
-	}
-	log.Info("keys loaded", "keys", ring.Names())
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := mutate.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
-	handler := mutate.NewHandler(mutate.Static(mutate.Engine{Decryptor: decrypt.New(ring)}), mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout))
+	km, err := newKeyMetrics(reg)
+	if err != nil {
+		return err
+	}
+	engines, names, err := newReloader(o.configFile, engineDeps{
+		kube: kube, cacheSize: o.cacheSize, cacheTTL: o.cacheTTL, policyTTL: o.policyCacheTTL, stats: km.stats(),
+	}, log.WithName("config"))
+	if err != nil {
+		return err
+	}
+	engines.onReload = km.reloaded
+	log.Info("keys loaded", "keys", names)
+	handler := mutate.NewHandler(engines.Engine, mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout))
 
 	var certs *selfcerts.Manager
 	if o.certificates == certificatesSelfManaged {
-		if certs, err = newSelfCerts(o, log); err != nil {
+		if kube == nil {
+			return errors.New("--certificates=self-managed needs API access: run in a cluster or pass --kubeconfig")
+		}
+		if certs, err = newSelfCerts(o, kube, log); err != nil {
 			return err
 		}
 		// The server needs the files before it starts.
@@ -100,6 +109,9 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	g.Go(func() error { return server.Start(gctx) })
 	if certs != nil {
 		g.Go(func() error { return certs.Run(gctx) })
+	}
+	if o.configCheckInterval > 0 {
+		g.Go(func() error { return engines.run(gctx, o.configCheckInterval) })
 	}
 
 	started := server.StartedChecker()
@@ -146,26 +158,33 @@ func closeWhen(stopping *atomic.Bool, h http.Handler) http.Handler {
 	})
 }
 
-// newSelfCerts builds the self-managed certificate manager with a client for
-// --kubeconfig, or the in-cluster one.
-func newSelfCerts(o options, log logr.Logger) (*selfcerts.Manager, error) {
-	var cfg *rest.Config
-	var err error
-	if o.selfCerts.kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", o.selfCerts.kubeconfig)
-	} else {
+// kubeClient returns a client for --kubeconfig, or the in-cluster one when
+// running in a pod, or nil when neither is available.
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var (
+		cfg *rest.Config
+		err error
+	)
+	switch {
+	case kubeconfig != "":
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
 		cfg, err = rest.InClusterConfig()
+	default:
+		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("self-managed certificates: Kubernetes client: %w", err)
+		return nil, fmt.Errorf("Kubernetes client: %w", err)
 	}
+	// Every API call the webhook makes has a deadline.
 	cfg.Timeout = 10 * time.Second
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("self-managed certificates: Kubernetes client: %w", err)
-	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// newSelfCerts builds the self-managed certificate manager.
+func newSelfCerts(o options, kube kubernetes.Interface, log logr.Logger) (*selfcerts.Manager, error) {
 	return selfcerts.New(selfcerts.Options{
-		Client:               client,
+		Client:               kube,
 		Namespace:            o.selfCerts.namespace,
 		SecretName:           o.selfCerts.secretName,
 		WebhookConfiguration: o.selfCerts.webhookConfiguration,

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/go-logr/logr"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	authenticationv1 "k8s.io/api/authentication/v1"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+func TestReloaderSwapsValidConfigsAndKeepsTheOldOnError(t *testing.T) {
+	a, b := testbed.NewAgeKey(t, false), testbed.NewAgeKey(t, false)
+	docB := testbed.SopsEncrypt(t, []byte("K=v\n"), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{b}})
+	dir := t.TempDir()
+	keyFile := writeFile(t, dir, "current.agekey", mustRead(t, a.IdentityFile))
+	path := writeFile(t, dir, "config.yaml", "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n- name: team\n  age: {identityFile: "+keyFile+"}\n")
+
+	r, names, err := newReloader(path, engineDeps{}, logr.Discard())
+	require.NoError(t, err)
+	assert.Equal(t, []string{"team"}, names)
+	var results []bool
+	r.onReload = func(ok bool) { results = append(results, ok) }
+	opens := func() bool {
+		_, err := r.Engine().Decryptor.Document(context.Background(), docB, decrypt.FormatDotenv, nil)
+		return err == nil
+	}
+	require.False(t, opens(), "key b is not configured yet")
+
+	r.check()
+	assert.Empty(t, results, "nothing changed, nothing reloaded")
+
+	// The mounted key Secret changes: the same config now reads key b.
+	require.NoError(t, os.WriteFile(keyFile, []byte(mustRead(t, b.IdentityFile)), 0o600))
+	r.check()
+	assert.Equal(t, []bool{true}, results)
+	assert.True(t, opens(), "reloaded with key b")
+
+	// An invalid config is reported once and ignored.
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys: []\n"), 0o600))
+	r.check()
+	r.check()
+	assert.Equal(t, []bool{true, false}, results)
+	assert.True(t, opens(), "the previous config stays in use")
+
+	// A policy that names no granted namespace for key "team" takes effect.
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n- name: team\n  age: {identityFile: "+keyFile+"}\npolicy:\n- keys: [team]\n  namespaces: [elsewhere]\n"), 0o600))
+	r.check()
+	assert.Equal(t, []bool{true, false, true}, results)
+	eng := r.Engine()
+	require.NotNil(t, eng.Policy)
+	_, err = eng.Decryptor.Document(context.Background(), docB, decrypt.FormatDotenv, eng.Policy.Access("here", "Secret", userInfo("u")))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `key "team" is not granted to Secrets in namespace "here"`)
+}
+
+func mustRead(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	require.NoError(t, err)
+	return string(b)
+}
+
+func userInfo(name string) authenticationv1.UserInfo {
+	return authenticationv1.UserInfo{Username: name}
+}
