@@ -49,7 +49,22 @@ type keyConfig struct {
 	AWSKMS        map[string]any `json:"awsKms,omitempty"`
 	GCPKMS        map[string]any `json:"gcpKms,omitempty"`
 	AzureKeyVault map[string]any `json:"azureKeyVault,omitempty"`
-	VaultTransit  map[string]any `json:"vaultTransit,omitempty"`
+	VaultTransit  *vaultConfig   `json:"vaultTransit,omitempty"`
+}
+
+// vaultConfig is a Vault or OpenBao transit key (DESIGN §4.1).
+type vaultConfig struct {
+	Address        string `json:"address"`
+	EnginePath     string `json:"enginePath"`
+	KeyName        string `json:"keyName"`
+	CAFile         string `json:"caFile,omitempty"`
+	KubernetesAuth struct {
+		Role      string `json:"role"`
+		MountPath string `json:"mountPath,omitempty"`
+		// TokenFile is the service-account token to log in with; the
+		// pod's own token by default.
+		TokenFile string `json:"tokenFile,omitempty"`
+	} `json:"kubernetesAuth"`
 }
 
 type ageConfig struct {
@@ -120,8 +135,10 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.age.identityFile: required", at))
 		case k.PGP != nil && k.PGP.PrivateKeyFile == "":
 			errs = append(errs, fmt.Errorf("%s.pgp.privateKeyFile: required", at))
-		case k.AWSKMS != nil, k.GCPKMS != nil, k.AzureKeyVault != nil, k.VaultTransit != nil:
-			errs = append(errs, fmt.Errorf("%s (%s): cloud KMS and Vault key sources are not supported by this version", at, k.Name))
+		case k.VaultTransit != nil && (k.VaultTransit.Address == "" || k.VaultTransit.EnginePath == "" || k.VaultTransit.KeyName == "" || k.VaultTransit.KubernetesAuth.Role == ""):
+			errs = append(errs, fmt.Errorf("%s.vaultTransit: address, enginePath, keyName and kubernetesAuth.role are required", at))
+		case k.AWSKMS != nil, k.GCPKMS != nil, k.AzureKeyVault != nil:
+			errs = append(errs, fmt.Errorf("%s (%s): cloud KMS key sources are not supported by this version", at, k.Name))
 		}
 	}
 	return errors.Join(errs...)
@@ -174,6 +191,8 @@ func (c *config) keyFiles() []string {
 			out = append(out, k.Age.IdentityFile)
 		case k.PGP != nil:
 			out = append(out, k.PGP.PrivateKeyFile)
+		case k.VaultTransit != nil && k.VaultTransit.CAFile != "":
+			out = append(out, k.VaultTransit.CAFile)
 		}
 	}
 	return out
@@ -192,6 +211,12 @@ func (c *config) loadRing(opts ...keysource.RingOption) (*keysource.Ring, error)
 			s, err = keysource.LoadAge(k.Name, k.Age.IdentityFile)
 		case k.PGP != nil:
 			s, err = keysource.LoadPGP(k.Name, k.PGP.PrivateKeyFile)
+		case k.VaultTransit != nil:
+			v := k.VaultTransit
+			s, err = keysource.NewVault(k.Name, keysource.VaultConfig{
+				Address: v.Address, EnginePath: v.EnginePath, KeyName: v.KeyName, CAFile: v.CAFile,
+				Role: v.KubernetesAuth.Role, MountPath: v.KubernetesAuth.MountPath, TokenFile: v.KubernetesAuth.TokenFile,
+			})
 		}
 		if err != nil {
 			return nil, fmt.Errorf("keys[%d] (%s): %w", i, k.Name, err)

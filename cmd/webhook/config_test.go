@@ -53,6 +53,9 @@ func TestLoadConfig(t *testing.T) {
 		{"policy unknown field", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n  namespace: [x]\n", `unknown field "policy[0].namespace"`},
 		{"requireRBAC without API access", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n  namespaces: [\"*\"]\n  requireRBAC: true\n", "need API access"},
 		{"cloud source not yet supported", header + "keys:\n- name: kms\n  awsKms: {arn: x}\n", "not supported by this version"},
+		{"vault", header + "keys:\n- name: v\n  vaultTransit: {address: \"https://vault:8200\", enginePath: transit, keyName: \"app-*\", kubernetesAuth: {role: sops-webhook}}\n", ""},
+		{"vault needs https", header + "keys:\n- name: v\n  vaultTransit: {address: \"http://vault:8200\", enginePath: transit, keyName: app, kubernetesAuth: {role: r}}\n", "must be an https:// URL"},
+		{"vault needs a role", header + "keys:\n- name: v\n  vaultTransit: {address: \"https://vault:8200\", enginePath: transit, keyName: app}\n", "kubernetesAuth.role are required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

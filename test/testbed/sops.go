@@ -14,6 +14,10 @@ import (
 type Recipients struct {
 	Age []AgeKey
 	PGP []PGPKey
+	// VaultTransit are transit key URIs, https://HOST/v1/ENGINE/keys/NAME.
+	VaultTransit []string
+	// Env is extra environment for sops, e.g. VAULT_TOKEN and VAULT_CACERT.
+	Env []string
 }
 
 func (r Recipients) args() []string {
@@ -32,6 +36,9 @@ func (r Recipients) args() []string {
 		}
 		args = append(args, "--pgp", strings.Join(fs, ","))
 	}
+	if len(r.VaultTransit) > 0 {
+		args = append(args, "--hc-vault-transit", strings.Join(r.VaultTransit, ","))
+	}
 	return args
 }
 
@@ -42,6 +49,7 @@ func sopsEnv(t testing.TB, r Recipients, extra ...string) []string {
 	if len(r.PGP) > 0 {
 		env = append(env, "GNUPGHOME="+r.PGP[0].GnupgHome)
 	}
+	env = append(env, r.Env...)
 	return append(env, extra...)
 }
 

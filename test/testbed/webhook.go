@@ -77,6 +77,8 @@ type WebhookOptions struct {
 	// (pass --certificates=self-managed and its flags in Args).
 	SelfManaged bool
 	Args        []string
+	// Env is extra environment for the webhook process.
+	Env []string
 }
 
 // StartWebhookWith runs binary as o says on free loopback ports and returns
@@ -129,7 +131,7 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 	}
 	w.cmd = exec.Command(binary, args...)
 	w.cmd.Stdout, w.cmd.Stderr = out, out
-	w.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + workDir}
+	w.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + workDir}, o.Env...)
 	if err := w.cmd.Start(); err != nil {
 		return nil, err
 	}
