@@ -33,6 +33,9 @@ const MaxMasterKeys = 64
 // hintNoKey is the hint for a document no configured key opens.
 const hintNoKey = "encrypt it for a key the webhook holds (see its config), or label the object sops-webhook.io/decrypt=disabled to store it as is"
 
+// hintUnavailable is the hint for a key that exists but could not be used.
+const hintUnavailable = "the request can be retried once the key service answers"
+
 // hintReencrypt is the hint for a document that fails authentication.
 const hintReencrypt = "re-encrypt the file with sops, and change encrypted files only with `sops edit` or `sops set`"
 
@@ -137,6 +140,9 @@ func (d *Decryptor) unwrap(ctx context.Context, m sops.Metadata, access keysourc
 		}
 		if denied := client.Denied(); len(denied) > 0 {
 			return nil, nil, fail(ReasonNotGranted, joinUnique(denied))
+		}
+		if failures := client.Failures(); len(failures) > 0 {
+			return nil, nil, fail(ReasonUnavailable, joinUnique(failures)+"; "+hintUnavailable)
 		}
 		return nil, nil, fail(ReasonNoKey, describeKeys(m)+"; "+hintNoKey)
 	}

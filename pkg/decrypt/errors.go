@@ -11,6 +11,7 @@ const (
 	ReasonMalformed   Reason = "not a valid SOPS document"
 	ReasonNoKey       Reason = "no configured key can open it"
 	ReasonNotGranted  Reason = "the key that opens it is not granted here"
+	ReasonUnavailable Reason = "the key that opens it could not be used"
 	ReasonCorrupt     Reason = "a value failed authentication (tampered, or encrypted with another data key)"
 	ReasonMAC         Reason = "MAC mismatch: the document was modified after it was encrypted"
 	ReasonNoMAC       Reason = "the document carries no usable MAC"

@@ -124,9 +124,10 @@ type Client struct {
 	ring   *Ring
 	access Access
 
-	mu     sync.Mutex
-	used   map[string]bool
-	denied []error
+	mu       sync.Mutex
+	used     map[string]bool
+	denied   []error
+	failures []error
 }
 
 var _ keyservice.KeyServiceClient = (*Client)(nil)
@@ -167,7 +168,9 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 			}
 			if err != nil {
 				if !errors.Is(err, ErrNotHeld) {
-					errs = append(errs, fmt.Errorf("key %q: %w", s.Name(), err))
+					err = fmt.Errorf("key %q: %w", s.Name(), err)
+					errs = append(errs, err)
+					c.fail(err)
 				}
 				continue
 			}
@@ -183,6 +186,21 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 		return nil, errors.Join(errs...)
 	}
 	return nil, ErrNoKey
+}
+
+func (c *Client) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures = append(c.failures, err)
+}
+
+// Failures returns the errors of allowed keys that could not be used (a
+// malformed wrapped key, a key service down). Source errors never hold key
+// material or plaintext.
+func (c *Client) Failures() []error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]error(nil), c.failures...)
 }
 
 func (c *Client) deny(err error) {
