@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -46,10 +47,18 @@ type keyConfig struct {
 	Name          string         `json:"name"`
 	Age           *ageConfig     `json:"age,omitempty"`
 	PGP           *pgpConfig     `json:"pgp,omitempty"`
-	AWSKMS        map[string]any `json:"awsKms,omitempty"`
+	AWSKMS        *awsKMSConfig  `json:"awsKms,omitempty"`
 	GCPKMS        map[string]any `json:"gcpKms,omitempty"`
 	AzureKeyVault map[string]any `json:"azureKeyVault,omitempty"`
 	VaultTransit  *vaultConfig   `json:"vaultTransit,omitempty"`
+}
+
+// awsKMSConfig is an AWS KMS key, used as the pod's AWS identity.
+type awsKMSConfig struct {
+	// ARN is a key ARN or a glob of them.
+	ARN string `json:"arn"`
+	// Endpoint replaces the KMS endpoint (VPC or FIPS endpoints).
+	Endpoint string `json:"endpoint,omitempty"`
 }
 
 // vaultConfig is a Vault or OpenBao transit key (DESIGN §4.1).
@@ -137,7 +146,9 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.pgp.privateKeyFile: required", at))
 		case k.VaultTransit != nil && (k.VaultTransit.Address == "" || k.VaultTransit.EnginePath == "" || k.VaultTransit.KeyName == "" || k.VaultTransit.KubernetesAuth.Role == ""):
 			errs = append(errs, fmt.Errorf("%s.vaultTransit: address, enginePath, keyName and kubernetesAuth.role are required", at))
-		case k.AWSKMS != nil, k.GCPKMS != nil, k.AzureKeyVault != nil:
+		case k.AWSKMS != nil && k.AWSKMS.ARN == "":
+			errs = append(errs, fmt.Errorf("%s.awsKms.arn: required", at))
+		case k.GCPKMS != nil, k.AzureKeyVault != nil:
 			errs = append(errs, fmt.Errorf("%s (%s): cloud KMS key sources are not supported by this version", at, k.Name))
 		}
 	}
@@ -211,6 +222,8 @@ func (c *config) loadRing(opts ...keysource.RingOption) (*keysource.Ring, error)
 			s, err = keysource.LoadAge(k.Name, k.Age.IdentityFile)
 		case k.PGP != nil:
 			s, err = keysource.LoadPGP(k.Name, k.PGP.PrivateKeyFile)
+		case k.AWSKMS != nil:
+			s, err = keysource.NewAWSKMS(context.Background(), k.Name, keysource.AWSKMSConfig{ARN: k.AWSKMS.ARN, Endpoint: k.AWSKMS.Endpoint})
 		case k.VaultTransit != nil:
 			v := k.VaultTransit
 			s, err = keysource.NewVault(k.Name, keysource.VaultConfig{

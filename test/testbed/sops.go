@@ -16,6 +16,8 @@ type Recipients struct {
 	PGP []PGPKey
 	// VaultTransit are transit key URIs, https://HOST/v1/ENGINE/keys/NAME.
 	VaultTransit []string
+	// KMS are AWS KMS key ARNs.
+	KMS []string
 	// Env is extra environment for sops, e.g. VAULT_TOKEN and VAULT_CACERT.
 	Env []string
 }
@@ -35,6 +37,9 @@ func (r Recipients) args() []string {
 			fs = append(fs, k.Fingerprint)
 		}
 		args = append(args, "--pgp", strings.Join(fs, ","))
+	}
+	if len(r.KMS) > 0 {
+		args = append(args, "--kms", strings.Join(r.KMS, ","))
 	}
 	if len(r.VaultTransit) > 0 {
 		args = append(args, "--hc-vault-transit", strings.Join(r.VaultTransit, ","))

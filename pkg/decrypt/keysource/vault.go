@@ -18,9 +18,9 @@ import (
 	vault "github.com/hashicorp/vault/api"
 )
 
-// VaultCallTimeout bounds every call to Vault, well inside the webhook's
-// decrypt timeout.
-const VaultCallTimeout = 3 * time.Second
+// CallTimeout bounds every call to a remote key service (Vault, KMS, STS),
+// well inside the webhook's decrypt timeout.
+const CallTimeout = 3 * time.Second
 
 // maxVaultTokenFileSize caps the service-account token file.
 const maxVaultTokenFileSize = 64 << 10
@@ -98,14 +98,14 @@ func NewVault(name string, cfg VaultConfig) (*Vault, error) {
 	}
 	// No proxy from the environment, no redirects to other hosts.
 	hc := &http.Client{
-		Timeout:   VaultCallTimeout,
+		Timeout:   CallTimeout,
 		Transport: &http.Transport{TLSClientConfig: tlsConfig, Proxy: nil, ForceAttemptHTTP2: true},
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return errors.New("vault redirects are not followed")
 		},
 	}
 	// A Config of our own, not vault.DefaultConfig, which reads VAULT_*.
-	client, err := vault.NewClient(&vault.Config{Address: cfg.Address, HttpClient: hc, Timeout: VaultCallTimeout, MaxRetries: 0})
+	client, err := vault.NewClient(&vault.Config{Address: cfg.Address, HttpClient: hc, Timeout: CallTimeout, MaxRetries: 0})
 	if err != nil {
 		return nil, fmt.Errorf("vault client: %w", err)
 	}
@@ -170,7 +170,7 @@ func (v *Vault) decrypt(ctx context.Context, keyName string, ciphertext []byte) 
 	if err := v.login(ctx); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, VaultCallTimeout)
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
 	return v.client.Logical().WriteWithContext(ctx, v.cfg.EnginePath+"/decrypt/"+keyName, map[string]any{"ciphertext": string(ciphertext)})
 }
@@ -190,7 +190,7 @@ func (v *Vault) login(ctx context.Context) error {
 	if len(jwt) > maxVaultTokenFileSize {
 		return errors.New("vault login: service-account token file too large")
 	}
-	ctx, cancel := context.WithTimeout(ctx, VaultCallTimeout)
+	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
 	secret, err := v.loginClient.Logical().WriteWithContext(ctx, "auth/"+v.cfg.MountPath+"/login",
 		map[string]any{"role": v.cfg.Role, "jwt": strings.TrimSpace(string(jwt))})
@@ -231,7 +231,7 @@ func vaultError(op string, err error) error {
 	case errors.As(err, &re):
 		return &safeError{fmt.Sprintf("vault %s: HTTP %d", op, re.StatusCode)}
 	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
-		return &safeError{fmt.Sprintf("vault %s: no answer within %s", op, VaultCallTimeout)}
+		return &safeError{fmt.Sprintf("vault %s: no answer within %s", op, CallTimeout)}
 	}
 	var ue *url.Error
 	if errors.As(err, &ue) {

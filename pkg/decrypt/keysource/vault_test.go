@@ -163,7 +163,7 @@ func TestVaultFailures(t *testing.T) {
 		_, err := s.Unwrap(context.Background(), vaultKey("", "transit", "app-1"), ct)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "no answer within")
-		assert.Less(t, time.Since(start), 2*keysource.VaultCallTimeout+time.Second)
+		assert.Less(t, time.Since(start), 2*keysource.CallTimeout+time.Second)
 	})
 	t.Run("plain http is refused", func(t *testing.T) {
 		_, err := keysource.NewVault("v", keysource.VaultConfig{Address: "http://vault", EnginePath: "t", KeyName: "k", Role: "r"})

@@ -1,0 +1,197 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+const (
+	webhookRole = "arn:aws:iam::111122223333:role/sops-webhook"
+	kmsKeyARN   = "arn:aws:kms:eu-west-1:111122223333:key/app-1"
+)
+
+// TestAWSKMS decrypts with AWS KMS as the webhook's IRSA identity: the real
+// AWS SDK's default chain exchanges a service-account token issued by the
+// test API server (TokenRequest, audience sts.amazonaws.com) at the STS
+// stand-in, which verifies it against the API server's own OIDC keys, and
+// calls the KMS stand-in with the credentials it got.
+func TestAWSKMS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts kube-apiserver; run without -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cp, err := testbed.StartControlPlane()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cp.Stop() })
+	kube, err := kubernetes.NewForConfig(cp.Config)
+	require.NoError(t, err)
+	work := t.TempDir()
+	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "sops-webhook"}}))
+	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
+	token := func(sa string) string {
+		if err := cp.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: "sops-webhook"}}); err != nil {
+			t.Fatal(err)
+		}
+		exp := int64(3600)
+		tr, err := kube.CoreV1().ServiceAccounts("sops-webhook").CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"sts.amazonaws.com"}, ExpirationSeconds: &exp},
+		}, metav1.CreateOptions{})
+		require.NoError(t, err)
+		return tr.Status.Token
+	}
+	jwt := token("sops-webhook")
+	tokenFile := filepath.Join(work, "aws-token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(jwt), 0o600))
+
+	issuer, jwks, err := testbed.APIServerOIDC(ctx, kube)
+	require.NoError(t, err)
+	standIn, err := testbed.StartAWSStandIn(work, testbed.AWSStandInOptions{
+		JWKS: jwks, Issuer: issuer,
+		Trusts: map[string]string{webhookRole: "system:serviceaccount:sops-webhook:sops-webhook"},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = standIn.Close() })
+
+	t.Run("the STS stand-in verifies tokens for real", func(t *testing.T) {
+		other := token("intruder")
+		cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion("eu-west-1"), awsconfig.WithCredentialsProvider(aws.AnonymousCredentials{}),
+			awsconfig.WithSharedConfigFiles([]string{}), awsconfig.WithSharedCredentialsFiles([]string{}))
+		require.NoError(t, err)
+		caPEM, err := os.ReadFile(standIn.CAFile)
+		require.NoError(t, err)
+		client := sts.NewFromConfig(cfg, func(o *sts.Options) {
+			o.BaseEndpoint = aws.String(standIn.URL)
+			o.HTTPClient = caClient(t, caPEM)
+		})
+		for name, tok := range map[string]string{"another service account": other, "a forged token": jwt[:len(jwt)-4] + "AAAA"} {
+			_, err := client.AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
+				RoleArn: aws.String(webhookRole), RoleSessionName: aws.String("t"), WebIdentityToken: aws.String(tok),
+			})
+			assert.ErrorContains(t, err, "AccessDenied", name)
+		}
+		assert.Zero(t, standIn.AssumeCalls.Load())
+	})
+
+	config := filepath.Join(work, "config.yaml")
+	require.NoError(t, os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: prod-kms\n    awsKms: {arn: \"arn:aws:kms:eu-west-1:111122223333:key/*\"}\n"), 0o600))
+	bin, err := testbed.BuildWebhook(work)
+	require.NoError(t, err)
+	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{
+		Config: config, WorkDir: work, Log: verbose(), Args: []string{"--log-level", "debug"},
+		// What EKS puts in a pod with IRSA, plus the stand-in's endpoints.
+		Env: []string{"AWS_ROLE_ARN=" + webhookRole, "AWS_WEB_IDENTITY_TOKEN_FILE=" + tokenFile, "AWS_REGION=eu-west-1",
+			"AWS_ENDPOINT_URL_STS=" + standIn.URL, "AWS_ENDPOINT_URL_KMS=" + standIn.URL, "AWS_CA_BUNDLE=" + standIn.CAFile,
+			"AWS_EC2_METADATA_DISABLED=true"},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = wh.Stop() })
+	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, wh.CABundle))
+	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
+
+	recipients := testbed.Recipients{KMS: []string{kmsKeyARN}, Env: standIn.AdminEnv()}
+	encrypt := func(t *testing.T, plain string) []byte {
+		return testbed.SopsEncrypt(t, []byte(plain), "yaml", recipients, "--encryption-context", "app:payments")
+	}
+	create := func(name string, value []byte) error {
+		return cp.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "apps"}, Data: map[string][]byte{"app.yaml": value}})
+	}
+	stored := func(t *testing.T, name string) string {
+		got := &corev1.Secret{}
+		require.NoError(t, cp.Client.Get(ctx, client.ObjectKey{Namespace: "apps", Name: name}, got))
+		return string(got.Data["app.yaml"])
+	}
+
+	t.Run("decrypts as the pod's IRSA role, encryption context passed through", func(t *testing.T) {
+		doc := encrypt(t, "password: aws-PLAINTEXT-1\n")
+		require.Contains(t, string(doc), "app: payments", "the document carries an encryption context")
+		require.NoError(t, create("kms-doc", doc))
+		assert.Equal(t, "password: aws-PLAINTEXT-1\n", stored(t, "kms-doc"))
+		assert.EqualValues(t, 1, standIn.AssumeCalls.Load())
+		assert.Equal(t, []string{webhookRole}, standIn.Callers())
+	})
+
+	t.Run("a role and profile named in the metadata are not used", func(t *testing.T) {
+		doc := encrypt(t, "password: aws-PLAINTEXT-2\n")
+		hostile := strings.Replace(string(doc), `aws_profile: ""`, "aws_profile: evil\n          role: arn:aws:iam::999999999999:role/evil", 1)
+		require.NotEqual(t, string(doc), hostile)
+		require.NoError(t, create("kms-role", []byte(hostile)))
+		assert.Equal(t, "password: aws-PLAINTEXT-2\n", stored(t, "kms-role"))
+		callers := standIn.Callers()
+		assert.Equal(t, webhookRole, callers[len(callers)-1], "KMS was called as the webhook's own role")
+	})
+
+	t.Run("a key ARN outside the allow-list is not contacted", func(t *testing.T) {
+		before := standIn.Decrypts.Load()
+		doc := testbed.SopsEncrypt(t, []byte("password: aws-PLAINTEXT-3\n"), "yaml",
+			testbed.Recipients{KMS: []string{"arn:aws:kms:eu-west-1:999999999999:key/other"}, Env: standIn.AdminEnv()})
+		err := create("kms-other-account", doc)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "no configured key can open it")
+		assert.Equal(t, before, standIn.Decrypts.Load())
+	})
+
+	t.Run("KMS down: denied within the deadline; back up: decrypts without a restart", func(t *testing.T) {
+		doc := encrypt(t, "password: aws-PLAINTEXT-4\n")
+		standIn.SetHanging(true)
+		start := time.Now()
+		err := create("kms-down", doc)
+		elapsed := time.Since(start)
+		standIn.SetHanging(false)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `key "prod-kms": aws kms decrypt: no answer within`)
+		assert.Less(t, elapsed, 8*time.Second, "inside the API server's 10 s webhook timeout")
+		require.NoError(t, create("kms-back", doc))
+		assert.Equal(t, "password: aws-PLAINTEXT-4\n", stored(t, "kms-back"))
+	})
+
+	t.Run("cache: 100 Secrets from one values file cost one KMS call", func(t *testing.T) {
+		enc := testbed.SopsEncrypt(t, []byte("db:\n  password: aws-PLAINTEXT-values\n"), "yaml", recipients)
+		tok, index := testbed.ValuesLeaves(t, enc)[0].Value.(string), testbed.ValuesIndex(t, enc)
+		before := standIn.Decrypts.Load()
+		for i := range 100 {
+			require.NoError(t, cp.Client.Create(ctx, &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{Name: "values-" + strconv.Itoa(i), Namespace: "apps", Annotations: map[string]string{mutate.AnnotationValues: index}},
+				Data:       map[string][]byte{"password": []byte(tok)},
+			}))
+		}
+		assert.EqualValues(t, 1, standIn.Decrypts.Load()-before)
+	})
+
+	t.Run("logs hold no plaintext or credentials", func(t *testing.T) {
+		logs := wh.Logs()
+		assert.NotContains(t, logs, "PLAINTEXT")
+		assert.NotContains(t, logs, jwt)
+		assert.NotContains(t, logs, "ASIA")
+	})
+}
+
+// caClient is an AWS SDK HTTP client trusting only caPEM.
+func caClient(t *testing.T, caPEM []byte) *http.Client {
+	t.Helper()
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(caPEM))
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+}
