@@ -105,7 +105,9 @@ func StartAWSStandIn(dir string, o AWSStandInOptions) (*AWSStandIn, error) {
 		sessions: map[string]awsSession{}, keys: map[string][]byte{},
 	}
 	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = a.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})) }()
+	go func() {
+		_ = a.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}))
+	}()
 	return a, nil
 }
 

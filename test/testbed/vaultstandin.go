@@ -114,7 +114,9 @@ func StartVaultStandIn(dir string, o VaultStandInOptions) (*VaultStandIn, error)
 		ln: ln, keys: map[string][]byte{}, tokens: map[string]time.Time{},
 	}
 	v.srv = &http.Server{Handler: v, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = v.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12})) }()
+	go func() {
+		_ = v.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}))
+	}()
 	return v, nil
 }
 
