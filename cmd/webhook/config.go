@@ -48,7 +48,7 @@ type keyConfig struct {
 	Age           *ageConfig     `json:"age,omitempty"`
 	PGP           *pgpConfig     `json:"pgp,omitempty"`
 	AWSKMS        *awsKMSConfig  `json:"awsKms,omitempty"`
-	GCPKMS        map[string]any `json:"gcpKms,omitempty"`
+	GCPKMS        *gcpKMSConfig  `json:"gcpKms,omitempty"`
 	AzureKeyVault map[string]any `json:"azureKeyVault,omitempty"`
 	VaultTransit  *vaultConfig   `json:"vaultTransit,omitempty"`
 }
@@ -58,6 +58,14 @@ type awsKMSConfig struct {
 	// ARN is a key ARN or a glob of them.
 	ARN string `json:"arn"`
 	// Endpoint replaces the KMS endpoint (VPC or FIPS endpoints).
+	Endpoint string `json:"endpoint,omitempty"`
+}
+
+// gcpKMSConfig is a Cloud KMS key, used as the pod's Google identity.
+type gcpKMSConfig struct {
+	// ResourceID is a crypto key resource ID or a glob of them.
+	ResourceID string `json:"resourceID"`
+	// Endpoint replaces the KMS endpoint (host:port).
 	Endpoint string `json:"endpoint,omitempty"`
 }
 
@@ -148,7 +156,9 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.vaultTransit: address, enginePath, keyName and kubernetesAuth.role are required", at))
 		case k.AWSKMS != nil && k.AWSKMS.ARN == "":
 			errs = append(errs, fmt.Errorf("%s.awsKms.arn: required", at))
-		case k.GCPKMS != nil, k.AzureKeyVault != nil:
+		case k.GCPKMS != nil && k.GCPKMS.ResourceID == "":
+			errs = append(errs, fmt.Errorf("%s.gcpKms.resourceID: required", at))
+		case k.AzureKeyVault != nil:
 			errs = append(errs, fmt.Errorf("%s (%s): cloud KMS key sources are not supported by this version", at, k.Name))
 		}
 	}
@@ -224,6 +234,8 @@ func (c *config) loadRing(opts ...keysource.RingOption) (*keysource.Ring, error)
 			s, err = keysource.LoadPGP(k.Name, k.PGP.PrivateKeyFile)
 		case k.AWSKMS != nil:
 			s, err = keysource.NewAWSKMS(context.Background(), k.Name, keysource.AWSKMSConfig{ARN: k.AWSKMS.ARN, Endpoint: k.AWSKMS.Endpoint})
+		case k.GCPKMS != nil:
+			s, err = keysource.NewGCPKMS(k.Name, keysource.GCPKMSConfig{ResourceID: k.GCPKMS.ResourceID, Endpoint: k.GCPKMS.Endpoint})
 		case k.VaultTransit != nil:
 			v := k.VaultTransit
 			s, err = keysource.NewVault(k.Name, keysource.VaultConfig{

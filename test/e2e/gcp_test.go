@@ -1,0 +1,154 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/kms/apiv1/kmspb"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+const gcpKeyID = "projects/p/locations/global/keyRings/r/cryptoKeys/app"
+
+// TestGCPKMS decrypts with Cloud KMS as the webhook's workload identity:
+// application default credentials from a workload identity federation
+// configuration whose subject token is a service-account token of the test
+// API server. The real Google client libraries exchange it at the STS
+// stand-in, which verifies it against the API server's OIDC keys, and call
+// the Cloud KMS gRPC stand-in with the access token they got.
+func TestGCPKMS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts kube-apiserver; run without -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cp, err := testbed.StartControlPlane()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cp.Stop() })
+	kube, err := kubernetes.NewForConfig(cp.Config)
+	require.NoError(t, err)
+	work := t.TempDir()
+	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "sops-webhook"}}))
+	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
+	require.NoError(t, cp.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "sops-webhook", Namespace: "sops-webhook"}}))
+
+	issuer, jwks, err := testbed.APIServerOIDC(ctx, kube)
+	require.NoError(t, err)
+	gcp, err := testbed.StartGCPStandIn(work, testbed.GCPStandInOptions{JWKS: jwks, Issuer: issuer, Subject: "system:serviceaccount:sops-webhook:sops-webhook"})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = gcp.Close() })
+
+	exp := int64(3600)
+	tr, err := kube.CoreV1().ServiceAccounts("sops-webhook").CreateToken(ctx, "sops-webhook", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{gcp.JWTAudience}, ExpirationSeconds: &exp},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	tokenFile := filepath.Join(work, "gcp-token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600))
+	credFile, err := gcp.CredentialConfig(work, tokenFile)
+	require.NoError(t, err)
+
+	config := filepath.Join(work, "config.yaml")
+	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: prod-gcp\n    gcpKms: {resourceID: \"projects/p/locations/global/keyRings/r/cryptoKeys/*\", endpoint: %q}\n", gcp.KMSEndpoint)), 0o600))
+	bin, err := testbed.BuildWebhook(work)
+	require.NoError(t, err)
+	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{
+		Config: config, WorkDir: work, Log: verbose(), Args: []string{"--log-level", "debug"},
+		// Application default credentials, and the stand-ins' CA as the
+		// only trusted root.
+		Env: []string{"GOOGLE_APPLICATION_CREDENTIALS=" + credFile, "SSL_CERT_FILE=" + gcp.CAFile},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = wh.Stop() })
+	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, wh.CABundle))
+	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
+
+	// Test payloads: sops encrypts for a throwaway age key; its data key is
+	// then wrapped by the Cloud KMS stand-in and written in place of the age
+	// entry, exactly as sops --gcp-kms would write it.
+	kmsClient := gcpKMSClient(t, gcp)
+	throwaway := testbed.NewAgeKey(t, false)
+	encrypt := func(t *testing.T, plain, resourceID string) []byte {
+		doc := testbed.SopsEncrypt(t, []byte(plain), "yaml", testbed.Recipients{Age: []testbed.AgeKey{throwaway}})
+		callCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+gcp.AdminToken())
+		resp, err := kmsClient.Encrypt(callCtx, &kmspb.EncryptRequest{Name: resourceID, Plaintext: testbed.DataKeyOf(t, doc, throwaway)})
+		require.NoError(t, err)
+		return testbed.ReplaceAgeStanza(t, doc, "    gcp_kms:\n        - resource_id: "+resourceID+"\n          created_at: \"2026-11-24T00:00:00Z\"\n          enc: "+base64.StdEncoding.EncodeToString(resp.Ciphertext)+"\n")
+	}
+	create := func(name string, value []byte) error {
+		return cp.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "apps"}, Data: map[string][]byte{"app.yaml": value}})
+	}
+	stored := func(t *testing.T, name string) string {
+		got := &corev1.Secret{}
+		require.NoError(t, cp.Client.Get(ctx, client.ObjectKey{Namespace: "apps", Name: name}, got))
+		return string(got.Data["app.yaml"])
+	}
+
+	t.Run("decrypts as the workload identity", func(t *testing.T) {
+		require.NoError(t, create("gcp-doc", encrypt(t, "password: gcp-PLAINTEXT-1\n", gcpKeyID)))
+		assert.Equal(t, "password: gcp-PLAINTEXT-1\n", stored(t, "gcp-doc"))
+		assert.EqualValues(t, 1, gcp.Exchanges.Load(), "one token exchange")
+		assert.EqualValues(t, 1, gcp.Decrypts.Load())
+	})
+
+	t.Run("a resource ID outside the allow-list is not contacted", func(t *testing.T) {
+		before := gcp.Decrypts.Load()
+		err := create("gcp-other", encrypt(t, "password: gcp-PLAINTEXT-2\n", "projects/other/locations/global/keyRings/r/cryptoKeys/app"))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "no configured key can open it")
+		assert.Equal(t, before, gcp.Decrypts.Load())
+	})
+
+	t.Run("KMS down: denied within the deadline; back up: decrypts without a restart", func(t *testing.T) {
+		doc := encrypt(t, "password: gcp-PLAINTEXT-3\n", gcpKeyID)
+		gcp.SetHanging(true)
+		start := time.Now()
+		err := create("gcp-down", doc)
+		elapsed := time.Since(start)
+		gcp.SetHanging(false)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `key "prod-gcp": gcp kms decrypt: no answer within`)
+		assert.Less(t, elapsed, 8*time.Second)
+		require.NoError(t, create("gcp-back", doc))
+		assert.Equal(t, "password: gcp-PLAINTEXT-3\n", stored(t, "gcp-back"))
+	})
+
+	t.Run("logs hold no plaintext or tokens", func(t *testing.T) {
+		logs := wh.Logs()
+		assert.NotContains(t, logs, "PLAINTEXT")
+		assert.NotContains(t, logs, tr.Status.Token)
+		assert.NotContains(t, logs, "ya29.")
+	})
+}
+
+// gcpKMSClient is a raw gRPC Cloud KMS client to the stand-in, trusting its
+// CA, for making test payloads.
+func gcpKMSClient(t *testing.T, gcp *testbed.GCPStandIn) kmspb.KeyManagementServiceClient {
+	t.Helper()
+	pem, err := os.ReadFile(gcp.CAFile)
+	require.NoError(t, err)
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(pem))
+	conn, err := grpc.NewClient(gcp.KMSEndpoint, grpc.WithTransportCredentials(credentials.NewClientTLSFromCert(pool, "127.0.0.1")))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return kmspb.NewKeyManagementServiceClient(conn)
+}
