@@ -49,7 +49,7 @@ type keyConfig struct {
 	PGP           *pgpConfig     `json:"pgp,omitempty"`
 	AWSKMS        *awsKMSConfig  `json:"awsKms,omitempty"`
 	GCPKMS        *gcpKMSConfig  `json:"gcpKms,omitempty"`
-	AzureKeyVault map[string]any `json:"azureKeyVault,omitempty"`
+	AzureKeyVault *azureConfig   `json:"azureKeyVault,omitempty"`
 	VaultTransit  *vaultConfig   `json:"vaultTransit,omitempty"`
 }
 
@@ -67,6 +67,13 @@ type gcpKMSConfig struct {
 	ResourceID string `json:"resourceID"`
 	// Endpoint replaces the KMS endpoint (host:port).
 	Endpoint string `json:"endpoint,omitempty"`
+}
+
+// azureConfig is an Azure Key Vault key, used as the pod's Workload ID.
+type azureConfig struct {
+	VaultURL string `json:"vaultURL"`
+	// KeyName is a key name or a glob of them.
+	KeyName string `json:"keyName"`
 }
 
 // vaultConfig is a Vault or OpenBao transit key (DESIGN §4.1).
@@ -158,8 +165,8 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.awsKms.arn: required", at))
 		case k.GCPKMS != nil && k.GCPKMS.ResourceID == "":
 			errs = append(errs, fmt.Errorf("%s.gcpKms.resourceID: required", at))
-		case k.AzureKeyVault != nil:
-			errs = append(errs, fmt.Errorf("%s (%s): cloud KMS key sources are not supported by this version", at, k.Name))
+		case k.AzureKeyVault != nil && (k.AzureKeyVault.VaultURL == "" || k.AzureKeyVault.KeyName == ""):
+			errs = append(errs, fmt.Errorf("%s.azureKeyVault: vaultURL and keyName are required", at))
 		}
 	}
 	return errors.Join(errs...)
@@ -234,6 +241,8 @@ func (c *config) loadRing(opts ...keysource.RingOption) (*keysource.Ring, error)
 			s, err = keysource.LoadPGP(k.Name, k.PGP.PrivateKeyFile)
 		case k.AWSKMS != nil:
 			s, err = keysource.NewAWSKMS(context.Background(), k.Name, keysource.AWSKMSConfig{ARN: k.AWSKMS.ARN, Endpoint: k.AWSKMS.Endpoint})
+		case k.AzureKeyVault != nil:
+			s, err = keysource.NewAzureKeyVault(k.Name, keysource.AzureKeyVaultConfig{VaultURL: k.AzureKeyVault.VaultURL, KeyName: k.AzureKeyVault.KeyName})
 		case k.GCPKMS != nil:
 			s, err = keysource.NewGCPKMS(k.Name, keysource.GCPKMSConfig{ResourceID: k.GCPKMS.ResourceID, Endpoint: k.GCPKMS.Endpoint})
 		case k.VaultTransit != nil:

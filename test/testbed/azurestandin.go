@@ -1,0 +1,225 @@
+package testbed
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	josejwt "github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/sops-webhook/sops-webhook/certs"
+)
+
+// AzureStandIn is a stand-in for Microsoft Entra ID and Azure Key Vault
+// (which cannot run here), on one loopback TLS port. It speaks what the real
+// Azure SDK sends:
+//
+//   - Entra ID's OpenID configuration and v2.0 token endpoint for the client
+//     credentials grant with a federated client assertion (Workload ID):
+//     the assertion is a JWT verified for real against a JWKS (the test API
+//     server's OIDC keys), with its issuer, the audience
+//     api://AzureADTokenExchange and the one subject the app trusts.
+//   - Key Vault's keys/{name}/{version}/decrypt (RSA-OAEP-256), with the
+//     bearer challenge the SDK answers, and only for tokens it issued.
+//
+// The challenge names the resource https://0.0.1:PORT so that the SDK's
+// check "the vault host ends with .resource" holds for 127.0.0.1:PORT.
+type AzureStandIn struct {
+	// URL is https://127.0.0.1:PORT: the authority host and the vault URL.
+	URL, CAFile        string
+	TenantID, ClientID string
+	// Tokens and Decrypts count successful calls.
+	Tokens, Decrypts atomic.Int64
+
+	jwks    func(ctx context.Context) (*jose.JSONWebKeySet, error)
+	issuer  string
+	subject string
+	port    string
+	hang    atomic.Bool
+	srv     *http.Server
+
+	mu     sync.Mutex
+	tokens map[string]time.Time
+	keys   map[string]*rsa.PrivateKey
+}
+
+// AzureStandInOptions configure StartAzureStandIn.
+type AzureStandInOptions struct {
+	JWKS    func(ctx context.Context) (*jose.JSONWebKeySet, error)
+	Issuer  string
+	Subject string
+}
+
+// StartAzureStandIn starts the stand-in with its own CA written to dir.
+func StartAzureStandIn(dir string, o AzureStandInOptions) (*AzureStandIn, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	b, err := certs.NewServing([]string{"127.0.0.1"}, 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.X509KeyPair(b.Cert, b.Key)
+	if err != nil {
+		return nil, err
+	}
+	caFile := filepath.Join(dir, "azure-ca.crt")
+	if err := os.WriteFile(caFile, b.CACert, 0o644); err != nil {
+		return nil, err
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	a := &AzureStandIn{
+		URL: "https://" + ln.Addr().String(), CAFile: caFile,
+		TenantID: "00000000-0000-0000-0000-0000000000aa", ClientID: "00000000-0000-0000-0000-0000000000bb",
+		jwks: o.JWKS, issuer: o.Issuer, subject: o.Subject, port: port,
+		tokens: map[string]time.Time{}, keys: map[string]*rsa.PrivateKey{},
+	}
+	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		_ = a.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}))
+	}()
+	return a, nil
+}
+
+// Close stops the stand-in.
+func (a *AzureStandIn) Close() error { return a.srv.Close() }
+
+// SetHanging makes Key Vault calls hang until the client gives up.
+func (a *AzureStandIn) SetHanging(on bool) { a.hang.Store(on) }
+
+// Env is what the workload identity webhook injects into a pod.
+func (a *AzureStandIn) Env(tokenFile string) []string {
+	return []string{"AZURE_CLIENT_ID=" + a.ClientID, "AZURE_TENANT_ID=" + a.TenantID,
+		"AZURE_FEDERATED_TOKEN_FILE=" + tokenFile, "AZURE_AUTHORITY_HOST=" + a.URL + "/"}
+}
+
+func (a *AzureStandIn) key(name string) *rsa.PrivateKey {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k, ok := a.keys[name]
+	if !ok {
+		k, _ = rsa.GenerateKey(rand.Reader, 2048)
+		a.keys[name] = k
+	}
+	return k
+}
+
+// Wrap encrypts dataKey for key name with RSA-OAEP-256, base64url as sops
+// stores it.
+func (a *AzureStandIn) Wrap(name string, dataKey []byte) (string, error) {
+	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, &a.key(name).PublicKey, dataKey, nil)
+	return base64.RawURLEncoding.EncodeToString(ct), err
+}
+
+// ServeHTTP routes Entra ID and Key Vault requests.
+func (a *AzureStandIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	base := a.URL + "/" + a.TenantID
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/"+a.TenantID+"/v2.0/.well-known/openid-configuration":
+		writeJSON(w, map[string]any{
+			"token_endpoint": base + "/oauth2/v2.0/token", "authorization_endpoint": base + "/oauth2/v2.0/authorize",
+			"issuer": base + "/v2.0", "token_endpoint_auth_methods_supported": []string{"private_key_jwt", "client_secret_post"},
+		})
+	case r.Method == http.MethodPost && r.URL.Path == "/"+a.TenantID+"/oauth2/v2.0/token":
+		a.token(w, r)
+	case r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/keys/") && strings.HasSuffix(r.URL.Path, "/decrypt"):
+		a.decrypt(w, r)
+	default:
+		http.Error(w, `{"error":{"code":"NotFound"}}`, http.StatusNotFound)
+	}
+}
+
+func (a *AzureStandIn) token(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		http.Error(w, `{"error":"invalid_request"}`, http.StatusBadRequest)
+		return
+	}
+	f := r.PostForm
+	sub, err := a.verify(r.Context(), f.Get("client_assertion"))
+	if f.Get("client_id") != a.ClientID || f.Get("grant_type") != "client_credentials" || err != nil || sub != a.subject {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write([]byte(`{"error":"invalid_client","error_description":"AADSTS70021: No matching federated identity record found for presented assertion."}`))
+		return
+	}
+	tok := "eyJ0" + randomHex(24)
+	a.mu.Lock()
+	a.tokens[tok] = time.Now().Add(time.Hour)
+	a.mu.Unlock()
+	a.Tokens.Add(1)
+	writeJSON(w, map[string]any{"token_type": "Bearer", "access_token": tok, "expires_in": 3600, "ext_expires_in": 3600})
+}
+
+func (a *AzureStandIn) verify(ctx context.Context, raw string) (string, error) {
+	tok, err := josejwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
+	if err != nil {
+		return "", err
+	}
+	keys, err := a.jwks(ctx)
+	if err != nil {
+		return "", err
+	}
+	var claims josejwt.Claims
+	if err := tok.Claims(keys, &claims); err != nil {
+		return "", err
+	}
+	if err := claims.Validate(josejwt.Expected{Issuer: a.issuer, AnyAudience: []string{"api://AzureADTokenExchange"}, Time: time.Now()}); err != nil {
+		return "", err
+	}
+	return claims.Subject, nil
+}
+
+func (a *AzureStandIn) decrypt(w http.ResponseWriter, r *http.Request) {
+	if a.hang.Load() {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(time.Minute):
+		}
+		return
+	}
+	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	a.mu.Lock()
+	exp, ok := a.tokens[tok]
+	a.mu.Unlock()
+	if !ok || time.Now().After(exp) {
+		w.Header().Set("WWW-Authenticate", `Bearer authorization="`+a.URL+`/`+a.TenantID+`", resource="https://0.0.1:`+a.port+`"`)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		_, _ = w.Write([]byte(`{"error":{"code":"Unauthorized","message":"AKV10000: Request is missing a Bearer or PoP token."}}`))
+		return
+	}
+	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/keys/"), "/")
+	var body struct {
+		Alg   string `json:"alg"`
+		Value string `json:"value"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&body); err != nil || body.Alg != "RSA-OAEP-256" || len(parts) < 2 {
+		http.Error(w, `{"error":{"code":"BadParameter"}}`, http.StatusBadRequest)
+		return
+	}
+	ct, err := base64.RawURLEncoding.DecodeString(body.Value)
+	var plain []byte
+	if err == nil {
+		plain, err = rsa.DecryptOAEP(sha256.New(), rand.Reader, a.key(parts[0]), ct, nil)
+	}
+	if err != nil {
+		http.Error(w, `{"error":{"code":"BadParameter","message":"decryption failed"}}`, http.StatusBadRequest)
+		return
+	}
+	a.Decrypts.Add(1)
+	writeJSON(w, map[string]any{"kid": a.URL + "/keys/" + parts[0] + "/" + parts[1], "value": base64.RawURLEncoding.EncodeToString(plain)})
+}
