@@ -44,13 +44,13 @@ type ruleConfig struct {
 
 // keyConfig is one named key. Exactly one source is set.
 type keyConfig struct {
-	Name          string         `json:"name"`
-	Age           *ageConfig     `json:"age,omitempty"`
-	PGP           *pgpConfig     `json:"pgp,omitempty"`
-	AWSKMS        *awsKMSConfig  `json:"awsKms,omitempty"`
-	GCPKMS        *gcpKMSConfig  `json:"gcpKms,omitempty"`
-	AzureKeyVault *azureConfig   `json:"azureKeyVault,omitempty"`
-	VaultTransit  *vaultConfig   `json:"vaultTransit,omitempty"`
+	Name          string        `json:"name"`
+	Age           *ageConfig    `json:"age,omitempty"`
+	PGP           *pgpConfig    `json:"pgp,omitempty"`
+	AWSKMS        *awsKMSConfig `json:"awsKms,omitempty"`
+	GCPKMS        *gcpKMSConfig `json:"gcpKms,omitempty"`
+	AzureKeyVault *azureConfig  `json:"azureKeyVault,omitempty"`
+	VaultTransit  *vaultConfig  `json:"vaultTransit,omitempty"`
 }
 
 // awsKMSConfig is an AWS KMS key, used as the pod's AWS identity.
