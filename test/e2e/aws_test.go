@@ -28,8 +28,9 @@ import (
 )
 
 const (
-	webhookRole = "arn:aws:iam::111122223333:role/sops-webhook"
-	kmsKeyARN   = "arn:aws:kms:eu-west-1:111122223333:key/app-1"
+	webhookRole     = "arn:aws:iam::111122223333:role/sops-webhook"
+	podIdentityRole = "arn:aws:iam::111122223333:role/sops-webhook-pod-identity"
+	kmsKeyARN       = "arn:aws:kms:eu-west-1:111122223333:key/app-1"
 )
 
 // TestAWSKMS decrypts with AWS KMS as the webhook's IRSA identity: the real
@@ -70,7 +71,8 @@ func TestAWSKMS(t *testing.T) {
 	require.NoError(t, err)
 	standIn, err := testbed.StartAWSStandIn(work, testbed.AWSStandInOptions{
 		JWKS: jwks, Issuer: issuer,
-		Trusts: map[string]string{webhookRole: "system:serviceaccount:sops-webhook:sops-webhook"},
+		Trusts:      map[string]string{webhookRole: "system:serviceaccount:sops-webhook:sops-webhook"},
+		PodIdentity: map[string]string{"system:serviceaccount:sops-webhook:sops-webhook": podIdentityRole},
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = standIn.Close() })
@@ -180,6 +182,34 @@ func TestAWSKMS(t *testing.T) {
 		assert.EqualValues(t, 1, standIn.Decrypts.Load()-before)
 	})
 
+	t.Run("EKS Pod Identity: the same source, the agent's credentials", func(t *testing.T) {
+		exp := int64(3600)
+		tr, err := kube.CoreV1().ServiceAccounts("sops-webhook").CreateToken(ctx, "sops-webhook", &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"pods.eks.amazonaws.com"}, ExpirationSeconds: &exp},
+		}, metav1.CreateOptions{})
+		require.NoError(t, err)
+		podToken := filepath.Join(work, "pod-identity-token")
+		require.NoError(t, os.WriteFile(podToken, []byte(tr.Status.Token), 0o600))
+		podWork := filepath.Join(work, "pod-identity")
+		require.NoError(t, os.MkdirAll(podWork, 0o700))
+		pod, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{
+			Config: config, WorkDir: podWork, Log: verbose(),
+			// What EKS puts in a pod with a Pod Identity association.
+			Env: []string{"AWS_CONTAINER_CREDENTIALS_FULL_URI=" + standIn.PodIdentityURL(), "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=" + podToken,
+				"AWS_REGION=eu-west-1", "AWS_ENDPOINT_URL_KMS=" + standIn.URL, "AWS_CA_BUNDLE=" + standIn.CAFile, "AWS_EC2_METADATA_DISABLED=true",
+				// The credentials client does not use AWS_CA_BUNDLE; the real agent is plain HTTP on a link-local address.
+				"SSL_CERT_FILE=" + standIn.CAFile},
+		})
+		require.NoError(t, err)
+		defer func() { _ = pod.Stop() }()
+		repoint(t, cp, pod)
+		require.NoError(t, create("kms-pod-identity", encrypt(t, "password: aws-PLAINTEXT-5\n")))
+		assert.Equal(t, "password: aws-PLAINTEXT-5\n", stored(t, "kms-pod-identity"))
+		callers := standIn.Callers()
+		assert.Equal(t, podIdentityRole, callers[len(callers)-1])
+		repoint(t, cp, wh)
+	})
+
 	t.Run("logs hold no plaintext or credentials", func(t *testing.T) {
 		logs := wh.Logs()
 		assert.NotContains(t, logs, "PLAINTEXT")
@@ -194,4 +224,18 @@ func caClient(t *testing.T, caPEM []byte) *http.Client {
 	pool := x509.NewCertPool()
 	require.True(t, pool.AppendCertsFromPEM(caPEM))
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+}
+
+// repoint sends the webhook configuration to wh and waits until the API
+// server calls it.
+func repoint(t *testing.T, cp *testbed.ControlPlane, wh *testbed.Webhook) {
+	t.Helper()
+	ctx := context.Background()
+	want, err := testbed.LoadWebhookConfiguration(wh.URL, wh.CABundle)
+	require.NoError(t, err)
+	live := want.DeepCopy()
+	require.NoError(t, cp.Client.Get(ctx, client.ObjectKeyFromObject(want), live))
+	live.Webhooks = want.Webhooks
+	require.NoError(t, cp.Client.Update(ctx, live))
+	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
 }

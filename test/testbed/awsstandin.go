@@ -54,6 +54,7 @@ type AWSStandIn struct {
 	jwks     func(ctx context.Context) (*jose.JSONWebKeySet, error)
 	issuer   string
 	trusts   map[string]string // role ARN -> trusted JWT subject
+	pods     map[string]string // subject -> role, EKS Pod Identity
 	srv      *http.Server
 	hang     atomic.Bool
 	mu       sync.Mutex
@@ -78,6 +79,9 @@ type AWSStandInOptions struct {
 	// Trusts maps role ARNs to the JWT subject each trusts, e.g.
 	// system:serviceaccount:sops-webhook:sops-webhook.
 	Trusts map[string]string
+	// PodIdentity maps service-account subjects to the role an EKS Pod
+	// Identity association gives them.
+	PodIdentity map[string]string
 }
 
 // StartAWSStandIn starts the stand-in with its own CA written to dir.
@@ -101,7 +105,7 @@ func StartAWSStandIn(dir string, o AWSStandInOptions) (*AWSStandIn, error) {
 	a := &AWSStandIn{
 		URL: "https://" + ln.Addr().String(), CAFile: caFile,
 		AdminAccessKey: "AKIA" + strings.ToUpper(randomHex(8)), AdminSecretKey: randomHex(20),
-		jwks: o.JWKS, issuer: o.Issuer, trusts: o.Trusts,
+		jwks: o.JWKS, issuer: o.Issuer, trusts: o.Trusts, pods: o.PodIdentity,
 		sessions: map[string]awsSession{}, keys: map[string][]byte{},
 	}
 	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 5 * time.Second}
@@ -145,6 +149,10 @@ func (a *AWSStandIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
+	if r.Method == http.MethodGet && r.URL.Path == "/v1/credentials" {
+		a.podIdentity(w, r)
+		return
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	if err != nil || r.Method != http.MethodPost {
 		awsJSONError(w, "ValidationException", "bad request")
@@ -160,6 +168,30 @@ func (a *AWSStandIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.assumeRole(w, r)
+}
+
+// PodIdentityURL is the EKS Pod Identity agent stand-in's credentials URL
+// (AWS_CONTAINER_CREDENTIALS_FULL_URI).
+func (a *AWSStandIn) PodIdentityURL() string { return a.URL + "/v1/credentials" }
+
+// podIdentity answers like the EKS Pod Identity agent: the Authorization
+// header is the pod's service-account token (audience
+// pods.eks.amazonaws.com), exchanged for the associated role's credentials.
+func (a *AWSStandIn) podIdentity(w http.ResponseWriter, r *http.Request) {
+	sub, err := a.verifyAudience(r.Context(), r.Header.Get("Authorization"), "pods.eks.amazonaws.com")
+	role, ok := a.pods[sub]
+	if err != nil || !ok {
+		http.Error(w, `{"message":"unauthorized"}`, http.StatusUnauthorized)
+		return
+	}
+	s := awsSession{secret: randomHex(20), token: randomHex(32), role: role, expires: time.Now().Add(time.Hour)}
+	akid := "ASIA" + strings.ToUpper(randomHex(8))
+	a.mu.Lock()
+	a.sessions[akid] = s
+	a.mu.Unlock()
+	a.AssumeCalls.Add(1)
+	writeJSON(w, map[string]any{"AccessKeyId": akid, "SecretAccessKey": s.secret, "Token": s.token,
+		"Expiration": s.expires.UTC().Format(time.RFC3339), "AccountId": "111122223333"})
 }
 
 type stsCredentials struct {
@@ -209,6 +241,10 @@ func (a *AWSStandIn) assumeRole(w http.ResponseWriter, r *http.Request) {
 // verify checks a web identity token's signature against the JWKS, its
 // issuer, audience and expiry, and returns its subject.
 func (a *AWSStandIn) verify(ctx context.Context, raw string) (string, error) {
+	return a.verifyAudience(ctx, raw, "sts.amazonaws.com")
+}
+
+func (a *AWSStandIn) verifyAudience(ctx context.Context, raw, audience string) (string, error) {
 	tok, err := josejwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
 	if err != nil {
 		return "", err
@@ -221,7 +257,7 @@ func (a *AWSStandIn) verify(ctx context.Context, raw string) (string, error) {
 	if err := tok.Claims(keys, &claims); err != nil {
 		return "", err
 	}
-	if err := claims.Validate(josejwt.Expected{Issuer: a.issuer, AnyAudience: []string{"sts.amazonaws.com"}, Time: time.Now()}); err != nil {
+	if err := claims.Validate(josejwt.Expected{Issuer: a.issuer, AnyAudience: []string{audience}, Time: time.Now()}); err != nil {
 		return "", err
 	}
 	return claims.Subject, nil
