@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,11 +16,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
@@ -44,41 +40,18 @@ func TestAWSKMS(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cp, err := testbed.StartControlPlane()
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cp.Stop() })
-	kube, err := kubernetes.NewForConfig(cp.Config)
-	require.NoError(t, err)
-	work := t.TempDir()
-	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "sops-webhook"}}))
-	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
-	token := func(sa string) string {
-		if err := cp.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: "sops-webhook"}}); err != nil {
-			t.Fatal(err)
-		}
-		exp := int64(3600)
-		tr, err := kube.CoreV1().ServiceAccounts("sops-webhook").CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-			Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"sts.amazonaws.com"}, ExpirationSeconds: &exp},
-		}, metav1.CreateOptions{})
-		require.NoError(t, err)
-		return tr.Status.Token
-	}
-	jwt := token("sops-webhook")
-	tokenFile := filepath.Join(work, "aws-token")
-	require.NoError(t, os.WriteFile(tokenFile, []byte(jwt), 0o600))
-
-	issuer, jwks, err := testbed.APIServerOIDC(ctx, kube)
-	require.NoError(t, err)
-	standIn, err := testbed.StartAWSStandIn(work, testbed.AWSStandInOptions{
-		JWKS: jwks, Issuer: issuer,
-		Trusts:      map[string]string{webhookRole: "system:serviceaccount:sops-webhook:sops-webhook"},
-		PodIdentity: map[string]string{"system:serviceaccount:sops-webhook:sops-webhook": podIdentityRole},
+	b := newIdentityBed(ctx, t)
+	tokenFile, jwt := b.tokenFile(ctx, t, "sops-webhook", "sts.amazonaws.com")
+	standIn, err := testbed.StartAWSStandIn(b.work, testbed.AWSStandInOptions{
+		JWKS: b.jwks, Issuer: b.issuer,
+		Trusts:      map[string]string{webhookRole: webhookSubject},
+		PodIdentity: map[string]string{webhookSubject: podIdentityRole},
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = standIn.Close() })
 
 	t.Run("the STS stand-in verifies tokens for real", func(t *testing.T) {
-		other := token("intruder")
+		_, other := b.tokenFile(ctx, t, "intruder", "sts.amazonaws.com")
 		cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion("eu-west-1"), awsconfig.WithCredentialsProvider(aws.AnonymousCredentials{}),
 			awsconfig.WithSharedConfigFiles([]string{}), awsconfig.WithSharedCredentialsFiles([]string{}))
 		require.NoError(t, err)
@@ -97,34 +70,19 @@ func TestAWSKMS(t *testing.T) {
 		assert.Zero(t, standIn.AssumeCalls.Load())
 	})
 
-	config := filepath.Join(work, "config.yaml")
-	require.NoError(t, os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: prod-kms\n    awsKms: {arn: \"arn:aws:kms:eu-west-1:111122223333:key/*\"}\n"), 0o600))
-	bin, err := testbed.BuildWebhook(work)
-	require.NoError(t, err)
-	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{
-		Config: config, WorkDir: work, Log: verbose(), Args: []string{"--log-level", "debug"},
+	config := "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: prod-kms\n    awsKms: {arn: \"arn:aws:kms:eu-west-1:111122223333:key/*\"}\n"
+	wh := b.startWebhook(ctx, t, "irsa", config,
 		// What EKS puts in a pod with IRSA, plus the stand-in's endpoints.
-		Env: []string{"AWS_ROLE_ARN=" + webhookRole, "AWS_WEB_IDENTITY_TOKEN_FILE=" + tokenFile, "AWS_REGION=eu-west-1",
-			"AWS_ENDPOINT_URL_STS=" + standIn.URL, "AWS_ENDPOINT_URL_KMS=" + standIn.URL, "AWS_CA_BUNDLE=" + standIn.CAFile,
-			"AWS_EC2_METADATA_DISABLED=true"},
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = wh.Stop() })
-	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, wh.CABundle))
-	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
+		"AWS_ROLE_ARN="+webhookRole, "AWS_WEB_IDENTITY_TOKEN_FILE="+tokenFile, "AWS_REGION=eu-west-1",
+		"AWS_ENDPOINT_URL_STS="+standIn.URL, "AWS_ENDPOINT_URL_KMS="+standIn.URL, "AWS_CA_BUNDLE="+standIn.CAFile,
+		"AWS_EC2_METADATA_DISABLED=true")
 
 	recipients := testbed.Recipients{KMS: []string{kmsKeyARN}, Env: standIn.AdminEnv()}
 	encrypt := func(t *testing.T, plain string) []byte {
 		return testbed.SopsEncrypt(t, []byte(plain), "yaml", recipients, "--encryption-context", "app:payments")
 	}
-	create := func(name string, value []byte) error {
-		return cp.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "apps"}, Data: map[string][]byte{"app.yaml": value}})
-	}
-	stored := func(t *testing.T, name string) string {
-		got := &corev1.Secret{}
-		require.NoError(t, cp.Client.Get(ctx, client.ObjectKey{Namespace: "apps", Name: name}, got))
-		return string(got.Data["app.yaml"])
-	}
+	create := func(name string, value []byte) error { return b.create(ctx, name, value) }
+	stored := func(t *testing.T, name string) string { return b.stored(ctx, t, name) }
 
 	t.Run("decrypts as the pod's IRSA role, encryption context passed through", func(t *testing.T) {
 		doc := encrypt(t, "password: aws-PLAINTEXT-1\n")
@@ -174,7 +132,7 @@ func TestAWSKMS(t *testing.T) {
 		tok, index := testbed.ValuesLeaves(t, enc)[0].Value.(string), testbed.ValuesIndex(t, enc)
 		before := standIn.Decrypts.Load()
 		for i := range 100 {
-			require.NoError(t, cp.Client.Create(ctx, &corev1.Secret{
+			require.NoError(t, b.cp.Client.Create(ctx, &corev1.Secret{
 				ObjectMeta: metav1.ObjectMeta{Name: "values-" + strconv.Itoa(i), Namespace: "apps", Annotations: map[string]string{mutate.AnnotationValues: index}},
 				Data:       map[string][]byte{"password": []byte(tok)},
 			}))
@@ -183,31 +141,20 @@ func TestAWSKMS(t *testing.T) {
 	})
 
 	t.Run("EKS Pod Identity: the same source, the agent's credentials", func(t *testing.T) {
-		exp := int64(3600)
-		tr, err := kube.CoreV1().ServiceAccounts("sops-webhook").CreateToken(ctx, "sops-webhook", &authenticationv1.TokenRequest{
-			Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"pods.eks.amazonaws.com"}, ExpirationSeconds: &exp},
-		}, metav1.CreateOptions{})
-		require.NoError(t, err)
-		podToken := filepath.Join(work, "pod-identity-token")
-		require.NoError(t, os.WriteFile(podToken, []byte(tr.Status.Token), 0o600))
-		podWork := filepath.Join(work, "pod-identity")
-		require.NoError(t, os.MkdirAll(podWork, 0o700))
-		pod, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{
-			Config: config, WorkDir: podWork, Log: verbose(),
-			// What EKS puts in a pod with a Pod Identity association.
-			Env: []string{"AWS_CONTAINER_CREDENTIALS_FULL_URI=" + standIn.PodIdentityURL(), "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=" + podToken,
-				"AWS_REGION=eu-west-1", "AWS_ENDPOINT_URL_KMS=" + standIn.URL, "AWS_CA_BUNDLE=" + standIn.CAFile, "AWS_EC2_METADATA_DISABLED=true",
-				// The credentials client does not use AWS_CA_BUNDLE; the real agent is plain HTTP on a link-local address.
-				"SSL_CERT_FILE=" + standIn.CAFile},
-		})
-		require.NoError(t, err)
-		defer func() { _ = pod.Stop() }()
-		repoint(t, cp, pod)
+		podToken, _ := b.tokenFile(ctx, t, "sops-webhook", "pods.eks.amazonaws.com")
+		pod := b.startWebhook(ctx, t, "pod-identity", config,
+			// What EKS puts in a pod with a Pod Identity association. The
+			// credentials client does not use AWS_CA_BUNDLE (the real agent
+			// is plain HTTP on a link-local address), hence SSL_CERT_FILE.
+			"AWS_CONTAINER_CREDENTIALS_FULL_URI="+standIn.PodIdentityURL(), "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE="+podToken,
+			"AWS_REGION=eu-west-1", "AWS_ENDPOINT_URL_KMS="+standIn.URL, "AWS_CA_BUNDLE="+standIn.CAFile,
+			"AWS_EC2_METADATA_DISABLED=true", "SSL_CERT_FILE="+standIn.CAFile)
 		require.NoError(t, create("kms-pod-identity", encrypt(t, "password: aws-PLAINTEXT-5\n")))
 		assert.Equal(t, "password: aws-PLAINTEXT-5\n", stored(t, "kms-pod-identity"))
 		callers := standIn.Callers()
 		assert.Equal(t, podIdentityRole, callers[len(callers)-1])
-		repoint(t, cp, wh)
+		require.NoError(t, pod.Stop())
+		b.point(ctx, t, wh)
 	})
 
 	t.Run("logs hold no plaintext or credentials", func(t *testing.T) {
@@ -224,18 +171,4 @@ func caClient(t *testing.T, caPEM []byte) *http.Client {
 	pool := x509.NewCertPool()
 	require.True(t, pool.AppendCertsFromPEM(caPEM))
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
-}
-
-// repoint sends the webhook configuration to wh and waits until the API
-// server calls it.
-func repoint(t *testing.T, cp *testbed.ControlPlane, wh *testbed.Webhook) {
-	t.Helper()
-	ctx := context.Background()
-	want, err := testbed.LoadWebhookConfiguration(wh.URL, wh.CABundle)
-	require.NoError(t, err)
-	live := want.DeepCopy()
-	require.NoError(t, cp.Client.Get(ctx, client.ObjectKeyFromObject(want), live))
-	live.Webhooks = want.Webhooks
-	require.NoError(t, cp.Client.Update(ctx, live))
-	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,13 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	authenticationv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
@@ -40,46 +33,18 @@ func TestGCPKMS(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cp, err := testbed.StartControlPlane()
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cp.Stop() })
-	kube, err := kubernetes.NewForConfig(cp.Config)
-	require.NoError(t, err)
-	work := t.TempDir()
-	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "sops-webhook"}}))
-	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
-	require.NoError(t, cp.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "sops-webhook", Namespace: "sops-webhook"}}))
-
-	issuer, jwks, err := testbed.APIServerOIDC(ctx, kube)
-	require.NoError(t, err)
-	gcp, err := testbed.StartGCPStandIn(work, testbed.GCPStandInOptions{JWKS: jwks, Issuer: issuer, Subject: "system:serviceaccount:sops-webhook:sops-webhook"})
+	b := newIdentityBed(ctx, t)
+	gcp, err := testbed.StartGCPStandIn(b.work, testbed.GCPStandInOptions{JWKS: b.jwks, Issuer: b.issuer, Subject: webhookSubject})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = gcp.Close() })
-
-	exp := int64(3600)
-	tr, err := kube.CoreV1().ServiceAccounts("sops-webhook").CreateToken(ctx, "sops-webhook", &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{gcp.JWTAudience}, ExpirationSeconds: &exp},
-	}, metav1.CreateOptions{})
+	tokenFile, jwt := b.tokenFile(ctx, t, "sops-webhook", gcp.JWTAudience)
+	credFile, err := gcp.CredentialConfig(b.work, tokenFile)
 	require.NoError(t, err)
-	tokenFile := filepath.Join(work, "gcp-token")
-	require.NoError(t, os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600))
-	credFile, err := gcp.CredentialConfig(work, tokenFile)
-	require.NoError(t, err)
-
-	config := filepath.Join(work, "config.yaml")
-	require.NoError(t, os.WriteFile(config, []byte(fmt.Sprintf("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: prod-gcp\n    gcpKms: {resourceID: \"projects/p/locations/global/keyRings/r/cryptoKeys/*\", endpoint: %q}\n", gcp.KMSEndpoint)), 0o600))
-	bin, err := testbed.BuildWebhook(work)
-	require.NoError(t, err)
-	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{
-		Config: config, WorkDir: work, Log: verbose(), Args: []string{"--log-level", "debug"},
+	wh := b.startWebhook(ctx, t, "gcp",
+		fmt.Sprintf("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: prod-gcp\n    gcpKms: {resourceID: \"projects/p/locations/global/keyRings/r/cryptoKeys/*\", endpoint: %q}\n", gcp.KMSEndpoint),
 		// Application default credentials, and the stand-ins' CA as the
 		// only trusted root.
-		Env: []string{"GOOGLE_APPLICATION_CREDENTIALS=" + credFile, "SSL_CERT_FILE=" + gcp.CAFile},
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = wh.Stop() })
-	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, wh.CABundle))
-	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
+		"GOOGLE_APPLICATION_CREDENTIALS="+credFile, "SSL_CERT_FILE="+gcp.CAFile)
 
 	// Test payloads: sops encrypts for a throwaway age key; its data key is
 	// then wrapped by the Cloud KMS stand-in and written in place of the age
@@ -93,25 +58,17 @@ func TestGCPKMS(t *testing.T) {
 		require.NoError(t, err)
 		return testbed.ReplaceAgeStanza(t, doc, "    gcp_kms:\n        - resource_id: "+resourceID+"\n          created_at: \"2026-11-24T00:00:00Z\"\n          enc: "+base64.StdEncoding.EncodeToString(resp.Ciphertext)+"\n")
 	}
-	create := func(name string, value []byte) error {
-		return cp.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "apps"}, Data: map[string][]byte{"app.yaml": value}})
-	}
-	stored := func(t *testing.T, name string) string {
-		got := &corev1.Secret{}
-		require.NoError(t, cp.Client.Get(ctx, client.ObjectKey{Namespace: "apps", Name: name}, got))
-		return string(got.Data["app.yaml"])
-	}
 
 	t.Run("decrypts as the workload identity", func(t *testing.T) {
-		require.NoError(t, create("gcp-doc", encrypt(t, "password: gcp-PLAINTEXT-1\n", gcpKeyID)))
-		assert.Equal(t, "password: gcp-PLAINTEXT-1\n", stored(t, "gcp-doc"))
+		require.NoError(t, b.create(ctx, "gcp-doc", encrypt(t, "password: gcp-PLAINTEXT-1\n", gcpKeyID)))
+		assert.Equal(t, "password: gcp-PLAINTEXT-1\n", b.stored(ctx, t, "gcp-doc"))
 		assert.EqualValues(t, 1, gcp.Exchanges.Load(), "one token exchange")
 		assert.EqualValues(t, 1, gcp.Decrypts.Load())
 	})
 
 	t.Run("a resource ID outside the allow-list is not contacted", func(t *testing.T) {
 		before := gcp.Decrypts.Load()
-		err := create("gcp-other", encrypt(t, "password: gcp-PLAINTEXT-2\n", "projects/other/locations/global/keyRings/r/cryptoKeys/app"))
+		err := b.create(ctx, "gcp-other", encrypt(t, "password: gcp-PLAINTEXT-2\n", "projects/other/locations/global/keyRings/r/cryptoKeys/app"))
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "no configured key can open it")
 		assert.Equal(t, before, gcp.Decrypts.Load())
@@ -121,20 +78,20 @@ func TestGCPKMS(t *testing.T) {
 		doc := encrypt(t, "password: gcp-PLAINTEXT-3\n", gcpKeyID)
 		gcp.SetHanging(true)
 		start := time.Now()
-		err := create("gcp-down", doc)
+		err := b.create(ctx, "gcp-down", doc)
 		elapsed := time.Since(start)
 		gcp.SetHanging(false)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), `key "prod-gcp": gcp kms decrypt: no answer within`)
 		assert.Less(t, elapsed, 8*time.Second)
-		require.NoError(t, create("gcp-back", doc))
-		assert.Equal(t, "password: gcp-PLAINTEXT-3\n", stored(t, "gcp-back"))
+		require.NoError(t, b.create(ctx, "gcp-back", doc))
+		assert.Equal(t, "password: gcp-PLAINTEXT-3\n", b.stored(ctx, t, "gcp-back"))
 	})
 
 	t.Run("logs hold no plaintext or tokens", func(t *testing.T) {
 		logs := wh.Logs()
 		assert.NotContains(t, logs, "PLAINTEXT")
-		assert.NotContains(t, logs, tr.Status.Token)
+		assert.NotContains(t, logs, jwt)
 		assert.NotContains(t, logs, "ya29.")
 	})
 }

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -12,11 +10,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
@@ -33,31 +29,13 @@ func TestVault(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cp, err := testbed.StartControlPlane()
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cp.Stop() })
-	kube, err := kubernetes.NewForConfig(cp.Config)
-	require.NoError(t, err)
-	work := t.TempDir()
+	b := newIdentityBed(ctx, t)
+	cp := b.cp
+	tokenFile, jwt := b.tokenFile(ctx, t, "sops-webhook")
 
-	for _, ns := range []string{"sops-webhook", "apps"} {
-		obj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}
-		if ns == "apps" {
-			obj.Labels = map[string]string{mutate.LabelDecrypt: "enabled"}
-		}
-		require.NoError(t, cp.Client.Create(ctx, obj))
-	}
-	require.NoError(t, cp.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "sops-webhook", Namespace: "sops-webhook"}}))
-	exp := int64(3600)
-	tr, err := kube.CoreV1().ServiceAccounts("sops-webhook").CreateToken(ctx, "sops-webhook",
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
-	require.NoError(t, err)
-	tokenFile := filepath.Join(work, "token")
-	require.NoError(t, os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600))
-
-	vault, err := testbed.StartVaultStandIn(work, testbed.VaultStandInOptions{
-		Review: testbed.TokenReviewer(kube),
-		Roles:  map[string]string{"sops-webhook": "system:serviceaccount:sops-webhook:sops-webhook"},
+	vault, err := testbed.StartVaultStandIn(b.work, testbed.VaultStandInOptions{
+		Review: testbed.TokenReviewer(b.kube),
+		Roles:  map[string]string{"sops-webhook": webhookSubject},
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = vault.Close() })
@@ -65,8 +43,7 @@ func TestVault(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = elsewhere.Close() })
 
-	config := filepath.Join(work, "config.yaml")
-	require.NoError(t, os.WriteFile(config, []byte(`apiVersion: sops-webhook.io/v1alpha1
+	wh := b.startWebhook(ctx, t, "vault", `apiVersion: sops-webhook.io/v1alpha1
 kind: Config
 keys:
   - name: vault
@@ -76,30 +53,15 @@ keys:
       keyName: "app-*"
       caFile: `+vault.CAFile+`
       kubernetesAuth: {role: sops-webhook, tokenFile: `+tokenFile+`}
-`), 0o600))
-	bin, err := testbed.BuildWebhook(work)
-	require.NoError(t, err)
-	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{
-		Config: config, WorkDir: work, Log: verbose(), Args: []string{"--log-level", "debug"},
+`,
 		// What a careless pod spec could leave around: never used.
-		Env: []string{"VAULT_ADDR=http://" + elsewhere.Addr, "VAULT_TOKEN=stolen", "HOME=" + work},
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = wh.Stop() })
-	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, wh.CABundle))
-	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
+		"VAULT_ADDR=http://"+elsewhere.Addr, "VAULT_TOKEN=stolen")
 
 	encrypt := func(t *testing.T, plain string) []byte {
 		return testbed.SopsEncrypt(t, []byte(plain), "yaml", vault.Recipients("app-1"))
 	}
-	create := func(name string, value []byte) error {
-		return cp.Client.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "apps"}, Data: map[string][]byte{"app.yaml": value}})
-	}
-	stored := func(t *testing.T, name string) string {
-		got := &corev1.Secret{}
-		require.NoError(t, cp.Client.Get(ctx, client.ObjectKey{Namespace: "apps", Name: name}, got))
-		return string(got.Data["app.yaml"])
-	}
+	create := func(name string, value []byte) error { return b.create(ctx, name, value) }
+	stored := func(t *testing.T, name string) string { return b.stored(ctx, t, name) }
 
 	t.Run("decrypts with the webhook's own Vault login", func(t *testing.T) {
 		require.NoError(t, create("vault-doc", encrypt(t, "password: vault-PLAINTEXT-1\n")))
@@ -173,7 +135,7 @@ keys:
 	t.Run("logs hold no plaintext, Vault token or service-account token", func(t *testing.T) {
 		logs := wh.Logs()
 		assert.NotContains(t, logs, "PLAINTEXT")
-		assert.NotContains(t, logs, tr.Status.Token)
+		assert.NotContains(t, logs, jwt)
 		assert.NotContains(t, logs, "hvs.")
 		assert.False(t, strings.Contains(logs, vault.RootToken))
 	})

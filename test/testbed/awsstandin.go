@@ -2,19 +2,14 @@ package testbed
 
 import (
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -24,11 +19,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	josejwt "github.com/go-jose/go-jose/v4/jwt"
 
 	"k8s.io/client-go/kubernetes"
-
-	"github.com/sops-webhook/sops-webhook/certs"
 )
 
 // AWSStandIn is a stand-in for AWS STS and KMS (AWS cannot run here). It
@@ -59,7 +51,7 @@ type AWSStandIn struct {
 	hang     atomic.Bool
 	mu       sync.Mutex
 	sessions map[string]awsSession // access key -> session
-	keys     map[string][]byte
+	keys     aeadKeys
 	// callers records, per successful Decrypt, the role (or "admin") that
 	// called it.
 	callers []string
@@ -86,32 +78,17 @@ type AWSStandInOptions struct {
 
 // StartAWSStandIn starts the stand-in with its own CA written to dir.
 func StartAWSStandIn(dir string, o AWSStandInOptions) (*AWSStandIn, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ep, err := newTLSEndpoint(dir, "aws")
 	if err != nil {
-		return nil, err
-	}
-	b, err := certs.NewServing([]string{"127.0.0.1"}, 24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	pair, err := tls.X509KeyPair(b.Cert, b.Key)
-	if err != nil {
-		return nil, err
-	}
-	caFile := filepath.Join(dir, "aws-ca.crt")
-	if err := os.WriteFile(caFile, b.CACert, 0o644); err != nil {
 		return nil, err
 	}
 	a := &AWSStandIn{
-		URL: "https://" + ln.Addr().String(), CAFile: caFile,
+		URL: ep.url, CAFile: ep.caFile,
 		AdminAccessKey: "AKIA" + strings.ToUpper(randomHex(8)), AdminSecretKey: randomHex(20),
 		jwks: o.JWKS, issuer: o.Issuer, trusts: o.Trusts, pods: o.PodIdentity,
-		sessions: map[string]awsSession{}, keys: map[string][]byte{},
+		sessions: map[string]awsSession{},
 	}
-	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		_ = a.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}))
-	}()
+	a.srv = ep.serve(a)
 	return a, nil
 }
 
@@ -143,10 +120,7 @@ func (a *AWSStandIn) AdminEnv() []string {
 // form with Action.
 func (a *AWSStandIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if a.hang.Load() {
-		select {
-		case <-r.Context().Done():
-		case <-time.After(time.Minute):
-		}
+		hang(r.Context())
 		return
 	}
 	if r.Method == http.MethodGet && r.URL.Path == "/v1/credentials" {
@@ -245,22 +219,7 @@ func (a *AWSStandIn) verify(ctx context.Context, raw string) (string, error) {
 }
 
 func (a *AWSStandIn) verifyAudience(ctx context.Context, raw, audience string) (string, error) {
-	tok, err := josejwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
-	if err != nil {
-		return "", err
-	}
-	keys, err := a.jwks(ctx)
-	if err != nil {
-		return "", err
-	}
-	var claims josejwt.Claims
-	if err := tok.Claims(keys, &claims); err != nil {
-		return "", err
-	}
-	if err := claims.Validate(josejwt.Expected{Issuer: a.issuer, AnyAudience: []string{audience}, Time: time.Now()}); err != nil {
-		return "", err
-	}
-	return claims.Subject, nil
+	return verifyJWT(ctx, a.jwks, raw, a.issuer, audience)
 }
 
 func stsError(w http.ResponseWriter, code, msg string) {
@@ -332,19 +291,7 @@ func (a *AWSStandIn) kms(w http.ResponseWriter, r *http.Request, target string, 
 	}
 }
 
-func (a *AWSStandIn) gcm(arn string) cipher.AEAD {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	k, ok := a.keys[arn]
-	if !ok {
-		k = make([]byte, 32)
-		_, _ = rand.Read(k)
-		a.keys[arn] = k
-	}
-	block, _ := aes.NewCipher(k)
-	g, _ := cipher.NewGCM(block)
-	return g
-}
+func (a *AWSStandIn) gcm(arn string) cipher.AEAD { return a.keys.get(arn) }
 
 // contextAAD binds a ciphertext to its key and encryption context.
 func contextAAD(arn string, ec map[string]string) []byte {

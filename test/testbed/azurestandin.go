@@ -5,22 +5,16 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	josejwt "github.com/go-jose/go-jose/v4/jwt"
-
-	"github.com/sops-webhook/sops-webhook/certs"
 )
 
 // AzureStandIn is a stand-in for Microsoft Entra ID and Azure Key Vault
@@ -65,33 +59,18 @@ type AzureStandInOptions struct {
 
 // StartAzureStandIn starts the stand-in with its own CA written to dir.
 func StartAzureStandIn(dir string, o AzureStandInOptions) (*AzureStandIn, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ep, err := newTLSEndpoint(dir, "azure")
 	if err != nil {
 		return nil, err
 	}
-	b, err := certs.NewServing([]string{"127.0.0.1"}, 24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	pair, err := tls.X509KeyPair(b.Cert, b.Key)
-	if err != nil {
-		return nil, err
-	}
-	caFile := filepath.Join(dir, "azure-ca.crt")
-	if err := os.WriteFile(caFile, b.CACert, 0o644); err != nil {
-		return nil, err
-	}
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	_, port, _ := net.SplitHostPort(ep.ln.Addr().String())
 	a := &AzureStandIn{
-		URL: "https://" + ln.Addr().String(), CAFile: caFile,
+		URL: ep.url, CAFile: ep.caFile,
 		TenantID: "00000000-0000-0000-0000-0000000000aa", ClientID: "00000000-0000-0000-0000-0000000000bb",
 		jwks: o.JWKS, issuer: o.Issuer, subject: o.Subject, port: port,
 		tokens: map[string]time.Time{}, keys: map[string]*rsa.PrivateKey{},
 	}
-	a.srv = &http.Server{Handler: a, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		_ = a.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}))
-	}()
+	a.srv = ep.serve(a)
 	return a, nil
 }
 
@@ -165,30 +144,12 @@ func (a *AzureStandIn) token(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *AzureStandIn) verify(ctx context.Context, raw string) (string, error) {
-	tok, err := josejwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
-	if err != nil {
-		return "", err
-	}
-	keys, err := a.jwks(ctx)
-	if err != nil {
-		return "", err
-	}
-	var claims josejwt.Claims
-	if err := tok.Claims(keys, &claims); err != nil {
-		return "", err
-	}
-	if err := claims.Validate(josejwt.Expected{Issuer: a.issuer, AnyAudience: []string{"api://AzureADTokenExchange"}, Time: time.Now()}); err != nil {
-		return "", err
-	}
-	return claims.Subject, nil
+	return verifyJWT(ctx, a.jwks, raw, a.issuer, "api://AzureADTokenExchange")
 }
 
 func (a *AzureStandIn) decrypt(w http.ResponseWriter, r *http.Request) {
 	if a.hang.Load() {
-		select {
-		case <-r.Context().Done():
-		case <-time.After(time.Minute):
-		}
+		hang(r.Context())
 		return
 	}
 	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")

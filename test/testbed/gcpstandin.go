@@ -2,7 +2,6 @@ package testbed
 
 import (
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"crypto/tls"
@@ -19,7 +18,6 @@ import (
 
 	"cloud.google.com/go/kms/apiv1/kmspb"
 	jose "github.com/go-jose/go-jose/v4"
-	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -53,9 +51,9 @@ type GCPStandIn struct {
 	https   *http.Server
 	grpc    *grpc.Server
 
+	keys   aeadKeys
 	mu     sync.Mutex
 	tokens map[string]time.Time
-	keys   map[string][]byte
 
 	kmspb.UnimplementedKeyManagementServiceServer
 }
@@ -96,7 +94,7 @@ func StartGCPStandIn(dir string, o GCPStandInOptions) (*GCPStandIn, error) {
 		TokenURL: "https://" + stsLn.Addr().String() + "/v1/token", KMSEndpoint: kmsLn.Addr().String(), CAFile: caFile,
 		Audience: "//iam.googleapis.com/" + provider, JWTAudience: "https://iam.googleapis.com/" + provider,
 		jwks: o.JWKS, issuer: o.Issuer, subject: o.Subject,
-		tokens: map[string]time.Time{}, keys: map[string][]byte{},
+		tokens: map[string]time.Time{},
 	}
 	tlsConfig := &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	g.https = &http.Server{Handler: http.HandlerFunc(g.exchange), ReadHeaderTimeout: 5 * time.Second}
@@ -158,22 +156,7 @@ func (g *GCPStandIn) exchange(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *GCPStandIn) verify(ctx context.Context, raw string) (string, error) {
-	tok, err := josejwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
-	if err != nil {
-		return "", err
-	}
-	keys, err := g.jwks(ctx)
-	if err != nil {
-		return "", err
-	}
-	var claims josejwt.Claims
-	if err := tok.Claims(keys, &claims); err != nil {
-		return "", err
-	}
-	if err := claims.Validate(josejwt.Expected{Issuer: g.issuer, AnyAudience: []string{g.JWTAudience}, Time: time.Now()}); err != nil {
-		return "", err
-	}
-	return claims.Subject, nil
+	return verifyJWT(ctx, g.jwks, raw, g.issuer, g.JWTAudience)
 }
 
 func (g *GCPStandIn) authorize(ctx context.Context) error {
@@ -194,19 +177,7 @@ func (g *GCPStandIn) authorize(ctx context.Context) error {
 	return status.Error(codes.Unauthenticated, "request had invalid authentication credentials")
 }
 
-func (g *GCPStandIn) aead(name string) cipher.AEAD {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	k, ok := g.keys[name]
-	if !ok {
-		k = make([]byte, 32)
-		_, _ = rand.Read(k)
-		g.keys[name] = k
-	}
-	block, _ := aes.NewCipher(k)
-	a, _ := cipher.NewGCM(block)
-	return a
-}
+func (g *GCPStandIn) aead(name string) cipher.AEAD { return g.keys.get(name) }
 
 // Encrypt implements Cloud KMS Encrypt.
 func (g *GCPStandIn) Encrypt(ctx context.Context, req *kmspb.EncryptRequest) (*kmspb.EncryptResponse, error) {

@@ -2,17 +2,13 @@ package testbed
 
 import (
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,8 +17,6 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-
-	"github.com/sops-webhook/sops-webhook/certs"
 )
 
 // VaultStandIn is a stand-in for HashiCorp Vault (a real Vault server cannot
@@ -55,10 +49,9 @@ type VaultStandIn struct {
 	engine   string
 	hang     atomic.Bool
 	srv      *http.Server
-	ln       net.Listener
 
+	keys   aeadKeys
 	mu     sync.Mutex
-	keys   map[string][]byte
 	tokens map[string]time.Time
 }
 
@@ -89,34 +82,19 @@ func TokenReviewer(kube kubernetes.Interface) func(context.Context, string) (str
 
 // StartVaultStandIn starts the stand-in with its own CA, written to dir.
 func StartVaultStandIn(dir string, o VaultStandInOptions) (*VaultStandIn, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ep, err := newTLSEndpoint(dir, "vault")
 	if err != nil {
-		return nil, err
-	}
-	b, err := certs.NewServing([]string{"127.0.0.1"}, 24*time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	pair, err := tls.X509KeyPair(b.Cert, b.Key)
-	if err != nil {
-		return nil, err
-	}
-	caFile := filepath.Join(dir, "vault-ca.crt")
-	if err := os.WriteFile(caFile, b.CACert, 0o644); err != nil {
 		return nil, err
 	}
 	if o.TokenTTL == 0 {
 		o.TokenTTL = time.Hour
 	}
 	v := &VaultStandIn{
-		URL: "https://" + ln.Addr().String(), CAFile: caFile, RootToken: randomHex(16),
+		URL: ep.url, CAFile: ep.caFile, RootToken: randomHex(16),
 		review: o.Review, roles: o.Roles, tokenTTL: o.TokenTTL, mount: "kubernetes", engine: "transit",
-		ln: ln, keys: map[string][]byte{}, tokens: map[string]time.Time{},
+		tokens: map[string]time.Time{},
 	}
-	v.srv = &http.Server{Handler: v, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		_ = v.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}))
-	}()
+	v.srv = ep.serve(v)
 	return v, nil
 }
 
@@ -146,10 +124,7 @@ func (v *VaultStandIn) SetHanging(on bool) { v.hang.Store(on) }
 // ServeHTTP implements the API subset.
 func (v *VaultStandIn) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if v.hang.Load() {
-		select {
-		case <-r.Context().Done():
-		case <-time.After(time.Minute):
-		}
+		hang(r.Context())
 		return
 	}
 	if r.Method != http.MethodPost && r.Method != http.MethodPut {
@@ -217,19 +192,7 @@ func (v *VaultStandIn) authorized(r *http.Request) bool {
 	return ok && time.Now().Before(exp)
 }
 
-func (v *VaultStandIn) aead(key string) cipher.AEAD {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	k, ok := v.keys[key]
-	if !ok {
-		k = make([]byte, 32)
-		_, _ = rand.Read(k)
-		v.keys[key] = k
-	}
-	block, _ := aes.NewCipher(k)
-	gcm, _ := cipher.NewGCM(block)
-	return gcm
-}
+func (v *VaultStandIn) aead(key string) cipher.AEAD { return v.keys.get(key) }
 
 func (v *VaultStandIn) encrypt(w http.ResponseWriter, key string, body map[string]string) {
 	plain, err := base64.StdEncoding.DecodeString(body["plaintext"])
