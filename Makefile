@@ -49,6 +49,10 @@ fuzz-short:
 fuzz:
 	FUZZTIME=$(FUZZTIME) KEEP_CORPUS=1 test/fuzz.sh
 
+## bench: measure against baselines in the same run; writes docs/benchmarks.md and docs/benchmarks.svg
+bench: testbed
+	$(GO) run ./test/bench -out docs/benchmarks.md
+
 ## check-dockerfile: the Dockerfile builds with the same command as `make build`, on a digest-pinned non-root base
 check-dockerfile:
 	@grep -qF -- '$(subst $(GO),go,$(BUILD_CMD))' Dockerfile || { echo "Dockerfile does not run: $(subst $(GO),go,$(BUILD_CMD))"; exit 1; }

@@ -25,8 +25,10 @@ type engineDeps struct {
 	kube      kubernetes.Interface
 	cacheSize int
 	cacheTTL  time.Duration
-	policyTTL time.Duration
-	stats     keysource.Stats
+	// resultCacheBytes bounds the decrypted-document cache; 0 disables it.
+	resultCacheBytes int
+	policyTTL        time.Duration
+	stats            keysource.Stats
 }
 
 // buildEngine loads the keys of cfg and builds its policy. Errors name the
@@ -36,7 +38,7 @@ func buildEngine(cfg *config, deps engineDeps) (mutate.Engine, []string, error) 
 	if err != nil {
 		return mutate.Engine{}, nil, err
 	}
-	eng := mutate.Engine{Decryptor: decrypt.New(ring)}
+	eng := mutate.Engine{Decryptor: decrypt.New(ring, decrypt.WithResultCache(deps.cacheTTL, deps.resultCacheBytes))}
 	rules, err := cfg.rules()
 	if err != nil || len(rules) == 0 {
 		return eng, ring.Names(), err

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/pkg/policy"
@@ -38,6 +39,7 @@ type options struct {
 	kubeconfig          string
 	cacheSize           int
 	cacheTTL            time.Duration
+	resultCacheBytes    int
 	policyCacheTTL      time.Duration
 	configCheckInterval time.Duration
 }
@@ -76,6 +78,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file for API access (default: in-cluster when in a pod); used by self-managed certificates and by policies with namespaceSelector or requireRBAC")
 	fs.IntVar(&o.cacheSize, "data-key-cache-size", keysource.DefaultCacheSize, "how many unwrapped data keys are kept in memory; 0 disables the cache")
 	fs.DurationVar(&o.cacheTTL, "data-key-cache-ttl", keysource.DefaultCacheTTL, "how long an unwrapped data key is reused; 0 disables the cache")
+	fs.IntVar(&o.resultCacheBytes, "document-cache-bytes", decrypt.DefaultResultCacheBytes, "memory for decrypted documents and parsed values indexes, reused for --data-key-cache-ttl after the policy check; 0 disables it")
 	fs.DurationVar(&o.policyCacheTTL, "policy-cache-ttl", policy.DefaultCacheTTL, "how long RBAC decisions and namespace labels are reused")
 	fs.DurationVar(&o.configCheckInterval, "config-check-interval", 10*time.Second, "how often the config file and the key files are checked for changes; 0 disables reloading")
 	fs.StringVar(&o.selfCerts.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "self-managed: the webhook's namespace (default $POD_NAMESPACE)")
@@ -129,7 +132,7 @@ func (o options) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--certificates %q is not files or self-managed", o.certificates))
 	}
-	if o.cacheSize < 0 || o.cacheTTL < 0 || o.policyCacheTTL < 0 || o.configCheckInterval < 0 {
+	if o.cacheSize < 0 || o.cacheTTL < 0 || o.resultCacheBytes < 0 || o.policyCacheTTL < 0 || o.configCheckInterval < 0 {
 		errs = append(errs, errors.New("--data-key-cache-size, --data-key-cache-ttl, --policy-cache-ttl and --config-check-interval must not be negative"))
 	}
 	if o.shutdownDelay < 0 {

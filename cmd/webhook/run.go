@@ -55,7 +55,7 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 		return err
 	}
 	engines, names, err := newReloader(o.configFile, engineDeps{
-		kube: kube, cacheSize: o.cacheSize, cacheTTL: o.cacheTTL, policyTTL: o.policyCacheTTL, stats: km.stats(),
+		kube: kube, cacheSize: o.cacheSize, cacheTTL: o.cacheTTL, resultCacheBytes: o.resultCacheBytes, policyTTL: o.policyCacheTTL, stats: km.stats(),
 	}, log.WithName("config"))
 	if err != nil {
 		return err

@@ -51,12 +51,17 @@ func init() {
 // Decryptor decrypts SOPS documents with the keys of one keysource.Ring. It
 // is safe for concurrent use.
 type Decryptor struct {
-	ring *keysource.Ring
+	ring    *keysource.Ring
+	results *resultCache
 }
 
 // New returns a Decryptor that uses only the keys in ring.
-func New(ring *keysource.Ring) *Decryptor {
-	return &Decryptor{ring: ring}
+func New(ring *keysource.Ring, opts ...Option) *Decryptor {
+	d := &Decryptor{ring: ring}
+	for _, o := range opts {
+		o(d)
+	}
+	return d
 }
 
 // Result is a decrypted document.
@@ -74,8 +79,38 @@ type Result struct {
 
 // Document decrypts value, a complete SOPS document of format f (from
 // Detect), with the keys access allows (nil: all). The MAC is verified.
-// Errors are always *Error.
-func (d *Decryptor) Document(ctx context.Context, value []byte, f Format, access keysource.Access) (res Result, err error) {
+// Errors are always *Error. With a result cache, a document seen before is
+// returned from it when access allows every key that opened it.
+func (d *Decryptor) Document(ctx context.Context, value []byte, f Format, access keysource.Access) (Result, error) {
+	k := resultKey("document:"+string(f), value)
+	if v, ok := d.results.get(k); ok {
+		res := v.(Result)
+		if allowsAll(ctx, access, res.Keys) {
+			return res, nil
+		}
+	}
+	res, err := d.document(ctx, value, f, access)
+	if err == nil {
+		// The tree is kept for Entries; count it like the plaintext.
+		d.results.put(k, res, 2*len(res.Plaintext)+len(value))
+	}
+	return res, err
+}
+
+// allowsAll reports whether access allows every named key.
+func allowsAll(ctx context.Context, access keysource.Access, keys []string) bool {
+	if len(keys) == 0 {
+		return false
+	}
+	for _, k := range keys {
+		if access != nil && access.Allowed(ctx, k) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access keysource.Access) (res Result, err error) {
 	if !f.IsDocument() {
 		return Result{}, fail(ReasonUnsupported, fmt.Sprintf("format %q is not a document format", f))
 	}

@@ -33,6 +33,24 @@ const maxTokenPartSize = 2 << 20
 // hintHelper is the hint for tokens the index cannot place.
 const hintHelper = `render the sops-webhook.io/values annotation with {{ include "sops-webhook.values" . }} in the same template, from the same values`
 
+// Index parses a values index like ParseIndex, through the result cache:
+// an index is public metadata, and one values file's index is sent with
+// every object of its release.
+func (d *Decryptor) Index(annotation []byte) (*Index, error) {
+	if len(annotation) > MaxIndexSize {
+		return ParseIndex(annotation)
+	}
+	k := resultKey("index", annotation)
+	if v, ok := d.results.get(k); ok {
+		return v.(*Index), nil
+	}
+	idx, err := ParseIndex(annotation)
+	if err == nil {
+		d.results.put(k, idx, 2*len(annotation))
+	}
+	return idx, err
+}
+
 // Index is a parsed values index: the metadata of an encrypted values file
 // and, for each of its tokens, the values path sops authenticated it with.
 type Index struct {

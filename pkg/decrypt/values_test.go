@@ -1,12 +1,14 @@
 package decrypt_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/getsops/sops/v3/keyservice"
 	"github.com/stretchr/testify/assert"
@@ -106,6 +108,12 @@ type countingSource struct {
 func (c *countingSource) Unwrap(ctx context.Context, k *keyservice.Key, ct []byte) ([]byte, error) {
 	c.calls.Add(1)
 	return c.Source.Unwrap(ctx, k, ct)
+}
+
+// Matches forwards to the wrapped source, so denials are explained.
+func (c *countingSource) Matches(k *keyservice.Key) bool {
+	m, ok := c.Source.(keysource.Matcher)
+	return ok && m.Matches(k)
 }
 
 func TestTokensUnwrapTheDataKeyOncePerTokens(t *testing.T) {
@@ -279,4 +287,38 @@ func TestEntries(t *testing.T) {
 			assert.Equal(t, tt.want, kv)
 		})
 	}
+}
+
+// denyAll refuses every key.
+type denyAll struct{}
+
+func (denyAll) Allowed(_ context.Context, name string) error {
+	return fmt.Errorf("key %q is not granted here: %w", name, keysource.ErrNotGranted)
+}
+
+func TestResultCacheAppliesTheAccessEveryTime(t *testing.T) {
+	key := testbed.NewAgeKey(t, false)
+	src := &countingSource{Source: loadAge(t, "team-a", key)}
+	ring, err := keysource.NewRing(src)
+	require.NoError(t, err)
+	d := decrypt.New(ring, decrypt.WithResultCache(time.Hour, 1<<20))
+	doc := testbed.SopsEncrypt(t, []byte("K=s3cr3t-cached\n"), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{key}})
+
+	for range 3 {
+		res, err := d.Document(context.Background(), doc, decrypt.FormatDotenv, nil)
+		require.NoError(t, err)
+		assert.Equal(t, "K=s3cr3t-cached\n", string(res.Plaintext))
+		assert.Equal(t, []string{"team-a"}, res.Keys)
+	}
+	assert.EqualValues(t, 1, src.calls.Load(), "decrypted once, then from the cache")
+
+	_, err = d.Document(context.Background(), doc, decrypt.FormatDotenv, denyAll{})
+	require.Error(t, err, "a cached document is not returned when its key is denied")
+	assert.True(t, decrypt.IsReason(err, decrypt.ReasonNotGranted), "got %v", err)
+
+	other := bytes.Replace(doc, []byte("K=ENC"), []byte("K=ENC"), 1)
+	other = append([]byte("#\n"), other...) // another input: another cache entry
+	_, err = d.Document(context.Background(), other, decrypt.FormatDotenv, nil)
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, src.calls.Load())
 }

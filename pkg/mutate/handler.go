@@ -34,6 +34,7 @@ const DefaultDecryptTimeout = 5 * time.Second
 type Decryptor interface {
 	Document(ctx context.Context, value []byte, f decrypt.Format, access keysource.Access) (decrypt.Result, error)
 	Tokens(idx *decrypt.Index, access keysource.Access) *decrypt.Tokens
+	Index(annotation []byte) (*decrypt.Index, error)
 }
 
 // Policy decides which configured keys a request may use.
@@ -279,7 +280,7 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 			continue
 		case format == decrypt.FormatTokens:
 			if tokens == nil {
-				idx, bad := h.index(obj)
+				idx, bad := h.index(d, obj)
 				if bad != nil {
 					return mutation{}, bad
 				}
@@ -335,12 +336,12 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 
 // index parses the object's values index. A missing index is not an error
 // here: the first token then fails with decrypt.ReasonNoIndex and its hint.
-func (h *Handler) index(obj object) (*decrypt.Index, *denial) {
+func (h *Handler) index(d Decryptor, obj object) (*decrypt.Index, *denial) {
 	raw, ok := obj.annotations[AnnotationValues]
 	if !ok {
 		return nil, nil
 	}
-	idx, err := decrypt.ParseIndex([]byte(raw))
+	idx, err := d.Index([]byte(raw))
 	if err != nil {
 		h.metrics.observeDecryption(decrypt.FormatTokens, reasonOf(err))
 		return nil, &denial{field: valuesField, err: err}

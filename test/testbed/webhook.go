@@ -159,6 +159,9 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 	}
 }
 
+// PID returns the webhook's process ID.
+func (w *Webhook) PID() int { return w.cmd.Process.Pid }
+
 // Logs returns everything the webhook printed so far.
 func (w *Webhook) Logs() string { return w.logs.String() }
 

@@ -1,0 +1,158 @@
+package decrypt_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+// benchSizes are the encrypted document sizes benchmarked, up to just under
+// MaxDocumentSize.
+var benchSizes = []struct {
+	name string
+	n    int
+}{{"1KiB", 1 << 10}, {"64KiB", 64 << 10}, {"1MiB", 1<<20 - 48<<10}}
+
+// expansion is how much sops grows a plaintext of each format (measured:
+// every value becomes an ENC[...] token; binary is base64 in JSON).
+var expansion = map[string]float64{"yaml": 2.8, "json": 2.8, "dotenv": 2.85, "ini": 2.8, "binary": 1.34}
+
+// plainOfSize returns a plaintext of about n bytes in format.
+func plainOfSize(format string, n int) []byte {
+	var b bytes.Buffer
+	for i := 0; b.Len() < n; i++ {
+		v := fmt.Sprintf("value-%06d-%s", i, strings.Repeat("x", 48))
+		switch format {
+		case "yaml":
+			fmt.Fprintf(&b, "key%06d: %s\n", i, v)
+		case "json":
+			if i == 0 {
+				b.WriteString("{")
+			} else {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, "%q:%q", fmt.Sprintf("key%06d", i), v)
+		case "dotenv":
+			fmt.Fprintf(&b, "KEY%06d=%s\n", i, v)
+		case "ini":
+			if i%64 == 0 {
+				fmt.Fprintf(&b, "[section%d]\n", i/64)
+			}
+			fmt.Fprintf(&b, "key%06d = %s\n", i, v)
+		case "binary":
+			chunk := make([]byte, 4096)
+			_, _ = rand.Read(chunk)
+			b.Write(chunk)
+		}
+	}
+	if format == "json" {
+		b.WriteString("}")
+	}
+	return b.Bytes()
+}
+
+func BenchmarkDetect(b *testing.B) {
+	for _, size := range []int{1 << 10, 64 << 10, 1 << 20} {
+		line := []byte("no sops content here, just a config file line\n")
+		plain := bytes.Repeat(line, size/len(line)+1)[:size]
+		b.Run(fmt.Sprintf("no-marker/%dKiB", size>>10), func(b *testing.B) {
+			b.SetBytes(int64(size))
+			b.ReportAllocs()
+			for b.Loop() {
+				if decrypt.HasMarker(plain) || decrypt.MayHoldBase64Marker(plain) {
+					b.Fatal("marker found")
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkDocument(b *testing.B) {
+	key := testbed.NewAgeKey(b, false)
+	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	src, err := keysource.LoadAge("k", key.IdentityFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cold := newDecryptor(b, src)
+	warmRing, err := keysource.NewRingWith([]keysource.Source{src}, []keysource.RingOption{keysource.WithCache(16, time.Hour, nil)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	warm := decrypt.New(warmRing)
+	files := map[string]string{"yaml": "a.yaml", "json": "a.json", "dotenv": "a.env", "ini": "a.ini", "binary": "a.bin"}
+	for _, format := range []string{"yaml", "json", "dotenv", "ini", "binary"} {
+		for _, size := range benchSizes {
+			enc := testbed.SopsEncrypt(b, plainOfSize(format, int(float64(size.n)/expansion[format])), format, r)
+			if len(enc) > decrypt.MaxDocumentSize {
+				b.Fatalf("%s %s: %d bytes encrypted, over the limit", format, size.name, len(enc))
+			}
+			f := decrypt.Detect(enc, files[format])
+			for _, c := range []struct {
+				name string
+				d    *decrypt.Decryptor
+			}{{"cold", cold}, {"warm", warm}} {
+				b.Run(format+"/"+size.name+"/"+c.name, func(b *testing.B) {
+					b.SetBytes(int64(len(enc)))
+					b.ReportAllocs()
+					for b.Loop() {
+						if _, err := c.d.Document(context.Background(), enc, f, nil); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+func BenchmarkTokens(b *testing.B) {
+	key := testbed.NewAgeKey(b, false)
+	src, err := keysource.LoadAge("k", key.IdentityFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cold := newDecryptor(b, src)
+	warmRing, err := keysource.NewRingWith([]keysource.Source{src}, []keysource.RingOption{keysource.WithCache(16, time.Hour, nil)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	warm := decrypt.New(warmRing)
+	for _, n := range []int{1, 10, 100, 1000} {
+		var plain strings.Builder
+		for i := range n {
+			fmt.Fprintf(&plain, "k%04d: secret-value-%04d\n", i, i)
+		}
+		enc := testbed.SopsEncrypt(b, []byte(plain.String()), "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
+		idx, err := decrypt.ParseIndex([]byte(testbed.ValuesIndex(b, enc)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var value strings.Builder
+		for _, l := range testbed.ValuesLeaves(b, enc) {
+			fmt.Fprintf(&value, "%s\n", l.Value)
+		}
+		v := []byte(value.String())
+		for _, c := range []struct {
+			name string
+			d    *decrypt.Decryptor
+		}{{"cold", cold}, {"warm", warm}} {
+			b.Run(fmt.Sprintf("%d/%s", n, c.name), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := c.d.Tokens(idx, nil).Decrypt(context.Background(), v); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// point is one measured load point.
+type point struct {
+	scenario, target string
+	concurrency      int
+	rps              float64
+	p50, p99, p999   time.Duration
+	errors           int64
+}
+
+// httpsClient trusts only caPEM and keeps up to conns connections open.
+func httpsClient(caPEM []byte, conns int) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns,
+	}}
+}
+
+// load posts body to url from conc goroutines for d after a warm-up of d/5,
+// and returns throughput and latency percentiles. A response that is not
+// 200 with "allowed":true counts as an error.
+func load(ctx context.Context, caPEM []byte, url string, body []byte, conc int, d time.Duration) point {
+	client := httpsClient(caPEM, conc)
+	defer client.CloseIdleConnections()
+	send := func() (time.Duration, bool) {
+		start := time.Now()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return time.Since(start), resp.StatusCode == http.StatusOK && bytes.Contains(b, []byte(`"allowed":true`))
+	}
+	run := func(d time.Duration, record bool) ([]time.Duration, int64, time.Duration) {
+		var (
+			mu   sync.Mutex
+			lat  []time.Duration
+			errs atomic.Int64
+			wg   sync.WaitGroup
+		)
+		deadline := time.Now().Add(d)
+		start := time.Now()
+		for range conc {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var mine []time.Duration
+				for time.Now().Before(deadline) && ctx.Err() == nil {
+					l, ok := send()
+					if !ok {
+						errs.Add(1)
+						continue
+					}
+					if record {
+						mine = append(mine, l)
+					}
+				}
+				mu.Lock()
+				lat = append(lat, mine...)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		return lat, errs.Load(), time.Since(start)
+	}
+	run(d/5, false)
+	lat, errs, took := run(d, true)
+	slices.Sort(lat)
+	pct := func(p float64) time.Duration {
+		if len(lat) == 0 {
+			return 0
+		}
+		return lat[min(len(lat)-1, int(float64(len(lat))*p))]
+	}
+	return point{concurrency: conc, rps: float64(len(lat)) / took.Seconds(), p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), errors: errs}
+}
+
+// process is a server started for the load tests.
+type process struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// startProcess runs bin with args and waits until readyURL answers 200.
+func startProcess(bin string, args []string, readyURL string) (*process, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.TempDir()}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &process{cmd: cmd, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get(readyURL); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p, nil
+			}
+		}
+	}
+	p.stop()
+	return nil, fmt.Errorf("%s not ready", bin)
+}
+
+func (p *process) stop() {
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+	}
+}
+
+// memory reads a process's current and peak resident set size in KiB.
+func memory(pid int) (rss, peak int64) {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0
+	}
+	for line := range strings.Lines(string(raw)) {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = v
+		case "VmHWM:":
+			peak = v
+		}
+	}
+	return rss, peak
+}
+
+// goroutines reads go_goroutines from a Prometheus endpoint.
+func goroutines(metricsURL string) int {
+	resp, err := http.Get(metricsURL)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "go_goroutines "); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return int(n)
+		}
+	}
+	return 0
+}

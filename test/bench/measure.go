@@ -1,0 +1,294 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(benchFailure{err.Error()})
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// benchDoc is the dotenv document the CLI and in-process rates decrypt.
+func benchDoc(tb *benchTB, key testbed.AgeKey) []byte {
+	return testbed.SopsEncrypt(tb, []byte("DB_USER=app\nDB_PASSWORD=bench-password\nAPI_KEY=bench-key\n"), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{key}})
+}
+
+// sopsCLIRate is documents per second for `sops decrypt`, one process per
+// file, as helm-secrets runs it for every values file.
+func sopsCLIRate(tb *benchTB, key testbed.AgeKey, quick bool) float64 {
+	tools, _ := testbed.Load()
+	file := filepath.Join(tb.TempDir(), "app.enc.env")
+	if err := os.WriteFile(file, benchDoc(tb, key), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	n := 20
+	if quick {
+		n = 5
+	}
+	start := time.Now()
+	for range n {
+		cmd := exec.Command(tools.Sops, "decrypt", "--input-type", "dotenv", "--output-type", "dotenv", file)
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + tb.TempDir(), "SOPS_AGE_KEY_FILE=" + key.IdentityFile}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			tb.Fatalf("sops decrypt: %v: %s", err, out)
+		}
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// inProcessRate is documents per second through decrypt.Document with a
+// warm cache, in this process.
+func inProcessRate(tb *benchTB, key testbed.AgeKey, d time.Duration) float64 {
+	src, err := keysource.LoadAge("bench", key.IdentityFile)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ring, err := keysource.NewRingWith([]keysource.Source{src}, []keysource.RingOption{keysource.WithCache(1024, time.Hour, nil)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dec := decrypt.New(ring)
+	doc := benchDoc(tb, key)
+	n := 0
+	start := time.Now()
+	for time.Since(start) < d {
+		if _, err := dec.Document(context.Background(), doc, decrypt.FormatDotenv, nil); err != nil {
+			tb.Fatal(err)
+		}
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// kmsRun is 1,000 values payloads decrypted with AWS KMS.
+type kmsRun struct {
+	cache    bool
+	calls    int64
+	duration time.Duration
+}
+
+// kmsCalls counts remote KMS calls and wall time for 1,000 Secrets from one
+// values file, with and without the data-key cache, against the AWS KMS
+// stand-in through the real AWS SDK.
+func kmsCalls(tb *benchTB, work string, quick bool) ([]kmsRun, error) {
+	aws, err := testbed.StartAWSStandIn(tb.TempDir(), testbed.AWSStandInOptions{})
+	if err != nil {
+		return nil, err
+	}
+	defer aws.Close()
+	for _, kv := range aws.AdminEnv() {
+		k, v, _ := strings.Cut(kv, "=")
+		tb.Cleanup(func() { os.Unsetenv(k) })
+		os.Setenv(k, v)
+	}
+	arn := "arn:aws:kms:eu-west-1:111122223333:key/bench"
+	enc := testbed.SopsEncrypt(tb, []byte("db:\n  password: bench-values\n"), "yaml", testbed.Recipients{KMS: []string{arn}, Env: aws.AdminEnv()})
+	idx, err := decrypt.ParseIndex([]byte(testbed.ValuesIndex(tb, enc)))
+	if err != nil {
+		return nil, err
+	}
+	token := []byte(testbed.ValuesLeaves(tb, enc)[0].Value.(string))
+	n := 1000
+	if quick {
+		n = 100
+	}
+	var out []kmsRun
+	for _, cache := range []bool{false, true} {
+		src, err := keysource.NewAWSKMS(context.Background(), "kms", keysource.AWSKMSConfig{ARN: "arn:aws:kms:eu-west-1:111122223333:key/*"})
+		if err != nil {
+			return nil, err
+		}
+		var opts []keysource.RingOption
+		if cache {
+			opts = append(opts, keysource.WithCache(keysource.DefaultCacheSize, keysource.DefaultCacheTTL, nil))
+		}
+		ring, err := keysource.NewRingWith([]keysource.Source{src}, opts)
+		if err != nil {
+			return nil, err
+		}
+		dec := decrypt.New(ring)
+		before := aws.Decrypts.Load()
+		start := time.Now()
+		for range n {
+			// One Tokens per Secret, as the handler makes one per request.
+			if _, err := dec.Tokens(idx, nil).Decrypt(context.Background(), token); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, kmsRun{cache: cache, calls: aws.Decrypts.Load() - before, duration: time.Since(start)})
+	}
+	return out, nil
+}
+
+// helmRun is helm install timings.
+type helmRun struct {
+	secrets          int
+	encrypted, plain time.Duration
+	runs             int
+}
+
+// helmInstall times `helm install` of a chart with 100 Secrets whose values
+// come from an encrypted values file, into an opted-in namespace with the
+// webhook, against the same chart with the plaintext values into a
+// namespace the webhook does not see.
+func helmInstall(ctx context.Context, tb *benchTB, work, bin string, key testbed.AgeKey, quick bool) (helmRun, error) {
+	res := helmRun{secrets: 100, runs: 3}
+	if quick {
+		res.runs = 1
+	}
+	cp, err := testbed.StartControlPlane()
+	if err != nil {
+		return res, err
+	}
+	defer cp.Stop()
+	kubeconfig := filepath.Join(work, "kubeconfig")
+	if err := cp.WriteKubeconfig(kubeconfig); err != nil {
+		return res, err
+	}
+	config := filepath.Join(work, "config.yaml")
+	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{Config: config, WorkDir: filepath.Join(work, "helm-wh"), Args: []string{"--log-level", "error"}})
+	if err != nil {
+		return res, err
+	}
+	defer wh.Stop()
+	if err := cp.RegisterWebhook(ctx, wh.URL, wh.CABundle); err != nil {
+		return res, err
+	}
+	for _, ns := range []string{"enc", "plain"} {
+		obj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}
+		if ns == "enc" {
+			obj.Labels = map[string]string{mutate.LabelDecrypt: "enabled"}
+		}
+		if err := cp.Client.Create(ctx, obj); err != nil {
+			return res, err
+		}
+	}
+	if err := cp.WaitForWebhook(ctx, "enc"); err != nil {
+		return res, err
+	}
+
+	chart := filepath.Join(work, "chart")
+	root, _ := testbed.RepoRoot()
+	tpl, err := os.ReadFile(filepath.Join(root, "charts/sops-webhook-values/templates/_sops-webhook.tpl"))
+	if err != nil {
+		return res, err
+	}
+	_ = os.MkdirAll(filepath.Join(chart, "templates"), 0o755)
+	files := map[string]string{
+		"Chart.yaml":                  "apiVersion: v2\nname: bench\nversion: 0.1.0\n",
+		"templates/_sops-webhook.tpl": string(tpl),
+		"templates/secrets.yaml": `{{- range $i, $v := .Values.secrets }}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: s-{{ $i }}
+  annotations:
+    {{- include "sops-webhook.values" $ | nindent 4 }}
+stringData:
+  password: {{ $v | quote }}
+{{- end }}
+`,
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(chart, name), []byte(body), 0o644); err != nil {
+			return res, err
+		}
+	}
+	var plain strings.Builder
+	plain.WriteString("secrets:\n")
+	for i := range res.secrets {
+		fmt.Fprintf(&plain, "  - bench-secret-%03d\n", i)
+	}
+	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	encFile := filepath.Join(work, "values.enc.yaml")
+	plainFile := filepath.Join(work, "values.yaml")
+	if err := os.WriteFile(encFile, testbed.SopsEncrypt(tb, []byte(plain.String()), "yaml", r), 0o600); err != nil {
+		return res, err
+	}
+	if err := os.WriteFile(plainFile, []byte(plain.String()), 0o600); err != nil {
+		return res, err
+	}
+	h := testbed.HelmCLIs(tb, kubeconfig)[0]
+	timeInstall := func(ns, values string, i int) (time.Duration, error) {
+		start := time.Now()
+		_, err := h.Run("install", fmt.Sprintf("r%d", i), chart, "-n", ns, "-f", values)
+		return time.Since(start), err
+	}
+	var enc, pl []time.Duration
+	for i := range res.runs {
+		for _, c := range []struct {
+			ns, values string
+			into       *[]time.Duration
+		}{{"enc", encFile, &enc}, {"plain", plainFile, &pl}} {
+			d, err := timeInstall(c.ns, c.values, i)
+			if err != nil {
+				return res, err
+			}
+			*c.into = append(*c.into, d)
+		}
+	}
+	// Spot check: the webhook decrypted what it was sent.
+	got := &corev1.Secret{}
+	if err := cp.Client.Get(ctx, clientKey("enc", "s-7"), got); err != nil || string(got.Data["password"]) != "bench-secret-007" {
+		return res, fmt.Errorf("helm bench: s-7 was not decrypted: %v", err)
+	}
+	res.encrypted, res.plain = median(enc), median(pl)
+	return res, nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// goBenchmarks runs the Go benchmarks of package decrypt and returns their
+// result lines.
+func goBenchmarks(root string, quick bool) []string {
+	benchtime := "300ms"
+	if quick {
+		benchtime = "20ms"
+	}
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", benchtime, "./pkg/decrypt/")
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	var lines []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "Benchmark") {
+			lines = append(lines, sc.Text())
+		}
+	}
+	if err != nil {
+		lines = append(lines, "go test -bench failed: "+err.Error())
+	}
+	return lines
+}
+
+func clientKey(ns, name string) client.ObjectKey { return client.ObjectKey{Namespace: ns, Name: name} }

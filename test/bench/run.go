@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/sops-webhook/sops-webhook/certs"
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+// benchTB lets the bench command use the test bed's helpers, which take a
+// testing.TB: a failure panics with the message, and run turns it into an
+// error.
+type benchTB struct {
+	testing.TB
+	dir      string
+	cleanups []func()
+}
+
+type benchFailure struct{ msg string }
+
+func (*benchTB) Helper()                        {}
+func (*benchTB) Fatal(a ...any)                 { panic(benchFailure{fmt.Sprint(a...)}) }
+func (*benchTB) Fatalf(format string, a ...any) { panic(benchFailure{fmt.Sprintf(format, a...)}) }
+func (b *benchTB) Cleanup(f func())             { b.cleanups = append(b.cleanups, f) }
+func (b *benchTB) Logf(format string, a ...any) { fmt.Printf(format+"\n", a...) }
+func (b *benchTB) TempDir() string {
+	d, err := os.MkdirTemp(b.dir, "t")
+	if err != nil {
+		panic(benchFailure{err.Error()})
+	}
+	return d
+}
+
+// report is everything measured.
+type report struct {
+	started    time.Time
+	points     []point
+	sopsCLI    float64 // documents per second, one process per file
+	inProcess  float64 // documents per second, in-process, warm cache
+	kms        []kmsRun
+	rssBase    int64
+	rssPeak    int64
+	goroutines [2]int // before and peak under load
+	helm       helmRun
+	goBench    []string
+	env        string
+}
+
+func step(format string, a ...any) {
+	fmt.Printf("==> [bench %s] "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
+}
+
+func run(ctx context.Context, out string, d time.Duration, quick bool) (err error) {
+	work, err := os.MkdirTemp("", "sops-webhook-bench-")
+	if err != nil {
+		return err
+	}
+	tb := &benchTB{dir: work}
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(benchFailure)
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("%s", f.msg)
+		}
+		for i := len(tb.cleanups) - 1; i >= 0; i-- {
+			tb.cleanups[i]()
+		}
+		_ = os.RemoveAll(work)
+	}()
+	rep := &report{started: time.Now(), env: machine()}
+	concurrency := []int{1, 16}
+	if quick {
+		d = time.Second
+	}
+
+	step("building the webhook and the no-op baseline")
+	bin, err := testbed.BuildWebhook(work)
+	if err != nil {
+		return err
+	}
+	noop := filepath.Join(work, "noop")
+	root, _ := testbed.RepoRoot()
+	if b, err := exec.Command("go", "build", "-o", noop, filepath.Join(root, "test/bench/noop")).CombinedOutput(); err != nil {
+		return fmt.Errorf("build noop: %v: %s", err, b)
+	}
+
+	key := testbed.NewAgeKey(tb, false)
+	config := filepath.Join(work, "config.yaml")
+	if err := os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: bench\n    age: {identityFile: "+key.IdentityFile+"}\n"), 0o600); err != nil {
+		return err
+	}
+	bundle, err := certs.NewServing([]string{"127.0.0.1"}, 24*time.Hour)
+	if err != nil {
+		return err
+	}
+	step("starting both servers on loopback TLS")
+	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{Config: config, WorkDir: filepath.Join(work, "wh"), Certs: bundle, Args: []string{"--log-level", "error"}})
+	if err != nil {
+		return err
+	}
+	defer wh.Stop()
+	noopDir := filepath.Join(work, "noop-certs")
+	_ = os.MkdirAll(noopDir, 0o700)
+	if err := bundle.WriteDir(noopDir); err != nil {
+		return err
+	}
+	noopPort, noopHealth := freePort(), freePort()
+	np, err := startProcess(noop, []string{"--cert-dir", noopDir, "--port", strconv.Itoa(noopPort), "--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(noopHealth)},
+		"http://127.0.0.1:"+strconv.Itoa(noopHealth)+"/readyz")
+	if err != nil {
+		return err
+	}
+	defer np.stop()
+	noopURL := fmt.Sprintf("https://127.0.0.1:%d/mutate", noopPort)
+
+	scen := scenarios(tb, key)
+	rep.rssBase, _ = memory(wh.PID())
+	rep.goroutines[0] = goroutines(wh.MetricsURL)
+	stopSampling := sampleMemory(wh, rep)
+	for _, s := range scen {
+		for _, c := range concurrency {
+			for _, target := range []struct{ name, url string }{{"no-op", noopURL}, {"sops-webhook", wh.URL}} {
+				step("load: %s, concurrency %d, %s", s.name, c, target.name)
+				p := load(ctx, bundle.CACert, target.url, s.body, c, d)
+				p.scenario, p.target = s.name, target.name
+				rep.points = append(rep.points, p)
+			}
+		}
+	}
+	stopSampling()
+
+	step("sops CLI, one process per document")
+	rep.sopsCLI = sopsCLIRate(tb, key, quick)
+	rep.inProcess = inProcessRate(tb, key, d)
+	step("KMS calls for 1,000 Secrets from one values file (AWS KMS stand-in)")
+	if rep.kms, err = kmsCalls(tb, work, quick); err != nil {
+		return err
+	}
+	step("helm install of 100 encrypted Secrets through the real API server")
+	if rep.helm, err = helmInstall(ctx, tb, work, bin, key, quick); err != nil {
+		return err
+	}
+	step("Go benchmarks of package decrypt")
+	rep.goBench = goBenchmarks(root, quick)
+
+	step("writing %s", out)
+	return rep.write(out)
+}
+
+// scenario is one AdmissionReview the load generator sends.
+type scenario struct {
+	name, goal string
+	body       []byte
+}
+
+func review(kind string, obj runtime.Object) []byte {
+	raw, _ := json.Marshal(obj)
+	b, _ := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID: "bench", Kind: metav1.GroupVersionKind{Version: "v1", Kind: kind},
+			Resource: metav1.GroupVersionResource{Version: "v1", Resource: strings.ToLower(kind) + "s"}, Namespace: "bench",
+			Operation: admissionv1.Create, Object: runtime.RawExtension{Raw: raw},
+		},
+	})
+	return b
+}
+
+func scenarios(tb *benchTB, key testbed.AgeKey) []scenario {
+	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	plainConfig := strings.Repeat("setting: value that is not secret at all\n", 50)
+	docs := map[string][]byte{
+		"app.env":     testbed.SopsEncrypt(tb, []byte("DB_USER=app\nDB_PASSWORD=bench-password\nAPI_KEY=bench-key\n"), "dotenv", r),
+		"config.yaml": testbed.SopsEncrypt(tb, []byte("db:\n    password: bench\n    port: 5432\n"), "yaml", r),
+		"creds.json":  testbed.SopsEncrypt(tb, []byte(`{"token":"bench","retries":3}`), "json", r),
+	}
+	var plain strings.Builder
+	for i := range 20 {
+		fmt.Fprintf(&plain, "k%02d: secret-value-%02d\n", i, i)
+	}
+	values := testbed.SopsEncrypt(tb, []byte(plain.String()), "yaml", r)
+	var file strings.Builder
+	for _, l := range testbed.ValuesLeaves(tb, values) {
+		fmt.Fprintf(&file, "%s = %s\n", strings.TrimSuffix(l.Path, ":"), l.Value)
+	}
+	secret := func(data map[string][]byte, ann map[string]string) *corev1.Secret {
+		return &corev1.Secret{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}, ObjectMeta: metav1.ObjectMeta{Name: "bench", Namespace: "bench", Annotations: ann}, Data: data}
+	}
+	return []scenario{
+		{"(i) Secret, no SOPS content", "≥ 0.95×", review("Secret", secret(map[string][]byte{"password": []byte("hunter2"), "config.yaml": []byte(plainConfig)}, nil))},
+		{"(ii) Secret, three documents (age)", "≥ 0.7× (warm cache)", review("Secret", secret(docs, nil))},
+		{"(iii) Secret, values payload, 20 tokens", "≥ 0.7× (warm cache)", review("Secret", secret(map[string][]byte{"app.ini": []byte(file.String())}, map[string]string{mutate.AnnotationValues: testbed.ValuesIndex(tb, values)}))},
+		{"(iv) ConfigMap, 1 MiB, no SOPS content", "≥ 0.95×", review("ConfigMap", &corev1.ConfigMap{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+			ObjectMeta: metav1.ObjectMeta{Name: "big", Namespace: "bench"}, Data: map[string]string{"big.txt": strings.Repeat("x", 1<<20-1024)}})},
+	}
+}
+
+// sampleMemory samples the webhook's RSS and goroutines every 200 ms until
+// the returned func is called.
+func sampleMemory(wh *testbed.Webhook, rep *report) func() {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if _, peak := memory(wh.PID()); peak > rep.rssPeak {
+					rep.rssPeak = peak
+				}
+				if g := goroutines(wh.MetricsURL); g > rep.goroutines[1] {
+					rep.goroutines[1] = g
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
+func machine() string {
+	out, _ := exec.Command("go", "version").Output()
+	cpus, _ := os.ReadFile("/proc/cpuinfo")
+	n := strings.Count(string(cpus), "\nprocessor") + 1
+	return fmt.Sprintf("%s, %d CPUs", strings.TrimSpace(string(out)), n)
+}
