@@ -53,6 +53,11 @@ fuzz:
 bench: testbed
 	$(GO) run ./test/bench -out docs/benchmarks.md
 
+## soak: a bounded stream of creates with faults injected (SOAK=3m make soak); writes docs/soak.md
+SOAK ?= 3m
+soak: testbed
+	$(GO) run ./test/soak -duration $(SOAK) -out docs/soak.md
+
 ## check-dockerfile: the Dockerfile builds with the same command as `make build`, on a digest-pinned non-root base
 check-dockerfile:
 	@grep -qF -- '$(subst $(GO),go,$(BUILD_CMD))' Dockerfile || { echo "Dockerfile does not run: $(subst $(GO),go,$(BUILD_CMD))"; exit 1; }

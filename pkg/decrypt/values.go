@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 
 	"github.com/getsops/sops/v3"
@@ -46,9 +47,16 @@ func (d *Decryptor) Index(annotation []byte) (*Index, error) {
 	}
 	idx, err := ParseIndex(annotation)
 	if err == nil {
+		idx.digest = k
 		d.results.put(k, idx, 2*len(annotation))
 	}
 	return idx, err
+}
+
+// tokensResult is a cached Tokens.Decrypt output.
+type tokensResult struct {
+	plain []byte
+	keys  []string
 }
 
 // Index is a parsed values index: the metadata of an encrypted values file
@@ -56,6 +64,9 @@ func (d *Decryptor) Index(annotation []byte) (*Index, error) {
 type Index struct {
 	metadata sops.Metadata
 	paths    map[string]string
+	// digest identifies the annotation the index was parsed from, for the
+	// result cache.
+	digest [32]byte
 }
 
 // indexJSON is the annotation's shape (DESIGN §3.2).
@@ -117,6 +128,33 @@ func (t *Tokens) Keys() []string { return t.keys }
 // float64 (42, 3.14, 1e+06), booleans as true and false, strings and times
 // as they are. Either every token is replaced or an *Error is returned.
 func (t *Tokens) Decrypt(ctx context.Context, value []byte) ([]byte, error) {
+	var k [32]byte
+	cacheable := t.idx != nil && t.idx.digest != [32]byte{} && t.d.results != nil
+	if cacheable {
+		k = resultKey("tokens", t.idx.digest[:], value)
+		if v, ok := t.d.results.get(k); ok {
+			r := v.(tokensResult)
+			if allowsAll(ctx, t.access, r.keys) {
+				t.keys = mergeKeys(t.keys, r.keys)
+				return r.plain, nil
+			}
+		}
+	}
+	plain, err := t.decrypt(ctx, value)
+	if err == nil && cacheable && len(t.keys) > 0 {
+		t.d.results.put(k, tokensResult{plain: plain, keys: t.keys}, 2*len(plain)+len(value))
+	}
+	return plain, err
+}
+
+// mergeKeys returns the sorted union of two sorted key lists.
+func mergeKeys(a, b []string) []string {
+	out := append(append([]string(nil), a...), b...)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+func (t *Tokens) decrypt(ctx context.Context, value []byte) ([]byte, error) {
 	var out bytes.Buffer
 	rest := value
 	for {

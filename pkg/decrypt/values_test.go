@@ -316,9 +316,28 @@ func TestResultCacheAppliesTheAccessEveryTime(t *testing.T) {
 	require.Error(t, err, "a cached document is not returned when its key is denied")
 	assert.True(t, decrypt.IsReason(err, decrypt.ReasonNotGranted), "got %v", err)
 
+	// Values payloads: the index is parsed once, the tokens decrypted once.
+	values := testbed.SopsEncrypt(t, []byte("db:\n  password: s3cr3t-token\n"), "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
+	token := []byte(testbed.ValuesLeaves(t, values)[0].Value.(string))
+	before := src.calls.Load()
+	for range 3 {
+		idx, err := d.Index([]byte(testbed.ValuesIndex(t, values)))
+		require.NoError(t, err)
+		tokens := d.Tokens(idx, nil)
+		out, err := tokens.Decrypt(context.Background(), token)
+		require.NoError(t, err)
+		assert.Equal(t, "s3cr3t-token", string(out))
+		assert.Equal(t, []string{"team-a"}, tokens.Keys(), "the keys are reported from the cache too")
+	}
+	assert.EqualValues(t, before+1, src.calls.Load())
+	idx, err := d.Index([]byte(testbed.ValuesIndex(t, values)))
+	require.NoError(t, err)
+	_, err = d.Tokens(idx, denyAll{}).Decrypt(context.Background(), token)
+	assert.True(t, decrypt.IsReason(err, decrypt.ReasonNotGranted), "a cached value is not returned when its key is denied: %v", err)
+
 	other := bytes.Replace(doc, []byte("K=ENC"), []byte("K=ENC"), 1)
 	other = append([]byte("#\n"), other...) // another input: another cache entry
 	_, err = d.Document(context.Background(), other, decrypt.FormatDotenv, nil)
 	require.NoError(t, err)
-	assert.EqualValues(t, 2, src.calls.Load())
+	assert.EqualValues(t, before+2, src.calls.Load())
 }

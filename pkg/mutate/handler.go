@@ -1,6 +1,7 @@
 package mutate
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -126,7 +127,7 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 	// The plain marker is in ConfigMap data and in a values index; the
 	// base64 forms are in Secret data and ConfigMap binaryData.
 	raw := req.Object.Raw
-	if !decrypt.HasMarker(raw) && !decrypt.MayHoldBase64Marker(raw) {
+	if !decrypt.HasMarker(raw) && !(mayHoldBase64(req.Kind.Kind, raw) && decrypt.MayHoldBase64Marker(raw)) {
 		return admission.Allowed("no SOPS content")
 	}
 
@@ -176,6 +177,16 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 			obj, strings.Join(m.decrypted, ",")))
 	}
 	return resp
+}
+
+// binaryDataKey is how a ConfigMap's base64 section appears in its JSON.
+var binaryDataKey = []byte(`"binaryData"`)
+
+// mayHoldBase64 reports whether an object can carry base64 values: every
+// Secret, and a ConfigMap only with binaryData. It spares a ConfigMap of
+// text the base64 marker scans.
+func mayHoldBase64(kind string, raw []byte) bool {
+	return kind == "Secret" || bytes.Contains(raw, binaryDataKey)
 }
 
 // decodeObject decodes a Secret or ConfigMap. skip is non-empty when the

@@ -136,28 +136,6 @@ func (p *process) stop() {
 	}
 }
 
-// memory reads a process's current and peak resident set size in KiB.
-func memory(pid int) (rss, peak int64) {
-	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0, 0
-	}
-	for line := range strings.Lines(string(raw)) {
-		f := strings.Fields(line)
-		if len(f) < 2 {
-			continue
-		}
-		v, _ := strconv.ParseInt(f[1], 10, 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = v
-		case "VmHWM:":
-			peak = v
-		}
-	}
-	return rss, peak
-}
-
 // goroutines reads go_goroutines from a Prometheus endpoint.
 func goroutines(metricsURL string) int {
 	resp, err := http.Get(metricsURL)

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -22,43 +21,21 @@ import (
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
-// benchTB lets the bench command use the test bed's helpers, which take a
-// testing.TB: a failure panics with the message, and run turns it into an
-// error.
-type benchTB struct {
-	testing.TB
-	dir      string
-	cleanups []func()
-}
-
-type benchFailure struct{ msg string }
-
-func (*benchTB) Helper()                        {}
-func (*benchTB) Fatal(a ...any)                 { panic(benchFailure{fmt.Sprint(a...)}) }
-func (*benchTB) Fatalf(format string, a ...any) { panic(benchFailure{fmt.Sprintf(format, a...)}) }
-func (b *benchTB) Cleanup(f func())             { b.cleanups = append(b.cleanups, f) }
-func (b *benchTB) Logf(format string, a ...any) { fmt.Printf(format+"\n", a...) }
-func (b *benchTB) TempDir() string {
-	d, err := os.MkdirTemp(b.dir, "t")
-	if err != nil {
-		panic(benchFailure{err.Error()})
-	}
-	return d
-}
-
 // report is everything measured.
 type report struct {
-	started    time.Time
-	points     []point
-	sopsCLI    float64 // documents per second, one process per file
-	inProcess  float64 // documents per second, in-process, warm cache
-	kms        []kmsRun
-	rssBase    int64
-	rssPeak    int64
-	goroutines [2]int // before and peak under load
-	helm       helmRun
-	goBench    []string
-	env        string
+	started   time.Time
+	points    []point
+	sopsCLI   float64 // documents per second, one process per file
+	inProcess float64 // documents per second, in-process, warm caches
+	// inProcessDataKey is the same with only the data-key cache.
+	inProcessDataKey float64
+	kms              []kmsRun
+	rssBase          int64
+	rssPeak          int64
+	goroutines       [2]int // before and peak under load
+	helm             helmRun
+	goBench          []string
+	env              string
 }
 
 func step(format string, a ...any) {
@@ -70,20 +47,10 @@ func run(ctx context.Context, out string, d time.Duration, quick bool) (err erro
 	if err != nil {
 		return err
 	}
-	tb := &benchTB{dir: work}
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(benchFailure)
-			if !ok {
-				panic(r)
-			}
-			err = fmt.Errorf("%s", f.msg)
-		}
-		for i := len(tb.cleanups) - 1; i >= 0; i-- {
-			tb.cleanups[i]()
-		}
-		_ = os.RemoveAll(work)
-	}()
+	tb := testbed.NewCommandTB(work)
+	defer func() { _ = os.RemoveAll(work) }()
+	defer tb.Close()
+	defer testbed.Recover(&err)
 	rep := &report{started: time.Now(), env: machine()}
 	concurrency := []int{1, 16}
 	if quick {
@@ -131,7 +98,7 @@ func run(ctx context.Context, out string, d time.Duration, quick bool) (err erro
 	noopURL := fmt.Sprintf("https://127.0.0.1:%d/mutate", noopPort)
 
 	scen := scenarios(tb, key)
-	rep.rssBase, _ = memory(wh.PID())
+	rep.rssBase, _ = testbed.ProcessMemory(wh.PID())
 	rep.goroutines[0] = goroutines(wh.MetricsURL)
 	stopSampling := sampleMemory(wh, rep)
 	for _, s := range scen {
@@ -148,7 +115,8 @@ func run(ctx context.Context, out string, d time.Duration, quick bool) (err erro
 
 	step("sops CLI, one process per document")
 	rep.sopsCLI = sopsCLIRate(tb, key, quick)
-	rep.inProcess = inProcessRate(tb, key, d)
+	rep.inProcessDataKey = inProcessRate(tb, key, d, false)
+	rep.inProcess = inProcessRate(tb, key, d, true)
 	step("KMS calls for 1,000 Secrets from one values file (AWS KMS stand-in)")
 	if rep.kms, err = kmsCalls(tb, work, quick); err != nil {
 		return err
@@ -183,7 +151,7 @@ func review(kind string, obj runtime.Object) []byte {
 	return b
 }
 
-func scenarios(tb *benchTB, key testbed.AgeKey) []scenario {
+func scenarios(tb *testbed.CommandTB, key testbed.AgeKey) []scenario {
 	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
 	plainConfig := strings.Repeat("setting: value that is not secret at all\n", 50)
 	docs := map[string][]byte{
@@ -226,7 +194,7 @@ func sampleMemory(wh *testbed.Webhook, rep *report) func() {
 			case <-done:
 				return
 			case <-t.C:
-				if _, peak := memory(wh.PID()); peak > rep.rssPeak {
+				if _, peak := testbed.ProcessMemory(wh.PID()); peak > rep.rssPeak {
 					rep.rssPeak = peak
 				}
 				if g := goroutines(wh.MetricsURL); g > rep.goroutines[1] {

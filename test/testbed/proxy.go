@@ -20,7 +20,7 @@ type ServiceProxy struct {
 	Addr string
 
 	ln       net.Listener
-	backends []*Webhook
+	backends []atomic.Pointer[Webhook]
 	ready    []atomic.Bool
 	next     atomic.Uint64
 	// Conns counts the connections sent to each backend.
@@ -40,9 +40,12 @@ func StartServiceProxy(backends ...*Webhook) (*ServiceProxy, error) {
 		return nil, err
 	}
 	p := &ServiceProxy{
-		Addr: ln.Addr().String(), ln: ln, backends: backends,
+		Addr: ln.Addr().String(), ln: ln, backends: make([]atomic.Pointer[Webhook], len(backends)),
 		ready: make([]atomic.Bool, len(backends)), Conns: make([]atomic.Int64, len(backends)),
 		stop: make(chan struct{}),
+	}
+	for i, b := range backends {
+		p.backends[i].Store(b)
 	}
 	for i := range backends {
 		p.probe(i)
@@ -52,6 +55,13 @@ func StartServiceProxy(backends ...*Webhook) (*ServiceProxy, error) {
 	p.wg.Add(1)
 	go p.accept()
 	return p, nil
+}
+
+// Replace puts backend i's replacement in place, as a restarted pod's new
+// endpoint; it gets traffic once its /readyz answers.
+func (p *ServiceProxy) Replace(i int, w *Webhook) {
+	p.ready[i].Store(false)
+	p.backends[i].Store(w)
 }
 
 // Close stops accepting and probing; open connections are left to end.
@@ -64,7 +74,7 @@ func (p *ServiceProxy) Close() error {
 
 func (p *ServiceProxy) probe(i int) {
 	c := http.Client{Timeout: readinessPeriod * 4}
-	resp, err := c.Get(p.backends[i].ReadyURL)
+	resp, err := c.Get(p.backends[i].Load().ReadyURL)
 	ok := err == nil && resp.StatusCode == http.StatusOK
 	if err == nil {
 		resp.Body.Close()
@@ -107,7 +117,7 @@ func (p *ServiceProxy) serve(c net.Conn) {
 		if !p.ready[i].Load() {
 			continue
 		}
-		b, err := net.DialTimeout("tcp", p.backends[i].Addr, time.Second)
+		b, err := net.DialTimeout("tcp", p.backends[i].Load().Addr, time.Second)
 		if err != nil {
 			continue
 		}
