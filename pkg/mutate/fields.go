@@ -9,7 +9,6 @@ import (
 	"unicode/utf8"
 
 	"gomodules.xyz/jsonpatch/v2"
-	corev1 "k8s.io/api/core/v1"
 )
 
 // field is one value of a Secret or ConfigMap.
@@ -73,21 +72,21 @@ func (f field) checkText(plain []byte) *denial {
 	return &denial{field: f.path(), err: errors.New("the plaintext is not UTF-8 text"), hint: "store binary documents under binaryData"}
 }
 
-func secretFields(s *corev1.Secret) []field {
-	out := make([]field, 0, len(s.Data))
-	for _, k := range sortedKeys(s.Data) {
-		out = append(out, field{section: "data", key: k, value: s.Data[k], binary: true})
+func secretFields(data map[string][]byte) []field {
+	out := make([]field, 0, len(data))
+	for _, k := range sortedKeys(data) {
+		out = append(out, field{section: "data", key: k, value: data[k], binary: true})
 	}
 	return out
 }
 
-func configMapFields(c *corev1.ConfigMap) []field {
-	out := make([]field, 0, len(c.Data)+len(c.BinaryData))
-	for _, k := range sortedKeys(c.Data) {
-		out = append(out, field{section: "data", key: k, value: []byte(c.Data[k])})
+func configMapFields(data map[string]string, binaryData map[string][]byte) []field {
+	out := make([]field, 0, len(data)+len(binaryData))
+	for _, k := range sortedKeys(data) {
+		out = append(out, field{section: "data", key: k, value: []byte(data[k])})
 	}
-	for _, k := range sortedKeys(c.BinaryData) {
-		out = append(out, field{section: "binaryData", key: k, value: c.BinaryData[k], binary: true})
+	for _, k := range sortedKeys(binaryData) {
+		out = append(out, field{section: "binaryData", key: k, value: binaryData[k], binary: true})
 	}
 	return out
 }

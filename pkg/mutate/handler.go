@@ -14,7 +14,6 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -189,25 +188,48 @@ func mayHoldBase64(kind string, raw []byte) bool {
 	return kind == "Secret" || bytes.Contains(raw, binaryDataKey)
 }
 
+// The parts of a Secret or ConfigMap the handler reads. Decoding into these
+// rather than the full API types skips managedFields, owner references and
+// the rest, which on an UPDATE can be larger than the data.
+type (
+	objectMeta struct {
+		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
+		Annotations map[string]string `json:"annotations"`
+	}
+	secretJSON struct {
+		Metadata objectMeta        `json:"metadata"`
+		Type     string            `json:"type"`
+		Data     map[string][]byte `json:"data"`
+	}
+	configMapJSON struct {
+		Metadata   objectMeta        `json:"metadata"`
+		Data       map[string]string `json:"data"`
+		BinaryData map[string][]byte `json:"binaryData"`
+	}
+)
+
 // decodeObject decodes a Secret or ConfigMap. skip is non-empty when the
 // object is one the webhook never touches.
 func decodeObject(kind string, raw []byte) (obj object, skip string, err error) {
 	switch kind {
 	case "Secret":
-		var s corev1.Secret
+		var s secretJSON
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return object{}, "", fmt.Errorf("decode Secret: %w", err)
 		}
 		if s.Type == HelmReleaseSecretType {
 			return object{}, "Helm release records are never modified", nil
 		}
-		return object{kind: kind, namespace: s.Namespace, name: s.Name, annotations: s.Annotations, fields: secretFields(&s)}, "", nil
+		m := s.Metadata
+		return object{kind: kind, namespace: m.Namespace, name: m.Name, annotations: m.Annotations, fields: secretFields(s.Data)}, "", nil
 	default:
-		var c corev1.ConfigMap
+		var c configMapJSON
 		if err := json.Unmarshal(raw, &c); err != nil {
 			return object{}, "", fmt.Errorf("decode ConfigMap: %w", err)
 		}
-		return object{kind: kind, namespace: c.Namespace, name: c.Name, annotations: c.Annotations, fields: configMapFields(&c)}, "", nil
+		m := c.Metadata
+		return object{kind: kind, namespace: m.Namespace, name: m.Name, annotations: m.Annotations, fields: configMapFields(c.Data, c.BinaryData)}, "", nil
 	}
 }
 

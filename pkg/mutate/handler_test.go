@@ -55,7 +55,7 @@ type generator struct {
 	other testbed.AgeKey
 }
 
-func (g *generator) enc(t *testing.T, plain, format string) []byte {
+func (g *generator) enc(t testing.TB, plain, format string) []byte {
 	return testbed.SopsEncrypt(t, []byte(plain), format, testbed.Recipients{Age: []testbed.AgeKey{g.key}})
 }
 
@@ -75,7 +75,7 @@ func (g *generator) values(t *testing.T) goldenValues {
 	return v
 }
 
-func request(t *testing.T, kind string, op admissionv1.Operation, obj runtime.Object) admissionv1.AdmissionRequest {
+func request(t testing.TB, kind string, op admissionv1.Operation, obj runtime.Object) admissionv1.AdmissionRequest {
 	raw, err := json.Marshal(obj)
 	require.NoError(t, err)
 	return admissionv1.AdmissionRequest{

@@ -25,6 +25,31 @@ type point struct {
 	rps              float64
 	p50, p99, p999   time.Duration
 	errors           int64
+
+	lat  []time.Duration // sorted
+	took time.Duration
+}
+
+// merge combines rounds of the same load point.
+func merge(rounds []point) point {
+	out := rounds[0]
+	out.lat, out.took, out.errors = nil, 0, 0
+	for _, r := range rounds {
+		out.lat = append(out.lat, r.lat...)
+		out.took += r.took
+		out.errors += r.errors
+	}
+	slices.Sort(out.lat)
+	out.rps = float64(len(out.lat)) / out.took.Seconds()
+	out.p50, out.p99, out.p999 = percentile(out.lat, 0.50), percentile(out.lat, 0.99), percentile(out.lat, 0.999)
+	return out
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
 }
 
 // httpsClient trusts only caPEM and keeps up to conns connections open.
@@ -90,13 +115,7 @@ func load(ctx context.Context, caPEM []byte, url string, body []byte, conc int, 
 	run(d/5, false)
 	lat, errs, took := run(d, true)
 	slices.Sort(lat)
-	pct := func(p float64) time.Duration {
-		if len(lat) == 0 {
-			return 0
-		}
-		return lat[min(len(lat)-1, int(float64(len(lat))*p))]
-	}
-	return point{concurrency: conc, rps: float64(len(lat)) / took.Seconds(), p50: pct(0.50), p99: pct(0.99), p999: pct(0.999), errors: errs}
+	return merge([]point{{concurrency: conc, lat: lat, took: took, errors: errs}})
 }
 
 // process is a server started for the load tests.

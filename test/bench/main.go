@@ -32,7 +32,7 @@ import (
 
 func main() {
 	out := flag.String("out", "docs/benchmarks.md", "report to write; the plot goes next to it as benchmarks.svg")
-	duration := flag.Duration("duration", 5*time.Second, "measuring time per load point")
+	duration := flag.Duration("duration", 6*time.Second, "measuring time per load point and server, split into alternating rounds")
 	quick := flag.Bool("quick", false, "shorter runs, for trying the tool")
 	flag.Parse()
 	// envtest and controller-runtime log through this; the report is the

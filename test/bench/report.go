@@ -53,7 +53,7 @@ func (r *report) write(path string) error {
 	w("")
 	w("## Admission path: sops-webhook against a no-op webhook")
 	w("")
-	w("HTTPS AdmissionReviews on loopback to the real webhook binary and to a no-op webhook on the same controller-runtime server and TLS settings (`test/bench/noop`). Latencies in ms.")
+	w("HTTPS AdmissionReviews on loopback to the real webhook binary and to a no-op webhook on the same controller-runtime server and TLS settings (`test/bench/noop`), in alternating rounds; the load generator shares the machine. Latencies in ms. The webhook runs with its default caches, warmed by the first requests (a Helm upgrade re-sends the same ciphertext).")
 	w("")
 	w("| scenario | conc. | no-op req/s | webhook req/s | ratio | goal | webhook p50 / p99 / p99.9 | no-op p50 / p99 / p99.9 | errors |")
 	w("|---|---|---|---|---|---|---|---|---|")

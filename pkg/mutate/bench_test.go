@@ -1,0 +1,62 @@
+package mutate_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+// BenchmarkHandler is the handler alone, with warm caches, for the load
+// scenarios of make bench: what a request costs beyond decoding the review.
+func BenchmarkHandler(b *testing.B) {
+	key := testbed.NewAgeKey(b, false)
+	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	src, err := keysource.LoadAge("k", key.IdentityFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ring, err := keysource.NewRingWith([]keysource.Source{src}, []keysource.RingOption{keysource.WithCache(1024, time.Hour, nil)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := mutate.NewHandler(mutate.Static(mutate.Engine{Decryptor: decrypt.New(ring, decrypt.WithResultCache(time.Hour, decrypt.DefaultResultCacheBytes))}))
+
+	var plain strings.Builder
+	for i := range 20 {
+		fmt.Fprintf(&plain, "k%02d: secret-value-%02d\n", i, i)
+	}
+	values := testbed.SopsEncrypt(b, []byte(plain.String()), "yaml", r)
+	var file strings.Builder
+	for _, l := range testbed.ValuesLeaves(b, values) {
+		fmt.Fprintf(&file, "%s = %s\n", strings.TrimSuffix(l.Path, ":"), l.Value)
+	}
+	valuesSecret := secret("bench", map[string][]byte{"app.ini": []byte(file.String())})
+	valuesSecret.Annotations = map[string]string{mutate.AnnotationValues: testbed.ValuesIndex(b, values)}
+	cases := map[string]admissionv1.AdmissionRequest{
+		"no-sops":   request(b, "Secret", admissionv1.Create, secret("bench", map[string][]byte{"password": []byte("hunter2")})),
+		"documents": request(b, "Secret", admissionv1.Create, secret("bench", map[string][]byte{"app.env": testbed.SopsEncrypt(b, []byte("A=1\nB=2\n"), "dotenv", r), "c.yaml": testbed.SopsEncrypt(b, []byte("a: 1\n"), "yaml", r)})),
+		"20-tokens": request(b, "Secret", admissionv1.Create, valuesSecret),
+	}
+	for name, req := range cases {
+		b.Run(name, func(b *testing.B) {
+			areq := admission.Request{AdmissionRequest: req}
+			h.Handle(context.Background(), areq) // warm the caches
+			b.ReportAllocs()
+			for b.Loop() {
+				if resp := h.Handle(context.Background(), areq); !resp.Allowed {
+					b.Fatal(messageOf(resp))
+				}
+			}
+		})
+	}
+}
