@@ -280,7 +280,7 @@ func goBenchmarks(root string, quick bool) []string {
 	if quick {
 		benchtime = "20ms"
 	}
-	cmd := exec.Command("go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", benchtime, "./pkg/decrypt/")
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", benchtime, "./pkg/decrypt/", "./pkg/mutate/")
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	var lines []string
