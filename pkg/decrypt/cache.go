@@ -1,10 +1,10 @@
 package decrypt
 
 import (
-	"container/list"
 	"crypto/sha256"
-	"sync"
 	"time"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/internal/lru"
 )
 
 // DefaultResultCacheBytes bounds the memory the result cache may hold:
@@ -21,29 +21,13 @@ type Option func(*Decryptor)
 // the policy in full. ttl or maxBytes 0 disables it.
 func WithResultCache(ttl time.Duration, maxBytes int) Option {
 	return func(d *Decryptor) {
-		if ttl > 0 && maxBytes > 0 {
-			d.results = &resultCache{ttl: ttl, max: maxBytes, now: time.Now, order: list.New(), entries: map[[sha256.Size]byte]*list.Element{}}
-		}
+		d.results = lru.New[[sha256.Size]byte, any](maxBytes, ttl, nil)
 	}
 }
 
-// resultCache is a byte-bounded LRU with a TTL.
-type resultCache struct {
-	mu      sync.Mutex
-	ttl     time.Duration
-	max     int
-	size    int
-	now     func() time.Time
-	order   *list.List
-	entries map[[sha256.Size]byte]*list.Element
-}
-
-type resultEntry struct {
-	key     [sha256.Size]byte
-	value   any
-	size    int
-	expires time.Time
-}
+// resultCache holds decrypted documents, parsed indexes and decrypted values
+// payloads, costed by their size in bytes.
+type resultCache = lru.Cache[[sha256.Size]byte, any]
 
 // resultKey hashes a kind of input with the input.
 func resultKey(kind string, parts ...[]byte) [sha256.Size]byte {
@@ -56,46 +40,4 @@ func resultKey(kind string, parts ...[]byte) [sha256.Size]byte {
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
 	return k
-}
-
-func (c *resultCache) get(k [sha256.Size]byte) (any, bool) {
-	if c == nil {
-		return nil, false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	el, ok := c.entries[k]
-	if !ok {
-		return nil, false
-	}
-	e := el.Value.(*resultEntry)
-	if c.now().After(e.expires) {
-		c.remove(el)
-		return nil, false
-	}
-	c.order.MoveToFront(el)
-	return e.value, true
-}
-
-func (c *resultCache) put(k [sha256.Size]byte, v any, size int) {
-	if c == nil || size > c.max/4 {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.entries[k]; ok {
-		c.remove(el)
-	}
-	c.entries[k] = c.order.PushFront(&resultEntry{key: k, value: v, size: size, expires: c.now().Add(c.ttl)})
-	c.size += size
-	for c.size > c.max {
-		c.remove(c.order.Back())
-	}
-}
-
-func (c *resultCache) remove(el *list.Element) {
-	e := el.Value.(*resultEntry)
-	c.order.Remove(el)
-	delete(c.entries, e.key)
-	c.size -= e.size
 }

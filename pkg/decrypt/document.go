@@ -83,7 +83,7 @@ type Result struct {
 // returned from it when access allows every key that opened it.
 func (d *Decryptor) Document(ctx context.Context, value []byte, f Format, access keysource.Access) (Result, error) {
 	k := resultKey("document:"+string(f), value)
-	if v, ok := d.results.get(k); ok {
+	if v, ok := d.results.Get(k); ok {
 		res := v.(Result)
 		if allowsAll(ctx, access, res.Keys) {
 			return res, nil
@@ -92,7 +92,7 @@ func (d *Decryptor) Document(ctx context.Context, value []byte, f Format, access
 	res, err := d.document(ctx, value, f, access)
 	if err == nil {
 		// The tree is kept for Entries; count it like the plaintext.
-		d.results.put(k, res, 2*len(res.Plaintext)+len(value))
+		d.results.Put(k, res, 2*len(res.Plaintext)+len(value))
 	}
 	return res, err
 }

@@ -42,13 +42,13 @@ func (d *Decryptor) Index(annotation []byte) (*Index, error) {
 		return ParseIndex(annotation)
 	}
 	k := resultKey("index", annotation)
-	if v, ok := d.results.get(k); ok {
+	if v, ok := d.results.Get(k); ok {
 		return v.(*Index), nil
 	}
 	idx, err := ParseIndex(annotation)
 	if err == nil {
 		idx.digest = k
-		d.results.put(k, idx, 2*len(annotation))
+		d.results.Put(k, idx, 2*len(annotation))
 	}
 	return idx, err
 }
@@ -132,7 +132,7 @@ func (t *Tokens) Decrypt(ctx context.Context, value []byte) ([]byte, error) {
 	cacheable := t.idx != nil && t.idx.digest != [32]byte{} && t.d.results != nil
 	if cacheable {
 		k = resultKey("tokens", t.idx.digest[:], value)
-		if v, ok := t.d.results.get(k); ok {
+		if v, ok := t.d.results.Get(k); ok {
 			r := v.(tokensResult)
 			if allowsAll(ctx, t.access, r.keys) {
 				t.keys = mergeKeys(t.keys, r.keys)
@@ -142,7 +142,7 @@ func (t *Tokens) Decrypt(ctx context.Context, value []byte) ([]byte, error) {
 	}
 	plain, err := t.decrypt(ctx, value)
 	if err == nil && cacheable && len(t.keys) > 0 {
-		t.d.results.put(k, tokensResult{plain: plain, keys: t.keys}, 2*len(plain)+len(value))
+		t.d.results.Put(k, tokensResult{plain: plain, keys: t.keys}, 2*len(plain)+len(value))
 	}
 	return plain, err
 }

@@ -333,20 +333,9 @@ func (s *suite) logsClean(t *testing.T) {
 
 func (s *suite) metric(t *testing.T, series string) float64 {
 	t.Helper()
-	resp, err := s.webhook.Client().Get(s.webhook.MetricsURL)
+	v, err := s.webhook.Metric(series)
 	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	for line := range strings.Lines(string(body)) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
-			var f float64
-			_, err := fmt.Sscan(v, &f)
-			require.NoError(t, err)
-			return f
-		}
-	}
-	return 0
+	return v
 }
 
 func (s *suite) tlsReload(t *testing.T) {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -198,20 +197,9 @@ func (s *policySuite) requireRBAC(t *testing.T) {
 // metric reads one series from the webhook's metrics; 0 when absent.
 func (s *policySuite) metric(t *testing.T, series string) float64 {
 	t.Helper()
-	resp, err := http.Get(s.webhook.MetricsURL)
+	v, err := s.webhook.Metric(series)
 	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	for line := range strings.Lines(string(body)) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
-			var f float64
-			_, err := fmt.Sscan(v, &f)
-			require.NoError(t, err)
-			return f
-		}
-	}
-	return 0
+	return v
 }
 
 const teamAUnwraps = `sops_webhook_key_unwraps_total{key="team-a",result="opened"}`

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -157,6 +158,26 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Metric returns the value of one series (name{labels} as exposed) from
+// the webhook's /metrics, or 0 when it is absent.
+func (w *Webhook) Metric(series string) (float64, error) {
+	resp, err := http.Get(w.MetricsURL)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(body)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), series+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, nil
 }
 
 // PID returns the webhook's process ID.

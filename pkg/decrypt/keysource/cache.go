@@ -1,12 +1,12 @@
 package keysource
 
 import (
-	"container/list"
 	"crypto/sha256"
-	"sync"
 	"time"
 
 	"github.com/getsops/sops/v3/keyservice"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/internal/lru"
 )
 
 // DefaultCacheSize and DefaultCacheTTL bound the data-key cache: a values
@@ -50,64 +50,10 @@ func keyKind(key *keyservice.Key) string {
 	return "other"
 }
 
-// dataKeyCache is a bounded LRU of unwrapped data keys with a TTL, in memory
-// only. A nil cache caches nothing.
-type dataKeyCache struct {
-	mu      sync.Mutex
-	size    int
-	ttl     time.Duration
-	now     func() time.Time
-	order   *list.List // front: most recently used
-	entries map[cacheKey]*list.Element
-}
-
-type cacheEntry struct {
-	key     cacheKey
-	dataKey []byte
-	expires time.Time
-}
+// dataKeyCache holds unwrapped data keys, one cost unit each: at most size
+// of them, each for the TTL. A nil cache caches nothing.
+type dataKeyCache = lru.Cache[cacheKey, []byte]
 
 func newDataKeyCache(size int, ttl time.Duration, now func() time.Time) *dataKeyCache {
-	if size <= 0 || ttl <= 0 {
-		return nil
-	}
-	return &dataKeyCache{size: size, ttl: ttl, now: now, order: list.New(), entries: map[cacheKey]*list.Element{}}
-}
-
-func (c *dataKeyCache) get(k cacheKey) ([]byte, bool) {
-	if c == nil {
-		return nil, false
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	el, ok := c.entries[k]
-	if !ok {
-		return nil, false
-	}
-	e := el.Value.(*cacheEntry)
-	if c.now().After(e.expires) {
-		c.order.Remove(el)
-		delete(c.entries, k)
-		return nil, false
-	}
-	c.order.MoveToFront(el)
-	return append([]byte(nil), e.dataKey...), true
-}
-
-func (c *dataKeyCache) put(k cacheKey, dataKey []byte) {
-	if c == nil {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.entries[k]; ok {
-		c.order.Remove(el)
-	}
-	e := &cacheEntry{key: k, dataKey: append([]byte(nil), dataKey...), expires: c.now().Add(c.ttl)}
-	c.entries[k] = c.order.PushFront(e)
-	for c.order.Len() > c.size {
-		last := c.order.Back()
-		c.order.Remove(last)
-		delete(c.entries, last.Value.(*cacheEntry).key)
-	}
+	return lru.New[cacheKey, []byte](size, ttl, now)
 }

@@ -156,7 +156,8 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 			continue
 		}
 		ck := newCacheKey(s.Name(), req.Key, req.Ciphertext)
-		plain, hit := c.ring.cache.get(ck)
+		plain, hit := c.ring.cache.Get(ck)
+		plain = append([]byte(nil), plain...) // callers may not share the cached slice
 		if c.ring.cache != nil && c.ring.stats.CacheLookup != nil {
 			c.ring.stats.CacheLookup(hit)
 		}
@@ -177,7 +178,7 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 			if len(plain) > MaxDataKeySize {
 				return nil, fmt.Errorf("unwrapped data key is larger than %d bytes", MaxDataKeySize)
 			}
-			c.ring.cache.put(ck, plain)
+			c.ring.cache.Put(ck, append([]byte(nil), plain...), 1)
 		}
 		c.markUsed(s.Name())
 		return &keyservice.DecryptResponse{Plaintext: plain}, nil
