@@ -106,6 +106,12 @@ func loadConfig(path string) (*config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	return parseConfig(path, raw)
+}
+
+// parseConfig strictly decodes and validates a config file's content read
+// from path. Errors name the file and the field, never key material.
+func parseConfig(path string, raw []byte) (*config, error) {
 	if len(raw) > maxConfigSize {
 		return nil, fmt.Errorf("config %s: larger than %d bytes", path, maxConfigSize)
 	}

@@ -100,15 +100,15 @@ func (r *reloader) Engine() mutate.Engine { return *r.current.Load() }
 // read loads the config and fingerprints it with the key files it names.
 func (r *reloader) read() (*config, [sha256.Size]byte, error) {
 	var fp [sha256.Size]byte
-	cfg, err := loadConfig(r.path)
-	if err != nil {
-		return nil, fp, err
-	}
-	h := sha256.New()
 	raw, err := os.ReadFile(r.path)
 	if err != nil {
 		return nil, fp, fmt.Errorf("config: %w", err)
 	}
+	cfg, err := parseConfig(r.path, raw)
+	if err != nil {
+		return nil, fp, err
+	}
+	h := sha256.New()
 	h.Write(raw)
 	for _, f := range cfg.keyFiles() {
 		b, err := os.ReadFile(f)

@@ -59,6 +59,26 @@ func plainOfSize(format string, n int) []byte {
 	return b.Bytes()
 }
 
+// benchDecryptors are a Decryptor that unwraps the data key every time
+// (cold) and one that takes it from the data-key cache (warm).
+func benchDecryptors(b *testing.B, key testbed.AgeKey) []struct {
+	name string
+	d    *decrypt.Decryptor
+} {
+	src, err := keysource.LoadAge("k", key.IdentityFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	warmRing, err := keysource.NewRingWith([]keysource.Source{src}, []keysource.RingOption{keysource.WithCache(16, time.Hour, nil)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return []struct {
+		name string
+		d    *decrypt.Decryptor
+	}{{"cold", newDecryptor(b, src)}, {"warm", decrypt.New(warmRing)}}
+}
+
 func BenchmarkDetect(b *testing.B) {
 	for _, size := range []int{1 << 10, 64 << 10, 1 << 20} {
 		line := []byte("no sops content here, just a config file line\n")
@@ -78,16 +98,7 @@ func BenchmarkDetect(b *testing.B) {
 func BenchmarkDocument(b *testing.B) {
 	key := testbed.NewAgeKey(b, false)
 	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
-	src, err := keysource.LoadAge("k", key.IdentityFile)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cold := newDecryptor(b, src)
-	warmRing, err := keysource.NewRingWith([]keysource.Source{src}, []keysource.RingOption{keysource.WithCache(16, time.Hour, nil)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	warm := decrypt.New(warmRing)
+	decryptors := benchDecryptors(b, key)
 	files := map[string]string{"yaml": "a.yaml", "json": "a.json", "dotenv": "a.env", "ini": "a.ini", "binary": "a.bin"}
 	for _, format := range []string{"yaml", "json", "dotenv", "ini", "binary"} {
 		for _, size := range benchSizes {
@@ -96,10 +107,7 @@ func BenchmarkDocument(b *testing.B) {
 				b.Fatalf("%s %s: %d bytes encrypted, over the limit", format, size.name, len(enc))
 			}
 			f := decrypt.Detect(enc, files[format])
-			for _, c := range []struct {
-				name string
-				d    *decrypt.Decryptor
-			}{{"cold", cold}, {"warm", warm}} {
+			for _, c := range decryptors {
 				b.Run(format+"/"+size.name+"/"+c.name, func(b *testing.B) {
 					b.SetBytes(int64(len(enc)))
 					b.ReportAllocs()
@@ -116,16 +124,7 @@ func BenchmarkDocument(b *testing.B) {
 
 func BenchmarkTokens(b *testing.B) {
 	key := testbed.NewAgeKey(b, false)
-	src, err := keysource.LoadAge("k", key.IdentityFile)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cold := newDecryptor(b, src)
-	warmRing, err := keysource.NewRingWith([]keysource.Source{src}, []keysource.RingOption{keysource.WithCache(16, time.Hour, nil)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	warm := decrypt.New(warmRing)
+	decryptors := benchDecryptors(b, key)
 	for _, n := range []int{1, 10, 100, 1000} {
 		var plain strings.Builder
 		for i := range n {
@@ -141,10 +140,7 @@ func BenchmarkTokens(b *testing.B) {
 			fmt.Fprintf(&value, "%s\n", l.Value)
 		}
 		v := []byte(value.String())
-		for _, c := range []struct {
-			name string
-			d    *decrypt.Decryptor
-		}{{"cold", cold}, {"warm", warm}} {
+		for _, c := range decryptors {
 			b.Run(fmt.Sprintf("%d/%s", n, c.name), func(b *testing.B) {
 				b.ReportAllocs()
 				for b.Loop() {

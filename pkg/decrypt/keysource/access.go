@@ -3,6 +3,8 @@ package keysource
 import (
 	"context"
 	"errors"
+	"fmt"
+	"path"
 	"strings"
 
 	"github.com/getsops/sops/v3/keyservice"
@@ -38,6 +40,24 @@ func (a *Age) Matches(key *keyservice.Key) bool {
 func (p *PGP) Matches(key *keyservice.Key) bool {
 	k := key.GetPgpKey()
 	return k != nil && p.fingerprints[strings.ToUpper(k.Fingerprint)]
+}
+
+// glob is a path.Match pattern from the config (a key ARN, resource ID or
+// key name pattern), validated once when the source is built.
+type glob string
+
+// newGlob checks pattern; the error names field.
+func newGlob(field, pattern string) (glob, error) {
+	if _, err := path.Match(pattern, ""); err != nil {
+		return "", fmt.Errorf("%s %q: not a valid glob", field, pattern)
+	}
+	return glob(pattern), nil
+}
+
+// match reports whether s matches the pattern.
+func (g glob) match(s string) bool {
+	ok, _ := path.Match(string(g), s)
+	return ok
 }
 
 // allowed asks access about s. A nil Access allows everything.

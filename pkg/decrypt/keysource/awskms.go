@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"path"
 	"strings"
 	"sync"
 
@@ -34,6 +33,7 @@ type AWSKMSConfig struct {
 type AWSKMS struct {
 	name string
 	cfg  AWSKMSConfig
+	arns glob
 	aws  aws.Config
 
 	mu      sync.Mutex
@@ -45,8 +45,9 @@ func NewAWSKMS(ctx context.Context, name string, cfg AWSKMSConfig) (*AWSKMS, err
 	if !strings.HasPrefix(cfg.ARN, "arn:") {
 		return nil, fmt.Errorf("awsKms arn %q: must be a key ARN or a glob of key ARNs", cfg.ARN)
 	}
-	if _, err := path.Match(cfg.ARN, ""); err != nil {
-		return nil, fmt.Errorf("awsKms arn %q: not a valid glob", cfg.ARN)
+	arns, err := newGlob("awsKms arn", cfg.ARN)
+	if err != nil {
+		return nil, err
 	}
 	ac, err := awsconfig.LoadDefaultConfig(ctx,
 		// No ~/.aws/config or ~/.aws/credentials: the pod's identity only.
@@ -58,7 +59,7 @@ func NewAWSKMS(ctx context.Context, name string, cfg AWSKMSConfig) (*AWSKMS, err
 	if err != nil {
 		return nil, fmt.Errorf("aws config: %w", err)
 	}
-	return &AWSKMS{name: name, cfg: cfg, aws: ac, clients: map[string]*kms.Client{}}, nil
+	return &AWSKMS{name: name, cfg: cfg, arns: arns, aws: ac, clients: map[string]*kms.Client{}}, nil
 }
 
 // Name returns the key's configured name.
@@ -67,11 +68,7 @@ func (a *AWSKMS) Name() string { return a.name }
 // Matches reports whether the metadata names a key ARN the config allows.
 func (a *AWSKMS) Matches(key *keyservice.Key) bool {
 	k := key.GetKmsKey()
-	if k == nil {
-		return false
-	}
-	ok, _ := path.Match(a.cfg.ARN, k.Arn)
-	return ok
+	return k != nil && a.arns.match(k.Arn)
 }
 
 // Unwrap decrypts the data key with the KMS key the metadata names, if the

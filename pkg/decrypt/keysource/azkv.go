@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"path"
 	"regexp"
 	"strings"
 	"sync"
@@ -38,8 +37,9 @@ var azureName = regexp.MustCompile(`^[0-9A-Za-z-]{1,127}$`)
 // identity webhook injects). A payload is used only when its vault_url is
 // the configured one; no other vault is ever contacted.
 type AzureKeyVault struct {
-	name string
-	cfg  AzureKeyVaultConfig
+	name  string
+	cfg   AzureKeyVaultConfig
+	names glob
 
 	mu     sync.Mutex
 	client *azkeys.Client
@@ -55,11 +55,12 @@ func NewAzureKeyVault(name string, cfg AzureKeyVaultConfig) (*AzureKeyVault, err
 	if cfg.KeyName == "" {
 		return nil, errors.New("azureKeyVault keyName: required")
 	}
-	if _, err := path.Match(cfg.KeyName, ""); err != nil {
-		return nil, fmt.Errorf("azureKeyVault keyName %q: not a valid glob", cfg.KeyName)
+	names, err := newGlob("azureKeyVault keyName", cfg.KeyName)
+	if err != nil {
+		return nil, err
 	}
 	cfg.VaultURL = normalizeVaultURL(cfg.VaultURL)
-	return &AzureKeyVault{name: name, cfg: cfg}, nil
+	return &AzureKeyVault{name: name, cfg: cfg, names: names}, nil
 }
 
 func normalizeVaultURL(s string) string { return strings.TrimSuffix(strings.ToLower(s), "/") }
@@ -74,8 +75,7 @@ func (a *AzureKeyVault) Matches(key *keyservice.Key) bool {
 	if k == nil || normalizeVaultURL(k.VaultUrl) != a.cfg.VaultURL {
 		return false
 	}
-	ok, _ := path.Match(a.cfg.KeyName, k.Name)
-	return ok
+	return a.names.match(k.Name)
 }
 
 // Unwrap decrypts the data key with the named key version, RSA-OAEP-256,

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"path"
 	"strings"
 	"sync"
 
@@ -35,6 +34,7 @@ type GCPKMSConfig struct {
 type GCPKMS struct {
 	name string
 	cfg  GCPKMSConfig
+	ids  glob
 
 	mu     sync.Mutex
 	client *kms.KeyManagementClient
@@ -47,10 +47,11 @@ func NewGCPKMS(name string, cfg GCPKMSConfig) (*GCPKMS, error) {
 	if !strings.HasPrefix(cfg.ResourceID, "projects/") {
 		return nil, fmt.Errorf("gcpKms resourceID %q: must be projects/.../cryptoKeys/... or a glob of them", cfg.ResourceID)
 	}
-	if _, err := path.Match(cfg.ResourceID, ""); err != nil {
-		return nil, fmt.Errorf("gcpKms resourceID %q: not a valid glob", cfg.ResourceID)
+	ids, err := newGlob("gcpKms resourceID", cfg.ResourceID)
+	if err != nil {
+		return nil, err
 	}
-	return &GCPKMS{name: name, cfg: cfg}, nil
+	return &GCPKMS{name: name, cfg: cfg, ids: ids}, nil
 }
 
 // Name returns the key's configured name.
@@ -59,11 +60,7 @@ func (g *GCPKMS) Name() string { return g.name }
 // Matches reports whether the metadata names a resource ID the config allows.
 func (g *GCPKMS) Matches(key *keyservice.Key) bool {
 	k := key.GetGcpKmsKey()
-	if k == nil {
-		return false
-	}
-	ok, _ := path.Match(g.cfg.ResourceID, k.ResourceId)
-	return ok
+	return k != nil && g.ids.match(k.ResourceId)
 }
 
 // Unwrap decrypts the data key with the crypto key the metadata names, if

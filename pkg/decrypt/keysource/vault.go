@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"path"
 	"strings"
 	"sync"
 	"time"
@@ -51,8 +50,9 @@ type VaultConfig struct {
 // VAULT_* variables or ~/.vault-token, and never follows the address in a
 // payload's metadata.
 type Vault struct {
-	name string
-	cfg  VaultConfig
+	name  string
+	cfg   VaultConfig
+	names glob
 	// client carries the Vault token; loginClient never has one.
 	client, loginClient *vault.Client
 	now                 func() time.Time
@@ -72,8 +72,9 @@ func NewVault(name string, cfg VaultConfig) (*Vault, error) {
 	if cfg.EnginePath == "" || cfg.KeyName == "" || cfg.Role == "" {
 		return nil, errors.New("vault: enginePath, keyName and kubernetesAuth.role are required")
 	}
-	if _, err := path.Match(cfg.KeyName, ""); err != nil {
-		return nil, fmt.Errorf("vault keyName %q: not a valid glob", cfg.KeyName)
+	names, err := newGlob("vault keyName", cfg.KeyName)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.MountPath == "" {
 		cfg.MountPath = "kubernetes"
@@ -118,7 +119,7 @@ func NewVault(name string, cfg VaultConfig) (*Vault, error) {
 		return nil, fmt.Errorf("vault client: %w", err)
 	}
 	loginClient.ClearToken()
-	return &Vault{name: name, cfg: cfg, client: client, loginClient: loginClient, now: time.Now}, nil
+	return &Vault{name: name, cfg: cfg, names: names, client: client, loginClient: loginClient, now: time.Now}, nil
 }
 
 // Name returns the key's configured name.
@@ -131,8 +132,7 @@ func (v *Vault) Matches(key *keyservice.Key) bool {
 	if k == nil || strings.Trim(k.EnginePath, "/") != v.cfg.EnginePath {
 		return false
 	}
-	ok, _ := path.Match(v.cfg.KeyName, k.KeyName)
-	return ok
+	return v.names.match(k.KeyName)
 }
 
 // Unwrap decrypts the data key with the transit key the metadata names, at
