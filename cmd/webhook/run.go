@@ -50,17 +50,13 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	km, err := newKeyMetrics(reg)
-	if err != nil {
-		return err
-	}
 	engines, names, err := newReloader(o.configFile, engineDeps{
-		kube: kube, cacheSize: o.cacheSize, cacheTTL: o.cacheTTL, resultCacheBytes: o.resultCacheBytes, policyTTL: o.policyCacheTTL, stats: km.stats(),
+		kube: kube, cacheSize: o.cacheSize, cacheTTL: o.cacheTTL, resultCacheBytes: o.resultCacheBytes, policyTTL: o.policyCacheTTL, stats: metrics.KeyStats(),
 	}, log.WithName("config"))
 	if err != nil {
 		return err
 	}
-	engines.onReload = km.reloaded
+	engines.onReload = metrics.Reloaded
 	log.Info("keys loaded", "keys", names)
 	handler := mutate.NewHandler(engines.Engine, mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout))
 

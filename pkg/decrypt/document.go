@@ -33,9 +33,6 @@ const MaxMasterKeys = 64
 // hintNoKey is the hint for a document no configured key opens.
 const hintNoKey = "encrypt it for a key the webhook holds (see its config), or label the object sops-webhook.io/decrypt=disabled to store it as is"
 
-// hintUnavailable is the hint for a key that exists but could not be used.
-const hintUnavailable = "the request can be retried once the key service answers"
-
 // hintReencrypt is the hint for a document that fails authentication.
 const hintReencrypt = "re-encrypt the file with sops, and change encrypted files only with `sops edit` or `sops set`"
 
@@ -170,14 +167,19 @@ func (d *Decryptor) unwrap(ctx context.Context, m sops.Metadata, access keysourc
 	client := d.ring.Client(ctx, access)
 	dataKey, err = m.GetDataKeyWithKeyServices([]keyservice.KeyServiceClient{client}, nil)
 	if err != nil {
+		// Failures that are not the request's come first: with the
+		// check or the key service working, the same request might pass.
 		if ctx.Err() != nil {
 			return nil, nil, fail(ReasonTimeout, "")
 		}
-		if denied := client.Denied(); len(denied) > 0 {
-			return nil, nil, fail(ReasonNotGranted, joinUnique(denied))
+		if failed := client.CheckFailed(); len(failed) > 0 {
+			return nil, nil, fail(ReasonPolicyCheck, joinUnique(failed))
 		}
 		if failures := client.Failures(); len(failures) > 0 {
-			return nil, nil, fail(ReasonUnavailable, joinUnique(failures)+"; "+hintUnavailable)
+			return nil, nil, fail(ReasonUnavailable, joinUnique(failures))
+		}
+		if denied := client.Denied(); len(denied) > 0 {
+			return nil, nil, fail(ReasonNotGranted, joinUnique(denied))
 		}
 		return nil, nil, fail(ReasonNoKey, describeKeys(m)+"; "+hintNoKey)
 	}

@@ -5,13 +5,13 @@ import "errors"
 // Reason is a fixed, value-free description of why a payload was refused.
 type Reason string
 
-// The reasons an *Error carries.
+// The reasons an *Error carries. Each has one row in the reasons table below;
+// docs/reference.md lists the same table.
 const (
 	ReasonTooLarge    Reason = "payload is too large"
 	ReasonMalformed   Reason = "not a valid SOPS document"
 	ReasonNoKey       Reason = "no configured key can open it"
 	ReasonNotGranted  Reason = "the key that opens it is not granted here"
-	ReasonUnavailable Reason = "the key that opens it could not be used"
 	ReasonCorrupt     Reason = "a value failed authentication (tampered, or encrypted with another data key)"
 	ReasonMAC         Reason = "MAC mismatch: the document was modified after it was encrypted"
 	ReasonNoMAC       Reason = "the document carries no usable MAC"
@@ -19,9 +19,78 @@ const (
 	ReasonNoIndex     Reason = "ENC[...] tokens without SOPS metadata"
 	ReasonNotIndexed  Reason = "an ENC[...] token is missing from the values index"
 	ReasonBadIndex    Reason = "the sops-webhook.io/values index is unusable"
+
+	ReasonUnavailable Reason = "the key that opens it could not be used"
+	ReasonPolicyCheck Reason = "the policy could not be checked"
 	ReasonTimeout     Reason = "decryption did not finish in time"
+	ReasonOverloaded  Reason = "the webhook is busy"
 	ReasonInternal    Reason = "internal error while decrypting"
 )
+
+// reasonInfo is a Reason's row in the table: its metric label and whose
+// fault it is.
+type reasonInfo struct {
+	// label is the stable snake_case outcome label of
+	// sops_webhook_decryptions_total.
+	label string
+	// retryable is true when the webhook or a dependency failed, not the
+	// request: the same request can succeed later.
+	retryable bool
+}
+
+// reasons is the one table of error classes. A request's fault is refused
+// for good (the API server answers 403); a retryable failure is the
+// webhook's or a key service's (5xx, worded as retryable).
+var reasons = map[Reason]reasonInfo{
+	ReasonTooLarge:    {label: "too_large"},
+	ReasonMalformed:   {label: "malformed"},
+	ReasonNoKey:       {label: "no_key"},
+	ReasonNotGranted:  {label: "not_granted"},
+	ReasonCorrupt:     {label: "corrupt"},
+	ReasonMAC:         {label: "mac_mismatch"},
+	ReasonNoMAC:       {label: "no_mac"},
+	ReasonUnsupported: {label: "unsupported"},
+	ReasonNoIndex:     {label: "no_index"},
+	ReasonNotIndexed:  {label: "not_indexed"},
+	ReasonBadIndex:    {label: "bad_index"},
+
+	ReasonUnavailable: {label: "key_unavailable", retryable: true},
+	ReasonPolicyCheck: {label: "policy_check_failed", retryable: true},
+	ReasonTimeout:     {label: "timeout", retryable: true},
+	ReasonOverloaded:  {label: "overloaded", retryable: true},
+	ReasonInternal:    {label: "internal", retryable: true},
+}
+
+// SuccessLabel is the outcome label of a payload that was decrypted.
+const SuccessLabel = "success"
+
+// Label returns the reason's metric label: stable, snake_case, one per
+// reason. An unknown reason is labelled like ReasonInternal.
+func (r Reason) Label() string {
+	if i, ok := reasons[r]; ok {
+		return i.label
+	}
+	return reasons[ReasonInternal].label
+}
+
+// Retryable reports whether the failure is the webhook's or a dependency's
+// rather than the request's, so the same request can succeed later. An
+// unknown reason is retryable, like ReasonInternal.
+func (r Reason) Retryable() bool {
+	if i, ok := reasons[r]; ok {
+		return i.retryable
+	}
+	return true
+}
+
+// Reasons returns every reason in the table, for metrics and docs.
+func Reasons() []Reason {
+	out := make([]Reason, 0, len(reasons))
+	for r := range reasons {
+		out = append(out, r)
+	}
+	return out
+}
 
 // Error is the only error type this package returns. Its text is built from a
 // Reason, a hint and public facts we chose (format, key types, recipients),
@@ -37,6 +106,19 @@ func (e *Error) Error() string {
 		return string(e.Reason)
 	}
 	return string(e.Reason) + "; " + e.Hint
+}
+
+// ReasonOf returns the Reason of err: "" for nil, the *Error's reason, or
+// ReasonInternal for any other error.
+func ReasonOf(err error) Reason {
+	if err == nil {
+		return ""
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return ReasonInternal
 }
 
 // IsReason reports whether err is an *Error with reason r.

@@ -66,10 +66,10 @@ func (x *expansion) annotation() string {
 // UPDATE) are overwritten, and those its new plaintext no longer has are
 // removed. An entry whose key is not a valid data key, or is taken by
 // anything else, denies the request.
-func (m *mutation) expand(f field, res decrypt.Result, x *expansion) *denial {
+func (m *mutation) expand(f field, res decrypt.Result, x *expansion) *refusal {
 	entries, err := res.Entries()
 	if err != nil {
-		return &denial{field: f.path(), err: err, hint: hintExpand}
+		return &refusal{field: f.path(), err: err, hint: hintExpand}
 	}
 	m.ops = append(m.ops, f.removeOp())
 	m.removed = append(m.removed, f.path())
@@ -81,10 +81,10 @@ func (m *mutation) expand(f field, res decrypt.Result, x *expansion) *denial {
 	keys := make([]string, 0, len(entries))
 	for _, e := range entries {
 		if len(validation.IsConfigMapKey(e.Key)) > 0 {
-			return &denial{field: f.path(), err: fmt.Errorf("entry %s is not a valid key (letters, digits, '-', '_' and '.', at most %d characters)", quoteKey(e.Key), validation.DNS1123SubdomainMaxLength), hint: hintExpand}
+			return &refusal{field: f.path(), err: fmt.Errorf("entry %s is not a valid key (letters, digits, '-', '_' and '.', at most %d characters)", quoteKey(e.Key), validation.DNS1123SubdomainMaxLength), hint: hintExpand}
 		}
 		if x.taken[e.Key] {
-			return &denial{field: f.path(), err: fmt.Errorf("entry %s collides with a key the object already has", quoteKey(e.Key)), hint: hintExpand}
+			return &refusal{field: f.path(), err: fmt.Errorf("entry %s collides with a key the object already has", quoteKey(e.Key)), hint: hintExpand}
 		}
 		x.taken[e.Key] = true
 		entry := f.sibling(e.Key)

@@ -65,11 +65,11 @@ func (f field) sibling(key string) field {
 
 // checkText refuses plain for a text section (ConfigMap data) unless it is
 // UTF-8, which the API requires there.
-func (f field) checkText(plain []byte) *denial {
+func (f field) checkText(plain []byte) *refusal {
 	if f.binary || utf8.Valid(plain) {
 		return nil
 	}
-	return &denial{field: f.path(), err: errors.New("the plaintext is not UTF-8 text"), hint: "store binary documents under binaryData"}
+	return &refusal{field: f.path(), err: errors.New("the plaintext is not UTF-8 text"), hint: "store binary documents under binaryData"}
 }
 
 func secretFields(data map[string][]byte) []field {

@@ -1,17 +1,13 @@
 package mutate
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"sort"
 	"strings"
 	"time"
 
-	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -27,7 +23,7 @@ const MaxDocumentsPerObject = 256
 
 // DefaultDecryptTimeout bounds the decryption of one request. It stays well
 // inside the API server's webhook timeout so a slow key source yields a
-// clear denial rather than the API server's own timeout.
+// clear, retryable refusal rather than the API server's own timeout.
 const DefaultDecryptTimeout = 5 * time.Second
 
 // Decryptor is what the handler needs of package decrypt.
@@ -83,23 +79,6 @@ func NewHandler(engine func() Engine, opts ...Option) *Handler {
 
 var _ admission.Handler = (*Handler)(nil)
 
-// object is the part of a Secret or ConfigMap the mutation works on.
-type object struct {
-	kind        string
-	namespace   string
-	name        string
-	annotations map[string]string
-	fields      []field
-}
-
-func (o object) String() string {
-	name := o.name
-	if name == "" {
-		name = "(generated name)"
-	}
-	return fmt.Sprintf("%s %s/%s", o.kind, o.namespace, name)
-}
-
 // Handle decrypts the SOPS payloads of a Secret or ConfigMap being created or
 // updated. Objects without SOPS content are allowed without a patch; a
 // payload that cannot be decrypted denies the request.
@@ -150,11 +129,11 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 	if eng.Policy != nil {
 		access = eng.Policy.Access(obj.namespace, obj.kind, req.UserInfo)
 	}
-	m, denial := h.mutate(ctx, eng.Decryptor, access, obj)
+	m, refused := h.mutate(ctx, eng.Decryptor, access, obj)
 	log := logf.FromContext(ctx)
-	if denial != nil {
-		log.Info("denied", "field", denial.field, "reason", denial.err.Error())
-		return admission.Denied(denial.message(obj))
+	if refused != nil {
+		log.Info("refused", "field", refused.field, "retryable", refused.retryable(), "reason", refused.err.Error())
+		return refused.response(obj)
 	}
 	ops := m.finish(obj)
 	if len(ops) == 0 {
@@ -176,220 +155,4 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 			obj, strings.Join(m.decrypted, ",")))
 	}
 	return resp
-}
-
-// binaryDataKey is how a ConfigMap's base64 section appears in its JSON.
-var binaryDataKey = []byte(`"binaryData"`)
-
-// mayHoldBase64 reports whether an object can carry base64 values: every
-// Secret, and a ConfigMap only with binaryData. It spares a ConfigMap of
-// text the base64 marker scans.
-func mayHoldBase64(kind string, raw []byte) bool {
-	return kind == "Secret" || bytes.Contains(raw, binaryDataKey)
-}
-
-// The parts of a Secret or ConfigMap the handler reads. Decoding into these
-// rather than the full API types skips managedFields, owner references and
-// the rest, which on an UPDATE can be larger than the data.
-type (
-	objectMeta struct {
-		Name        string            `json:"name"`
-		Namespace   string            `json:"namespace"`
-		Annotations map[string]string `json:"annotations"`
-	}
-	secretJSON struct {
-		Metadata objectMeta        `json:"metadata"`
-		Type     string            `json:"type"`
-		Data     map[string][]byte `json:"data"`
-	}
-	configMapJSON struct {
-		Metadata   objectMeta        `json:"metadata"`
-		Data       map[string]string `json:"data"`
-		BinaryData map[string][]byte `json:"binaryData"`
-	}
-)
-
-// decodeObject decodes a Secret or ConfigMap. skip is non-empty when the
-// object is one the webhook never touches.
-func decodeObject(kind string, raw []byte) (obj object, skip string, err error) {
-	switch kind {
-	case "Secret":
-		var s secretJSON
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return object{}, "", fmt.Errorf("decode Secret: %w", err)
-		}
-		if s.Type == HelmReleaseSecretType {
-			return object{}, "Helm release records are never modified", nil
-		}
-		m := s.Metadata
-		return object{kind: kind, namespace: m.Namespace, name: m.Name, annotations: m.Annotations, fields: secretFields(s.Data)}, "", nil
-	default:
-		var c configMapJSON
-		if err := json.Unmarshal(raw, &c); err != nil {
-			return object{}, "", fmt.Errorf("decode ConfigMap: %w", err)
-		}
-		m := c.Metadata
-		return object{kind: kind, namespace: m.Namespace, name: m.Name, annotations: m.Annotations, fields: configMapFields(c.Data, c.BinaryData)}, "", nil
-	}
-}
-
-// mutation is what decrypting an object produced.
-type mutation struct {
-	ops []jsonpatch.JsonPatchOperation
-	// decrypted are the paths of the fields that now hold plaintext.
-	decrypted []string
-	// removed are the paths of fields an expansion replaced or dropped.
-	removed []string
-	keys    []string
-	// expanded is the new sops-webhook.io/expanded value, if any.
-	expanded string
-}
-
-// finish adds the annotation operations to the field operations: the audit
-// annotations when something was decrypted, and the removal of the values
-// index, which is transport and never stored.
-func (m *mutation) finish(obj object) []jsonpatch.JsonPatchOperation {
-	ops := m.ops
-	if len(m.ops) > 0 {
-		present := make(map[string]bool, len(obj.fields)+len(m.decrypted))
-		for _, f := range obj.fields {
-			present[f.path()] = true
-		}
-		for _, p := range m.removed {
-			delete(present, p)
-		}
-		for _, p := range m.decrypted {
-			present[p] = true
-		}
-		set := map[string]string{
-			AnnotationDecrypted: mergeList(obj.annotations[AnnotationDecrypted], m.decrypted, func(p string) bool { return present[p] }),
-			AnnotationKeys:      mergeList(obj.annotations[AnnotationKeys], m.keys, func(string) bool { return true }),
-		}
-		if m.expanded != "" {
-			set[AnnotationExpanded] = m.expanded
-		}
-		ops = append(ops, annotationOps(obj.annotations, set)...)
-	}
-	if _, ok := obj.annotations[AnnotationValues]; ok {
-		ops = append(ops, jsonpatch.NewOperation("remove", annotationPointer(AnnotationValues), nil))
-	}
-	return ops
-}
-
-// denial is why a request is refused: the field and a value-free error.
-type denial struct {
-	field string
-	err   error
-	hint  string
-}
-
-func (d *denial) message(obj object) string {
-	msg := fmt.Sprintf("sops-webhook: cannot decrypt %s field %s: %v", obj, d.field, d.err)
-	if d.hint != "" {
-		msg += "; " + d.hint
-	}
-	return msg
-}
-
-// valuesField names the values index in messages.
-var valuesField = "metadata.annotations[" + AnnotationValues + "]"
-
-func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Access, obj object) (mutation, *denial) {
-	expand, err := expandRequested(obj.annotations)
-	if err != nil {
-		return mutation{}, &denial{field: "metadata.annotations[" + AnnotationExpand + "]", err: err}
-	}
-	var (
-		m      mutation
-		keys   = map[string]bool{}
-		count  int
-		tokens *decrypt.Tokens
-		x      = newExpansion(obj)
-	)
-	for _, f := range obj.fields {
-		format := decrypt.Detect(f.value, f.key)
-		switch {
-		case format == decrypt.FormatNone:
-			continue
-		case format == decrypt.FormatTokens:
-			if tokens == nil {
-				idx, bad := h.index(d, obj)
-				if bad != nil {
-					return mutation{}, bad
-				}
-				tokens = d.Tokens(idx, access)
-			}
-			plain, err := tokens.Decrypt(ctx, f.value)
-			h.metrics.observeDecryption(format, reasonOf(err))
-			if err != nil {
-				return mutation{}, &denial{field: f.path(), err: err}
-			}
-			if d := f.checkText(plain); d != nil {
-				return mutation{}, d
-			}
-			m.ops = append(m.ops, f.replaceOp(plain))
-			m.decrypted = append(m.decrypted, f.path())
-			continue
-		}
-		if count++; count > MaxDocumentsPerObject {
-			return mutation{}, &denial{field: f.path(), err: fmt.Errorf("more than %d SOPS documents in one object", MaxDocumentsPerObject)}
-		}
-		res, err := d.Document(ctx, f.value, format, access)
-		h.metrics.observeDecryption(format, reasonOf(err))
-		if err != nil {
-			return mutation{}, &denial{field: f.path(), err: err}
-		}
-		for _, k := range res.Keys {
-			keys[k] = true
-		}
-		if expand {
-			if d := m.expand(f, res, x); d != nil {
-				return mutation{}, d
-			}
-			continue
-		}
-		if d := f.checkText(res.Plaintext); d != nil {
-			return mutation{}, d
-		}
-		m.ops = append(m.ops, f.replaceOp(res.Plaintext))
-		m.decrypted = append(m.decrypted, f.path())
-	}
-	if tokens != nil {
-		for _, k := range tokens.Keys() {
-			keys[k] = true
-		}
-	}
-	sort.Strings(m.decrypted)
-	m.keys = sortedKeys(keys)
-	if len(x.done) > 0 {
-		m.expanded = x.annotation()
-	}
-	return m, nil
-}
-
-// index parses the object's values index. A missing index is not an error
-// here: the first token then fails with decrypt.ReasonNoIndex and its hint.
-func (h *Handler) index(d Decryptor, obj object) (*decrypt.Index, *denial) {
-	raw, ok := obj.annotations[AnnotationValues]
-	if !ok {
-		return nil, nil
-	}
-	idx, err := d.Index([]byte(raw))
-	if err != nil {
-		h.metrics.observeDecryption(decrypt.FormatTokens, reasonOf(err))
-		return nil, &denial{field: valuesField, err: err}
-	}
-	return idx, nil
-}
-
-// reasonOf maps a decryption error to its reason for metrics; "" is success.
-func reasonOf(err error) decrypt.Reason {
-	if err == nil {
-		return ""
-	}
-	var e *decrypt.Error
-	if errors.As(err, &e) {
-		return e.Reason
-	}
-	return decrypt.ReasonInternal
 }

@@ -7,22 +7,36 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 )
 
-// Metrics are the handler's Prometheus metrics. A nil *Metrics records
-// nothing.
+// Metrics are all of the webhook's own Prometheus metrics: admission
+// requests, decryptions, key unwraps, the data-key cache and config
+// reloads. docs/reference.md lists them with their labels. A nil *Metrics
+// records nothing.
 type Metrics struct {
 	requests    *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
 	decryptions *prometheus.CounterVec
+	reloads     *prometheus.CounterVec
+	cache       *prometheus.CounterVec
+	unwraps     *prometheus.CounterVec
 }
 
-// NewMetrics creates the handler's metrics and registers them with reg.
+// The outcome labels of sops_webhook_admission_requests_total.
+const (
+	OutcomeSkipped = "skipped"
+	OutcomePatched = "patched"
+	OutcomeDenied  = "denied"
+	OutcomeErrored = "errored"
+)
+
+// NewMetrics creates the webhook's metrics and registers them with reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sops_webhook_admission_requests_total",
-			Help: "Admission requests by kind, operation and outcome (skipped, patched, denied, errored).",
+			Help: "Admission requests by kind, operation and outcome (skipped, patched, denied: the request's fault, errored: the webhook's or a key service's, retryable).",
 		}, []string{"kind", "operation", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "sops_webhook_admission_duration_seconds",
@@ -31,10 +45,22 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"kind", "outcome"}),
 		decryptions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sops_webhook_decryptions_total",
-			Help: "SOPS payloads decrypted, by format and outcome (success, or the reason for refusal).",
+			Help: "SOPS payloads by format and outcome: success, or the snake_case label of the reason it failed.",
 		}, []string{"format", "outcome"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sops_webhook_config_reloads_total",
+			Help: "Config reloads by result (success, failure: the previous config stays in use).",
+		}, []string{"result"}),
+		cache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sops_webhook_data_key_cache_lookups_total",
+			Help: "Data-key cache lookups by result (hit, miss).",
+		}, []string{"result"}),
+		unwraps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sops_webhook_key_unwraps_total",
+			Help: "Data-key unwraps asked of each configured key (remote calls for KMS and Vault keys), by result (opened, not_opened).",
+		}, []string{"key", "result"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.decryptions} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.decryptions, m.reloads, m.cache, m.unwraps} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -42,47 +68,61 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
+// requestOutcome names a response as an outcome label.
+func requestOutcome(resp admission.Response) string {
+	switch {
+	case resp.Result != nil && resp.Result.Code >= 500, resp.Result != nil && resp.Result.Code == 400:
+		return OutcomeErrored
+	case !resp.Allowed:
+		return OutcomeDenied
+	case len(resp.Patches) > 0:
+		return OutcomePatched
+	}
+	return OutcomeSkipped
+}
+
 func (m *Metrics) observeRequest(req admission.Request, resp admission.Response, d time.Duration) {
 	if m == nil {
 		return
 	}
-	outcome := "skipped"
-	switch {
-	case resp.Result != nil && resp.Result.Code >= 500:
-		outcome = "errored"
-	case resp.Result != nil && resp.Result.Code == 400:
-		outcome = "errored"
-	case !resp.Allowed:
-		outcome = "denied"
-	case len(resp.Patches) > 0:
-		outcome = "patched"
-	}
+	outcome := requestOutcome(resp)
 	m.requests.WithLabelValues(req.Kind.Kind, string(req.Operation), outcome).Inc()
 	m.latency.WithLabelValues(req.Kind.Kind, outcome).Observe(d.Seconds())
 }
 
-// decryptionOutcome names a reason as a metric label.
-var decryptionOutcome = map[decrypt.Reason]string{
-	"":                        "success",
-	decrypt.ReasonTooLarge:    "too_large",
-	decrypt.ReasonMalformed:   "malformed",
-	decrypt.ReasonNoKey:       "no_key",
-	decrypt.ReasonCorrupt:     "corrupt",
-	decrypt.ReasonMAC:         "mac_mismatch",
-	decrypt.ReasonNoMAC:       "no_mac",
-	decrypt.ReasonUnsupported: "unsupported",
-	decrypt.ReasonNoIndex:     "no_index",
-	decrypt.ReasonTimeout:     "timeout",
-	decrypt.ReasonInternal:    "internal",
+// decryptionOutcome names a reason as an outcome label: the reason's own
+// label, or success for "".
+func decryptionOutcome(r decrypt.Reason) string {
+	if r == "" {
+		return decrypt.SuccessLabel
+	}
+	return r.Label()
 }
 
 func (m *Metrics) observeDecryption(f decrypt.Format, r decrypt.Reason) {
 	if m == nil {
 		return
 	}
-	outcome, ok := decryptionOutcome[r]
-	if !ok {
-		outcome = "internal"
+	m.decryptions.WithLabelValues(string(f), decryptionOutcome(r)).Inc()
+}
+
+// Reloaded counts a config reload attempt.
+func (m *Metrics) Reloaded(ok bool) {
+	if m == nil {
+		return
 	}
-	m.decryptions.WithLabelValues(string(f), outcome).Inc()
+	m.reloads.WithLabelValues(map[bool]string{true: "success", false: "failure"}[ok]).Inc()
+}
+
+// KeyStats returns the keysource.Stats that count cache lookups and unwraps.
+func (m *Metrics) KeyStats() keysource.Stats {
+	if m == nil {
+		return keysource.Stats{}
+	}
+	return keysource.Stats{
+		CacheLookup: func(hit bool) { m.cache.WithLabelValues(map[bool]string{true: "hit", false: "miss"}[hit]).Inc() },
+		Unwrap: func(key string, opened bool) {
+			m.unwraps.WithLabelValues(key, map[bool]string{true: "opened", false: "not_opened"}[opened]).Inc()
+		},
+	}
 }

@@ -6,7 +6,9 @@
 //
 // A Policy hands package decrypt a keysource.Access per request; decrypt asks
 // it before any key is used, so a key that is not granted is never tried,
-// never read from the data-key cache and never contacted. Errors wrap
+// never read from the data-key cache and never contacted. Refusals wrap
 // keysource.ErrNotGranted and name the key, the kind, the namespace and the
-// user; never a value.
+// user; never a value. A namespace lookup or SubjectAccessReview that fails
+// wraps keysource.ErrCheckFailed instead: no decision was made, and the
+// request can be retried.
 package policy

@@ -129,7 +129,7 @@ func (a *access) Allowed(ctx context.Context, key string) error {
 		}
 		ok, err := a.matchNamespace(ctx, r)
 		if err != nil {
-			return fmt.Errorf("key %q: cannot read the labels of namespace %q (%v): %w", key, a.namespace, err, keysource.ErrNotGranted)
+			return fmt.Errorf("key %q: cannot read the labels of namespace %q (%v): %w", key, a.namespace, err, keysource.ErrCheckFailed)
 		}
 		if ok {
 			granted = true
@@ -147,7 +147,7 @@ func (a *access) Allowed(ctx context.Context, key string) error {
 	}
 	ok, err := a.p.authorizer.Allowed(ctx, a.user, a.namespace, key)
 	if err != nil {
-		return fmt.Errorf("key %q: the RBAC check failed (%v): %w", key, err, keysource.ErrNotGranted)
+		return fmt.Errorf("key %q: the RBAC check failed (%v): %w", key, err, keysource.ErrCheckFailed)
 	}
 	if !ok {
 		return fmt.Errorf("user %q may not use key %q in namespace %q: grant verb %q on %s.%s named %q with a Role: %w",

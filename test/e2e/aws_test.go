@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
@@ -113,7 +114,7 @@ func TestAWSKMS(t *testing.T) {
 		assert.Equal(t, before, standIn.Decrypts.Load())
 	})
 
-	t.Run("KMS down: denied within the deadline; back up: decrypts without a restart", func(t *testing.T) {
+	t.Run("KMS down: a retryable 503 within the deadline; back up: decrypts without a restart", func(t *testing.T) {
 		doc := encrypt(t, "password: aws-PLAINTEXT-4\n")
 		standIn.SetHanging(true)
 		start := time.Now()
@@ -121,6 +122,7 @@ func TestAWSKMS(t *testing.T) {
 		elapsed := time.Since(start)
 		standIn.SetHanging(false)
 		require.Error(t, err)
+		assert.True(t, apierrors.IsServiceUnavailable(err), "a retryable 503, not a denial: %v", err)
 		assert.Contains(t, err.Error(), `key "prod-kms": aws kms decrypt: no answer within`)
 		assert.Less(t, elapsed, 8*time.Second, "inside the API server's 10 s webhook timeout")
 		require.NoError(t, create("kms-back", doc))

@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
@@ -67,7 +68,7 @@ func TestAzureKeyVault(t *testing.T) {
 		assert.EqualValues(t, 1, az.Decrypts.Load())
 	})
 
-	t.Run("Key Vault down: denied within the deadline; back up: decrypts without a restart", func(t *testing.T) {
+	t.Run("Key Vault down: a retryable 503 within the deadline; back up: decrypts without a restart", func(t *testing.T) {
 		doc := encrypt(t, "password: azure-PLAINTEXT-3\n", az.URL, "sops-app")
 		az.SetHanging(true)
 		start := time.Now()
@@ -75,6 +76,7 @@ func TestAzureKeyVault(t *testing.T) {
 		elapsed := time.Since(start)
 		az.SetHanging(false)
 		require.Error(t, err)
+		assert.True(t, apierrors.IsServiceUnavailable(err), "a retryable 503, not a denial: %v", err)
 		assert.Contains(t, err.Error(), `key "prod-azure": azure key vault decrypt: no answer within`)
 		assert.Less(t, elapsed, 8*time.Second)
 		require.NoError(t, b.create(ctx, "az-back", doc))

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
@@ -74,7 +75,7 @@ func TestGCPKMS(t *testing.T) {
 		assert.Equal(t, before, gcp.Decrypts.Load())
 	})
 
-	t.Run("KMS down: denied within the deadline; back up: decrypts without a restart", func(t *testing.T) {
+	t.Run("KMS down: a retryable 503 within the deadline; back up: decrypts without a restart", func(t *testing.T) {
 		doc := encrypt(t, "password: gcp-PLAINTEXT-3\n", gcpKeyID)
 		gcp.SetHanging(true)
 		start := time.Now()
@@ -82,6 +83,7 @@ func TestGCPKMS(t *testing.T) {
 		elapsed := time.Since(start)
 		gcp.SetHanging(false)
 		require.Error(t, err)
+		assert.True(t, apierrors.IsServiceUnavailable(err), "a retryable 503, not a denial: %v", err)
 		assert.Contains(t, err.Error(), `key "prod-gcp": gcp kms decrypt: no answer within`)
 		assert.Less(t, elapsed, 8*time.Second)
 		require.NoError(t, b.create(ctx, "gcp-back", doc))

@@ -99,7 +99,7 @@ keys:
 		assert.Zero(t, elsewhere.Count.Load(), "the listener named in payloads got no connection")
 	})
 
-	t.Run("Vault down: denied within the deadline; back up: decrypts without a restart", func(t *testing.T) {
+	t.Run("Vault down: a retryable 503 within the deadline; back up: decrypts without a restart", func(t *testing.T) {
 		doc := encrypt(t, "password: vault-PLAINTEXT-3\n")
 		vault.SetHanging(true)
 		start := time.Now()
@@ -107,8 +107,16 @@ keys:
 		elapsed := time.Since(start)
 		vault.SetHanging(false)
 		require.Error(t, err)
+		assert.True(t, apierrors.IsServiceUnavailable(err), "a retryable 503, not a denial: %v", err)
 		assert.Contains(t, err.Error(), "the key that opens it could not be used")
 		assert.Contains(t, err.Error(), `key "vault": vault transit decrypt: no answer within`)
+		assert.Contains(t, err.Error(), "retry it")
+		errored, err2 := wh.Metric(`sops_webhook_admission_requests_total{kind="Secret",operation="CREATE",outcome="errored"}`)
+		require.NoError(t, err2)
+		assert.Positive(t, errored, "the outage is counted as errored")
+		unavailable, err2 := wh.Metric(`sops_webhook_decryptions_total{format="yaml",outcome="key_unavailable"}`)
+		require.NoError(t, err2)
+		assert.Positive(t, unavailable, "and under its own decryption outcome")
 		assert.Less(t, elapsed, 6*time.Second, "answered inside the webhook's 10 s timeout")
 		assert.NotContains(t, err.Error(), "PLAINTEXT")
 

@@ -44,17 +44,16 @@ func (t *tally) classify(name string, err error) {
 	switch {
 	case err == nil:
 		t.admitted = append(t.admitted, name)
-	case strings.Contains(err.Error(), "sops-webhook: cannot decrypt"):
+	case strings.Contains(err.Error(), "sops-webhook: cannot decrypt"), strings.Contains(err.Error(), "sops-webhook: could not decrypt"):
+		// A denial ("cannot") or a retryable refusal ("could not").
 		msg := err.Error()
-		reason := msg[strings.Index(msg, "sops-webhook: cannot decrypt"):]
-		if i := strings.Index(reason, ": "); i >= 0 {
-			reason = reason[i+2:]
+		i := strings.Index(msg, "sops-webhook: c")
+		reason := msg[i:]
+		if j := strings.Index(reason, "field data.app.yaml: "); j >= 0 {
+			reason = reason[j+len("field data.app.yaml: "):]
 		}
-		if i := strings.Index(reason, "; the request can be retried"); i >= 0 {
-			reason = reason[:i]
-		}
-		if i := strings.Index(reason, "field data.app.yaml: "); i >= 0 {
-			reason = reason[i+len("field data.app.yaml: "):]
+		if j := strings.Index(reason, "; the request is not at fault"); j >= 0 {
+			reason = "retryable: " + reason[:j]
 		}
 		t.denied[reason]++
 	case strings.Contains(err.Error(), "failed calling webhook"):

@@ -31,8 +31,8 @@ type Helm struct {
 // directory of t.
 func HelmCLIs(t testing.TB, kubeconfig string) []*Helm {
 	t.Helper()
-	tools := Need(t, func(t Tools) string { return t.Helm3 })
-	Need(t, func(t Tools) string { return t.Helm4 })
+	tools := Need(t, "helm v3", func(t Tools) string { return t.Helm3 })
+	Need(t, "helm v4", func(t Tools) string { return t.Helm4 })
 	return []*Helm{newHelm(t, "helm3", tools.Helm3, kubeconfig), newHelm(t, "helm4", tools.Helm4, kubeconfig)}
 }
 

@@ -63,7 +63,7 @@ func sopsEnv(t testing.TB, r Recipients, extra ...string) []string {
 // prints. extraArgs go before the file name (e.g. --encrypted-regex).
 func SopsEncrypt(t testing.TB, plaintext []byte, format string, r Recipients, extraArgs ...string) []byte {
 	t.Helper()
-	tools := Need(t, func(t Tools) string { return t.Sops })
+	tools := Need(t, "the sops CLI", func(t Tools) string { return t.Sops })
 	dir := t.TempDir()
 	in := writeTemp(t, dir, "plain", plaintext)
 	args := append([]string{"encrypt", "--input-type", format, "--output-type", format}, r.args()...)
@@ -77,7 +77,7 @@ func SopsEncrypt(t testing.TB, plaintext []byte, format string, r Recipients, ex
 // webhook must reproduce byte for byte.
 func SopsDecrypt(t testing.TB, encrypted []byte, format string, r Recipients) []byte {
 	t.Helper()
-	tools := Need(t, func(t Tools) string { return t.Sops })
+	tools := Need(t, "the sops CLI", func(t Tools) string { return t.Sops })
 	dir := t.TempDir()
 	in := writeTemp(t, dir, "enc", encrypted)
 	var extra []string
@@ -114,7 +114,7 @@ func runSops(t testing.TB, bin, dir string, env, args []string) []byte {
 // .sops.yaml creation rule (the only way the CLI makes several groups).
 func SopsEncryptGroups(t testing.TB, plaintext []byte, format string, groups [][]AgeKey, threshold int) []byte {
 	t.Helper()
-	tools := Need(t, func(t Tools) string { return t.Sops })
+	tools := Need(t, "the sops CLI", func(t Tools) string { return t.Sops })
 	dir := t.TempDir()
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "creation_rules:\n  - shamir_threshold: %d\n    key_groups:\n", threshold)

@@ -88,16 +88,17 @@ func load() (Tools, error) {
 	return t, sc.Err()
 }
 
-// Need returns the tools, failing t with the install command when the test
-// bed is missing or path is not an executable file.
-func Need(t testing.TB, path func(Tools) string) Tools {
+// Need returns the tools, failing t in one line that names the tool and
+// says to run make testbed when the test bed is missing or path is not an
+// executable file.
+func Need(t testing.TB, name string, path func(Tools) string) Tools {
 	t.Helper()
 	tools, err := Load()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("this test needs %s from the test bed, which is not installed; run: make testbed", name)
 	}
 	if p := path(tools); p == "" || !isExecutable(p) {
-		t.Fatalf("test bed tool %q missing; run: make testbed", p)
+		t.Fatalf("this test needs %s from the test bed, and %q is not an executable; run: make testbed", name, p)
 	}
 	return tools
 }

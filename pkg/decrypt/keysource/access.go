@@ -14,10 +14,16 @@ import (
 // may not use it.
 var ErrNotGranted = errors.New("not granted")
 
+// ErrCheckFailed is wrapped by Access errors when the decision could not be
+// made (the namespace's labels or a SubjectAccessReview could not be read).
+// It is not a refusal: the same request may be allowed once the check works.
+var ErrCheckFailed = errors.New("the policy check failed")
+
 // Access decides, per request, which configured keys may be used. Allowed
-// returns nil when the key named name may be used, or an error wrapping
+// returns nil when the key named name may be used, an error wrapping
 // ErrNotGranted whose text says why (key, namespace, kind, user; never a
-// value). A nil Access allows every key.
+// value), or one wrapping ErrCheckFailed when it could not decide. A nil
+// Access allows every key.
 type Access interface {
 	Allowed(ctx context.Context, name string) error
 }

@@ -124,10 +124,11 @@ type Client struct {
 	ring   *Ring
 	access Access
 
-	mu       sync.Mutex
-	used     map[string]bool
-	denied   []error
-	failures []error
+	mu          sync.Mutex
+	used        map[string]bool
+	denied      []error
+	failures    []error
+	checkFailed []error
 }
 
 var _ keyservice.KeyServiceClient = (*Client)(nil)
@@ -150,8 +151,13 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 	var errs []error
 	for _, s := range c.ring.sources {
 		if err := allowed(c.ctx, c.access, s); err != nil {
-			if m, ok := s.(Matcher); ok && m.Matches(req.Key) {
-				c.deny(err)
+			switch m, ok := s.(Matcher); {
+			case errors.Is(err, ErrCheckFailed):
+				// No decision: whichever key this is, it might have opened
+				// the payload.
+				c.record(&c.checkFailed, err)
+			case ok && m.Matches(req.Key):
+				c.record(&c.denied, err)
 			}
 			continue
 		}
@@ -171,7 +177,7 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 				if !errors.Is(err, ErrNotHeld) {
 					err = fmt.Errorf("key %q: %w", s.Name(), err)
 					errs = append(errs, err)
-					c.fail(err)
+					c.record(&c.failures, err)
 				}
 				continue
 			}
@@ -189,10 +195,11 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 	return nil, ErrNoKey
 }
 
-func (c *Client) fail(err error) {
+// record appends err to one of the Client's lists.
+func (c *Client) record(list *[]error, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.failures = append(c.failures, err)
+	*list = append(*list, err)
 }
 
 // Failures returns the errors of allowed keys that could not be used (a
@@ -204,10 +211,12 @@ func (c *Client) Failures() []error {
 	return append([]error(nil), c.failures...)
 }
 
-func (c *Client) deny(err error) {
+// CheckFailed returns the Access errors that wrap ErrCheckFailed: keys
+// whose grant could not be decided.
+func (c *Client) CheckFailed() []error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.denied = append(c.denied, err)
+	return append([]error(nil), c.checkFailed...)
 }
 
 // Denied returns the Access errors for keys the payload's metadata names

@@ -1,0 +1,146 @@
+package mutate
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"gomodules.xyz/jsonpatch/v2"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+)
+
+// mutation is what decrypting an object produced.
+type mutation struct {
+	ops []jsonpatch.JsonPatchOperation
+	// decrypted are the paths of the fields that now hold plaintext.
+	decrypted []string
+	// removed are the paths of fields an expansion replaced or dropped.
+	removed []string
+	keys    []string
+	// expanded is the new sops-webhook.io/expanded value, if any.
+	expanded string
+}
+
+// finish adds the annotation operations to the field operations: the audit
+// annotations when something was decrypted, and the removal of the values
+// index, which is transport and never stored.
+func (m *mutation) finish(obj object) []jsonpatch.JsonPatchOperation {
+	ops := m.ops
+	if len(m.ops) > 0 {
+		present := make(map[string]bool, len(obj.fields)+len(m.decrypted))
+		for _, f := range obj.fields {
+			present[f.path()] = true
+		}
+		for _, p := range m.removed {
+			delete(present, p)
+		}
+		for _, p := range m.decrypted {
+			present[p] = true
+		}
+		set := map[string]string{
+			AnnotationDecrypted: mergeList(obj.annotations[AnnotationDecrypted], m.decrypted, func(p string) bool { return present[p] }),
+			AnnotationKeys:      mergeList(obj.annotations[AnnotationKeys], m.keys, func(string) bool { return true }),
+		}
+		if m.expanded != "" {
+			set[AnnotationExpanded] = m.expanded
+		}
+		ops = append(ops, annotationOps(obj.annotations, set)...)
+	}
+	if _, ok := obj.annotations[AnnotationValues]; ok {
+		ops = append(ops, jsonpatch.NewOperation("remove", annotationPointer(AnnotationValues), nil))
+	}
+	return ops
+}
+
+// valuesField names the values index in messages.
+var valuesField = "metadata.annotations[" + AnnotationValues + "]"
+
+func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Access, obj object) (mutation, *refusal) {
+	expand, err := expandRequested(obj.annotations)
+	if err != nil {
+		return mutation{}, &refusal{field: "metadata.annotations[" + AnnotationExpand + "]", err: err}
+	}
+	var (
+		m      mutation
+		keys   = map[string]bool{}
+		count  int
+		tokens *decrypt.Tokens
+		x      = newExpansion(obj)
+	)
+	for _, f := range obj.fields {
+		format := decrypt.Detect(f.value, f.key)
+		switch {
+		case format == decrypt.FormatNone:
+			continue
+		case format == decrypt.FormatTokens:
+			if tokens == nil {
+				idx, bad := h.index(d, obj)
+				if bad != nil {
+					return mutation{}, bad
+				}
+				tokens = d.Tokens(idx, access)
+			}
+			plain, err := tokens.Decrypt(ctx, f.value)
+			h.metrics.observeDecryption(format, decrypt.ReasonOf(err))
+			if err != nil {
+				return mutation{}, &refusal{field: f.path(), err: err}
+			}
+			if d := f.checkText(plain); d != nil {
+				return mutation{}, d
+			}
+			m.ops = append(m.ops, f.replaceOp(plain))
+			m.decrypted = append(m.decrypted, f.path())
+			continue
+		}
+		if count++; count > MaxDocumentsPerObject {
+			return mutation{}, &refusal{field: f.path(), err: fmt.Errorf("more than %d SOPS documents in one object", MaxDocumentsPerObject)}
+		}
+		res, err := d.Document(ctx, f.value, format, access)
+		h.metrics.observeDecryption(format, decrypt.ReasonOf(err))
+		if err != nil {
+			return mutation{}, &refusal{field: f.path(), err: err}
+		}
+		for _, k := range res.Keys {
+			keys[k] = true
+		}
+		if expand {
+			if d := m.expand(f, res, x); d != nil {
+				return mutation{}, d
+			}
+			continue
+		}
+		if d := f.checkText(res.Plaintext); d != nil {
+			return mutation{}, d
+		}
+		m.ops = append(m.ops, f.replaceOp(res.Plaintext))
+		m.decrypted = append(m.decrypted, f.path())
+	}
+	if tokens != nil {
+		for _, k := range tokens.Keys() {
+			keys[k] = true
+		}
+	}
+	sort.Strings(m.decrypted)
+	m.keys = sortedKeys(keys)
+	if len(x.done) > 0 {
+		m.expanded = x.annotation()
+	}
+	return m, nil
+}
+
+// index parses the object's values index. A missing index is not an error
+// here: the first token then fails with decrypt.ReasonNoIndex and its hint.
+func (h *Handler) index(d Decryptor, obj object) (*decrypt.Index, *refusal) {
+	raw, ok := obj.annotations[AnnotationValues]
+	if !ok {
+		return nil, nil
+	}
+	idx, err := d.Index([]byte(raw))
+	if err != nil {
+		h.metrics.observeDecryption(decrypt.FormatTokens, decrypt.ReasonOf(err))
+		return nil, &refusal{field: valuesField, err: err}
+	}
+	return idx, nil
+}
