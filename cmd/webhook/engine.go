@@ -29,11 +29,15 @@ type engineDeps struct {
 	resultCacheBytes int
 	policyTTL        time.Duration
 	stats            keysource.Stats
+	// retireAfter is how long a replaced key ring stays open for the
+	// requests still using it; then it is closed.
+	retireAfter time.Duration
 }
 
 // buildEngine loads the keys of cfg and builds its policy. Errors name the
-// field, never key material.
-func buildEngine(cfg *config, deps engineDeps) (mutate.Engine, []string, error) {
+// field, never key material. The caller owns the ring and closes it when
+// the Engine is no longer used.
+func buildEngine(cfg *config, deps engineDeps) (mutate.Engine, *keysource.Ring, error) {
 	ring, err := cfg.loadRing(keysource.WithCache(deps.cacheSize, deps.cacheTTL, nil), keysource.WithStats(deps.stats))
 	if err != nil {
 		return mutate.Engine{}, nil, err
@@ -41,7 +45,7 @@ func buildEngine(cfg *config, deps engineDeps) (mutate.Engine, []string, error) 
 	eng := mutate.Engine{Decryptor: decrypt.New(ring, decrypt.WithResultCache(deps.cacheTTL, deps.resultCacheBytes))}
 	rules, err := cfg.rules()
 	if err != nil || len(rules) == 0 {
-		return eng, ring.Names(), err
+		return eng, ring, closeOnError(ring, err)
 	}
 	var (
 		namespaces policy.NamespaceLabels
@@ -51,14 +55,28 @@ func buildEngine(cfg *config, deps engineDeps) (mutate.Engine, []string, error) 
 		namespaces = policy.NewNamespaces(deps.kube, deps.policyTTL, nil)
 		authorizer = policy.NewSubjectAccessReviews(deps.kube, deps.policyTTL, nil)
 	} else if cfg.needsAPI() {
-		return mutate.Engine{}, nil, errors.New("policy: namespaceSelector and requireRBAC need API access: run in a cluster or pass --kubeconfig")
+		return mutate.Engine{}, nil, closeOnError(ring, errors.New("policy: namespaceSelector and requireRBAC need API access: run in a cluster or pass --kubeconfig"))
 	}
 	p, err := policy.New(rules, ring.Names(), namespaces, authorizer)
 	if err != nil {
-		return mutate.Engine{}, nil, err
+		return mutate.Engine{}, nil, closeOnError(ring, err)
 	}
 	eng.Policy = p
-	return eng, ring.Names(), nil
+	return eng, ring, nil
+}
+
+// closeOnError closes ring when err is set, and returns err.
+func closeOnError(ring *keysource.Ring, err error) error {
+	if err != nil {
+		_ = ring.Close() // nothing was used yet; err is what matters
+	}
+	return err
+}
+
+// engine is an Engine with the key ring it owns.
+type engine struct {
+	mutate.Engine
+	ring *keysource.Ring
 }
 
 // reloader holds the current Engine and replaces it when the config file or
@@ -68,7 +86,7 @@ type reloader struct {
 	path    string
 	deps    engineDeps
 	log     logr.Logger
-	current atomic.Pointer[mutate.Engine]
+	current atomic.Pointer[engine]
 	// onReload reports each reload attempt; it may be nil.
 	onReload func(ok bool)
 
@@ -85,17 +103,35 @@ func newReloader(path string, deps engineDeps, log logr.Logger) (*reloader, []st
 	if err != nil {
 		return nil, nil, err
 	}
-	eng, names, err := buildEngine(cfg, deps)
+	eng, ring, err := buildEngine(cfg, deps)
 	if err != nil {
 		return nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	r.current.Store(&eng)
+	r.current.Store(&engine{eng, ring})
 	r.loaded = fp
-	return r, names, nil
+	return r, ring.Names(), nil
 }
 
 // Engine returns the current Engine; it is the handler's engine source.
-func (r *reloader) Engine() mutate.Engine { return *r.current.Load() }
+func (r *reloader) Engine() mutate.Engine { return r.current.Load().Engine }
+
+// swap makes eng current and retires the one it replaces: requests that
+// started with the old Engine have retireAfter to finish, then its ring is
+// closed.
+func (r *reloader) swap(eng *engine) {
+	old := r.current.Swap(eng)
+	if old == nil {
+		return
+	}
+	time.AfterFunc(r.deps.retireAfter, func() {
+		if err := old.ring.Close(); err != nil {
+			r.log.Error(err, "closing the replaced key ring")
+		}
+	})
+}
+
+// close closes the current ring, when the webhook stops.
+func (r *reloader) close() error { return r.current.Load().ring.Close() }
 
 // read loads the config and fingerprints it with the key files it names.
 func (r *reloader) read() (*config, [sha256.Size]byte, error) {
@@ -129,9 +165,12 @@ func (r *reloader) check() {
 		return
 	}
 	if err == nil {
-		var eng mutate.Engine
-		if eng, _, err = buildEngine(cfg, r.deps); err == nil {
-			r.current.Store(&eng)
+		var (
+			eng  mutate.Engine
+			ring *keysource.Ring
+		)
+		if eng, ring, err = buildEngine(cfg, r.deps); err == nil {
+			r.swap(&engine{eng, ring})
 			r.loaded = fp
 			r.log.Info("config reloaded", "keys", cfg.names())
 			if r.onReload != nil {
@@ -160,7 +199,7 @@ func (r *reloader) run(ctx context.Context, interval time.Duration) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return r.close()
 		case <-t.C:
 			r.check()
 		}

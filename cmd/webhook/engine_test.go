@@ -2,15 +2,21 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/getsops/sops/v3/keyservice"
 	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	authenticationv1 "k8s.io/api/authentication/v1"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
@@ -68,4 +74,36 @@ func mustRead(t *testing.T, p string) string {
 
 func userInfo(name string) authenticationv1.UserInfo {
 	return authenticationv1.UserInfo{Username: name}
+}
+
+func TestReloaderClosesTheReplacedRing(t *testing.T) {
+	a := testbed.NewAgeKey(t, false)
+	dir := t.TempDir()
+	// Credentials that fail at once: the open ring's unwrap never looks
+	// for a metadata server.
+	t.Setenv("GOOGLE_APPLICATION_CREDENTIALS", filepath.Join(dir, "absent.json"))
+	keyFile := writeFile(t, dir, "a.agekey", mustRead(t, a.IdentityFile))
+	const gcpKey = "- name: gcp\n  gcpKms: {resourceID: projects/p/locations/global/keyRings/r/cryptoKeys/k}\n"
+	path := writeFile(t, dir, "config.yaml", "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n"+gcpKey)
+	r, _, err := newReloader(path, engineDeps{retireAfter: time.Millisecond}, logr.Discard())
+	require.NoError(t, err)
+	old := r.current.Load().ring
+	unwrap := func(ring *keysource.Ring) error {
+		_, err := ring.Client(context.Background(), nil).Decrypt(context.Background(), &keyservice.DecryptRequest{
+			Key:        &keyservice.Key{KeyType: &keyservice.Key_GcpKmsKey{GcpKmsKey: &keyservice.GcpKmsKey{ResourceId: "projects/p/locations/global/keyRings/r/cryptoKeys/k"}}},
+			Ciphertext: []byte("eA=="),
+		})
+		return err
+	}
+	require.NotContains(t, fmt.Sprint(unwrap(old)), "replaced by a config reload")
+
+	require.NoError(t, os.WriteFile(path, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n"+gcpKey+"- name: age\n  age: {identityFile: "+keyFile+"}\n"), 0o600))
+	r.check()
+	require.NotSame(t, old, r.current.Load().ring, "reloaded")
+	assert.Eventually(t, func() bool {
+		return strings.Contains(fmt.Sprint(unwrap(old)), "replaced by a config reload")
+	}, 5*time.Second, 5*time.Millisecond, "the replaced ring is closed")
+	assert.NotContains(t, fmt.Sprint(unwrap(r.current.Load().ring)), "replaced by a config reload", "the new ring is open")
+	require.NoError(t, r.close())
+	assert.Contains(t, fmt.Sprint(unwrap(r.current.Load().ring)), "replaced by a config reload", "closed when the webhook stops")
 }

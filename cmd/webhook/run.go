@@ -52,6 +52,8 @@ func run(ctx context.Context, o options, logOut io.Writer) error {
 	}
 	engines, names, err := newReloader(o.configFile, engineDeps{
 		kube: kube, cacheSize: o.cacheSize, cacheTTL: o.cacheTTL, resultCacheBytes: o.resultCacheBytes, policyTTL: o.policyCacheTTL, stats: metrics.KeyStats(),
+		// A request holds its Engine for at most its decrypt timeout.
+		retireAfter: 2 * o.decryptTimeout,
 	}, log.WithName("config"))
 	if err != nil {
 		return err

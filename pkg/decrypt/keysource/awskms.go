@@ -12,7 +12,6 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
-	"github.com/aws/smithy-go"
 	"github.com/getsops/sops/v3/keyservice"
 )
 
@@ -123,17 +122,4 @@ func arnRegion(arn string) (string, error) {
 		return "", fmt.Errorf("aws kms: %q is not a KMS key ARN", arn)
 	}
 	return parts[3], nil
-}
-
-// remoteError reduces a cloud SDK error to what is safe to show: the
-// operation and the service's error code, or that it timed out.
-func remoteError(op string, err error) error {
-	var api smithy.APIError
-	switch {
-	case errors.As(err, &api):
-		return &safeError{fmt.Sprintf("%s: %s", op, api.ErrorCode())}
-	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
-		return &safeError{fmt.Sprintf("%s: no answer within %s", op, CallTimeout)}
-	}
-	return &safeError{fmt.Sprintf("%s failed", op)}
 }

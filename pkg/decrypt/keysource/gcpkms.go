@@ -12,8 +12,6 @@ import (
 	"cloud.google.com/go/kms/apiv1/kmspb"
 	"github.com/getsops/sops/v3/keyservice"
 	"google.golang.org/api/option"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // GCPKMSConfig configures a Google Cloud KMS key source.
@@ -36,8 +34,16 @@ type GCPKMS struct {
 	cfg  GCPKMSConfig
 	ids  glob
 
+	// ctx is the source's own: the client and its credential refreshes live
+	// as long as the source, not as long as the request that first used it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// newClient makes the client; tests replace it.
+	newClient func(context.Context, ...option.ClientOption) (*kms.KeyManagementClient, error)
+
 	mu     sync.Mutex
 	client *kms.KeyManagementClient
+	closed bool
 }
 
 // NewGCPKMS returns a Cloud KMS source. Credentials are found and the
@@ -51,7 +57,27 @@ func NewGCPKMS(name string, cfg GCPKMSConfig) (*GCPKMS, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &GCPKMS{name: name, cfg: cfg, ids: ids}, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	return &GCPKMS{name: name, cfg: cfg, ids: ids, ctx: ctx, cancel: cancel, newClient: kms.NewKeyManagementClient}, nil
+}
+
+// errClosed is returned by the Unwrap of a source that was closed.
+var errClosed = &safeError{"the key source was replaced by a config reload"}
+
+// Close closes the Cloud KMS client, if one was made, and ends the
+// source's context. Unwraps after Close fail. It is safe to call twice.
+func (g *GCPKMS) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return nil
+	}
+	g.closed = true
+	g.cancel()
+	if g.client == nil {
+		return nil
+	}
+	return g.client.Close()
 }
 
 // Name returns the key's configured name.
@@ -76,9 +102,9 @@ func (g *GCPKMS) Unwrap(ctx context.Context, key *keyservice.Key, ciphertext []b
 	}
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
-	c, err := g.kmsClient(ctx)
+	c, err := g.kmsClient()
 	if err != nil {
-		return nil, &safeError{"gcp kms: no client (application default credentials not found)"}
+		return nil, err
 	}
 	resp, err := c.Decrypt(ctx, &kmspb.DecryptRequest{Name: key.GetGcpKmsKey().ResourceId, Ciphertext: blob})
 	if err != nil {
@@ -87,9 +113,14 @@ func (g *GCPKMS) Unwrap(ctx context.Context, key *keyservice.Key, ciphertext []b
 	return resp.Plaintext, nil
 }
 
-func (g *GCPKMS) kmsClient(ctx context.Context) (*kms.KeyManagementClient, error) {
+// kmsClient returns the source's client, making it on first use with the
+// source's own context.
+func (g *GCPKMS) kmsClient() (*kms.KeyManagementClient, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.closed {
+		return nil, errClosed
+	}
 	if g.client != nil {
 		return g.client, nil
 	}
@@ -97,22 +128,10 @@ func (g *GCPKMS) kmsClient(ctx context.Context) (*kms.KeyManagementClient, error
 	if g.cfg.Endpoint != "" {
 		opts = append(opts, option.WithEndpoint(g.cfg.Endpoint))
 	}
-	c, err := kms.NewKeyManagementClient(ctx, opts...)
+	c, err := g.newClient(g.ctx, opts...)
 	if err != nil {
-		return nil, err
+		return nil, &safeError{"gcp kms: no client (application default credentials not found)"}
 	}
 	g.client = c
 	return c, nil
-}
-
-// grpcError reduces a gRPC error to the operation and its status code.
-func grpcError(op string, err error) error {
-	st, ok := status.FromError(err)
-	switch {
-	case errors.Is(err, context.DeadlineExceeded), ok && st.Code() == codes.DeadlineExceeded:
-		return &safeError{fmt.Sprintf("%s: no answer within %s", op, CallTimeout)}
-	case ok:
-		return &safeError{fmt.Sprintf("%s: %s", op, st.Code())}
-	}
-	return &safeError{fmt.Sprintf("%s failed", op)}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"sync"
@@ -99,6 +100,21 @@ func NewRingWith(sources []Source, opts []RingOption) (*Ring, error) {
 		o(r)
 	}
 	return r, nil
+}
+
+// Close releases what the Ring's sources hold open (a cloud client and its
+// connections). It is called when a config reload replaced the Ring and no
+// request uses it any more; unwraps through a closed Ring fail.
+func (r *Ring) Close() error {
+	var errs []error
+	for _, s := range r.sources {
+		if c, ok := s.(io.Closer); ok {
+			if err := c.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("key %q: %w", s.Name(), err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Names returns the configured key names in config order.

@@ -17,10 +17,6 @@ import (
 	vault "github.com/hashicorp/vault/api"
 )
 
-// CallTimeout bounds every call to a remote key service (Vault, KMS, STS),
-// well inside the webhook's decrypt timeout.
-const CallTimeout = 3 * time.Second
-
 // maxVaultTokenFileSize caps the service-account token file.
 const maxVaultTokenFileSize = 64 << 10
 
@@ -213,11 +209,6 @@ func (v *Vault) forget() {
 	v.token = ""
 }
 
-// safeError is an error whose text is already safe to show.
-type safeError struct{ msg string }
-
-func (e *safeError) Error() string { return e.msg }
-
 // vaultError reduces a Vault client error to what is safe to show: the
 // operation and the HTTP status, never a response body.
 func vaultError(op string, err error) error {
@@ -238,9 +229,4 @@ func vaultError(op string, err error) error {
 		return &safeError{fmt.Sprintf("vault %s: cannot reach Vault", op)}
 	}
 	return &safeError{fmt.Sprintf("vault %s failed", op)}
-}
-
-func isTimeout(err error) bool {
-	var t interface{ Timeout() bool }
-	return errors.As(err, &t) && t.Timeout()
 }
