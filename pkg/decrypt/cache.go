@@ -4,7 +4,7 @@ import (
 	"crypto/sha256"
 	"time"
 
-	"github.com/sops-webhook/sops-webhook/pkg/decrypt/internal/lru"
+	"github.com/sops-webhook/sops-webhook/pkg/internal/lru"
 )
 
 // DefaultResultCacheBytes bounds the memory the result cache may hold:
@@ -29,15 +29,7 @@ func WithResultCache(ttl time.Duration, maxBytes int) Option {
 // payloads, costed by their size in bytes.
 type resultCache = lru.Cache[[sha256.Size]byte, any]
 
-// resultKey hashes a kind of input with the input.
+// resultKey hashes a kind of input with the input (lru.Key).
 func resultKey(kind string, parts ...[]byte) [sha256.Size]byte {
-	h := sha256.New()
-	h.Write([]byte(kind))
-	for _, p := range parts {
-		h.Write([]byte{0})
-		h.Write(p)
-	}
-	var k [sha256.Size]byte
-	h.Sum(k[:0])
-	return k
+	return lru.Key(append([][]byte{[]byte(kind)}, parts...)...)
 }

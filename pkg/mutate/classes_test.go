@@ -95,7 +95,6 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, labels map[str
 	return 0
 }
 
-
 // downSource is a configured key whose service does not answer.
 type downSource struct{}
 

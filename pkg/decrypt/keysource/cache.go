@@ -6,7 +6,7 @@ import (
 
 	"github.com/getsops/sops/v3/keyservice"
 
-	"github.com/sops-webhook/sops-webhook/pkg/decrypt/internal/lru"
+	"github.com/sops-webhook/sops-webhook/pkg/internal/lru"
 )
 
 // DefaultCacheSize and DefaultCacheTTL bound the data-key cache: a values
@@ -21,15 +21,7 @@ const (
 type cacheKey [sha256.Size]byte
 
 func newCacheKey(source string, key *keyservice.Key, ciphertext []byte) cacheKey {
-	h := sha256.New()
-	h.Write([]byte(source))
-	h.Write([]byte{0})
-	h.Write([]byte(keyKind(key)))
-	h.Write([]byte{0})
-	h.Write(ciphertext)
-	var k cacheKey
-	h.Sum(k[:0])
-	return k
+	return lru.Key([]byte("data key"), []byte(source), []byte(keyKind(key)), ciphertext)
 }
 
 func keyKind(key *keyservice.Key) string {

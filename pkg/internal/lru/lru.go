@@ -1,11 +1,13 @@
-// Package lru is the in-memory cache behind the data-key cache and the
-// result cache: least recently used entries go first once the total cost
+// Package lru is the in-memory cache behind the data-key cache, the result
+// cache and the policy's caches, with the one scheme of their keys (Key): least recently used entries go first once the total cost
 // passes a bound, and every entry expires after a TTL. It never touches
 // disk. A nil *Cache caches nothing.
 package lru
 
 import (
 	"container/list"
+	"crypto/sha256"
+	"encoding/binary"
 	"sync"
 	"time"
 )
@@ -85,4 +87,30 @@ func (c *Cache[K, V]) remove(el *list.Element) {
 	c.order.Remove(el)
 	delete(c.entries, e.key)
 	c.cost -= e.cost
+}
+
+// Key is the one cache-key scheme: a SHA-256 over the parts, each prefixed
+// with its length, so no two different lists of parts share a key. The
+// first part names the kind of entry, so caches of different kinds never
+// collide.
+func Key(parts ...[]byte) [sha256.Size]byte {
+	h := sha256.New()
+	var n [8]byte
+	for _, p := range parts {
+		binary.BigEndian.PutUint64(n[:], uint64(len(p)))
+		h.Write(n[:])
+		h.Write(p)
+	}
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
+}
+
+// KeyOf is Key over strings.
+func KeyOf(parts ...string) [sha256.Size]byte {
+	b := make([][]byte, len(parts))
+	for i, p := range parts {
+		b[i] = []byte(p)
+	}
+	return Key(b...)
 }

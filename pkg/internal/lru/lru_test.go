@@ -24,8 +24,14 @@ func TestCache(t *testing.T) {
 	c.Put("big", 5, 4)
 	_, ok = c.Get("big")
 	assert.False(t, ok, "an entry over the whole bound is not kept")
-	c.Put("two", 6, 2) // evicts c and d (a was used later than both? a, d, c order: two needs 2)
-	assert.LessOrEqual(t, c.cost, 3)
+	// Recency is now a, d, c (a was read last). An entry of cost 2 must
+	// evict the two least recently used, c then d, and keep a.
+	c.Put("two", 6, 2)
+	for k, want := range map[string]bool{"two": true, "a": true, "c": false, "d": false} {
+		_, ok := c.Get(k)
+		assert.Equal(t, want, ok, "after the cost-2 put, %q kept: %v", k, want)
+	}
+	assert.Equal(t, 3, c.cost, "the cost is the sum of what is kept")
 
 	now = now.Add(2 * time.Minute)
 	_, ok = c.Get("a")
