@@ -133,22 +133,6 @@ func (ca *CA) Issue(hosts []string, now time.Time, validity time.Duration) (cert
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
-// NewServing returns a fresh CA and a serving certificate for hosts (DNS
-// names or IP addresses), both valid from a minute ago for validity: what a
-// local test or development server needs.
-func NewServing(hosts []string, validity time.Duration) (*Bundle, error) {
-	now := time.Now()
-	ca, err := NewCA("sops-webhook local CA", now, validity)
-	if err != nil {
-		return nil, err
-	}
-	cert, key, err := ca.Issue(hosts, now, validity)
-	if err != nil {
-		return nil, err
-	}
-	return &Bundle{CACert: ca.CertPEM, Cert: cert, Key: key}, nil
-}
-
 // WriteDir writes tls.crt, tls.key (mode 0600) and ca.crt into dir. Each file
 // is written to a temporary name and renamed, so a watcher never sees half.
 func (b *Bundle) WriteDir(dir string) error {

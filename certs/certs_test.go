@@ -10,8 +10,12 @@ import (
 )
 
 func TestServingCertificateVerifiesAgainstCA(t *testing.T) {
-	b, err := NewServing([]string{"127.0.0.1", "sops-webhook.sops-webhook.svc"}, time.Hour)
+	now := time.Now()
+	ca, err := NewCA("test CA", now, time.Hour)
 	require.NoError(t, err)
+	cert, key, err := ca.Issue([]string{"127.0.0.1", "sops-webhook.sops-webhook.svc"}, now, time.Hour)
+	require.NoError(t, err)
+	b := &Bundle{CACert: ca.CertPEM, Cert: cert, Key: key}
 	dir := t.TempDir()
 	require.NoError(t, b.WriteDir(dir))
 	pair, err := tls.LoadX509KeyPair(dir+"/tls.crt", dir+"/tls.key")

@@ -1,6 +1,7 @@
-// Package certs issues what a developer needs for local TLS: a CA, serving
-// certificates it signs, and a writer for tls.crt, tls.key and ca.crt, the
-// names the webhook's --cert-dir expects. Tests and `make demo` use
-// NewServing; the webhook's self-managed mode (package selfcerts) uses NewCA,
-// ParseCA and Issue. In a cluster with cert-manager, cert-manager does this.
+// Package certs is the small PKI the webhook's self-managed mode (package
+// selfcerts) runs on: a CA (NewCA, ParseCA), the serving certificates it
+// issues (Issue), and a writer for tls.crt, tls.key and ca.crt, the names
+// --cert-dir expects (Bundle.WriteDir). In a cluster with cert-manager,
+// cert-manager does this. The test bed issues its certificates with
+// cert-manager's PKI library instead (docs/design-notes.md says why).
 package certs

@@ -34,10 +34,9 @@ import (
 const mutatePath = "/mutate"
 
 // run loads the config and keys, then serves the admission endpoint, the
-// health probes and the metrics until ctx is cancelled. Logs go to logOut.
-func run(ctx context.Context, o options, logOut io.Writer) error {
-	log := newLogger(o.logLevel, logOut)
-	ctrllog.SetLogger(log)
+// health probes and the metrics until ctx is cancelled, logging to log. It
+// changes nothing process-wide: main does that.
+func run(ctx context.Context, o options, log logr.Logger) error {
 	ctx = ctrllog.IntoContext(ctx, log)
 
 	kube, err := kubeClient(o.kubeconfig)

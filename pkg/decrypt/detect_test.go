@@ -2,9 +2,12 @@ package decrypt
 
 import (
 	"encoding/base64"
+	"io"
 	"testing"
 
+	"github.com/getsops/sops/v3/logging"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestDetect(t *testing.T) {
@@ -47,4 +50,12 @@ func TestMayHoldBase64Marker(t *testing.T) {
 	}
 	plain := base64.StdEncoding.EncodeToString([]byte("ENC[AES256_GCM is mentioned but not as a token"))
 	assert.False(t, MayHoldBase64Marker([]byte(plain)))
+}
+
+func TestDiscardLibraryLogs(t *testing.T) {
+	require.NotEmpty(t, logging.Loggers, "sops registered its loggers")
+	DiscardLibraryLogs()
+	for name, l := range logging.Loggers {
+		assert.Equal(t, io.Discard, l.Out, "sops logger %s still writes", name)
+	}
 }

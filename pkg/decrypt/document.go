@@ -20,6 +20,7 @@ import (
 	"github.com/getsops/sops/v3/stores/yaml"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/internal/quote"
 )
 
 // MaxDocumentSize caps a document payload. It is the size of the largest
@@ -36,10 +37,12 @@ const hintNoKey = "encrypt it for a key the webhook holds (see its config), or l
 // hintReencrypt is the hint for a document that fails authentication.
 const hintReencrypt = "re-encrypt the file with sops, and change encrypted files only with `sops edit` or `sops set`"
 
-func init() {
-	// sops logs through package-level logrus loggers; one of them logs a
-	// comment's value when it fails to decrypt. Nothing of sops' logging
-	// reaches the webhook's output.
+// DiscardLibraryLogs silences the sops library's package-level loggers for
+// the whole process. sops logs through them, and one logs a comment's value
+// when it fails to decrypt, so a program that decrypts untrusted documents
+// calls it once at startup. It changes global state, which is why it is not
+// done in an init function.
+func DiscardLibraryLogs() {
 	for _, l := range logging.Loggers {
 		l.SetOutput(io.Discard)
 	}
@@ -228,10 +231,13 @@ func countMasterKeys(m sops.Metadata) int {
 // maxDescribedKeys caps how many of a document's master keys an error lists.
 const maxDescribedKeys = 8
 
+// maxIdentifier caps one key identifier in a message; an age post-quantum
+// recipient is longer and is cut.
+const maxIdentifier = 100
+
 // describeKeys lists the master keys a document names, for the user: age
 // recipients and PGP fingerprints (public values), other kinds by type only.
-// The metadata is untrusted, so each entry is reduced to safe characters and
-// a bounded length.
+// The metadata is untrusted, so each entry is quoted and capped.
 func describeKeys(m sops.Metadata) string {
 	var parts []string
 	total := 0
@@ -244,9 +250,9 @@ func describeKeys(m sops.Metadata) string {
 			id := k.TypeToIdentifier()
 			switch id {
 			case "age", "pgp":
-				parts = append(parts, id+" "+safeToken(k.ToString()))
+				parts = append(parts, id+" "+quote.Capped(k.ToString(), maxIdentifier))
 			default:
-				parts = append(parts, safeToken(id))
+				parts = append(parts, quote.Capped(id, maxIdentifier))
 			}
 		}
 	}
@@ -257,21 +263,4 @@ func describeKeys(m sops.Metadata) string {
 		parts = append(parts, fmt.Sprintf("and %d more", total-len(parts)))
 	}
 	return "it is encrypted for: " + strings.Join(parts, ", ")
-}
-
-// safeToken keeps the characters of public key identifiers and cuts the rest.
-func safeToken(s string) string {
-	const maxLen = 100
-	var b strings.Builder
-	for _, r := range s {
-		if b.Len() >= maxLen {
-			b.WriteString("...")
-			break
-		}
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-':
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/getsops/sops/v3"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/internal/quote"
 )
 
 // MaxIndexSize caps the values index (the sops-webhook.io/values
@@ -30,6 +31,10 @@ const MaxTokens = 10_000
 // maxTokenPartSize caps each base64 part of a token. A token's data is at
 // most a Kubernetes object's size; its iv and tag are 44 and 24 characters.
 const maxTokenPartSize = 2 << 20
+
+// maxPathInMessage caps a values path quoted in a message: the path is
+// public structure (key names, never values) but comes from the request.
+const maxPathInMessage = 200
 
 // hintHelper is the hint for tokens the index cannot place.
 const hintHelper = `render the sops-webhook.io/values annotation with {{ include "sops-webhook.values" . }} in the same template, from the same values`
@@ -201,7 +206,7 @@ func (t *Tokens) open(ctx context.Context, tok token) ([]byte, error) {
 	sealed = append(append(sealed, tok.data...), tok.tagBytes...)
 	plain, err := aead.Open(sealed[:0], tok.iv, sealed, []byte(path))
 	if err != nil {
-		return nil, fail(ReasonCorrupt, fmt.Sprintf("the token for values path %s does not authenticate: the token or its path was edited, or it comes from another encrypted values file than the index (pass one encrypted values file per release)", safePath(path)))
+		return nil, fail(ReasonCorrupt, fmt.Sprintf("the token for values path %s does not authenticate: the token or its path was edited, or it comes from another encrypted values file than the index (pass one encrypted values file per release)", quote.Capped(path, maxPathInMessage)))
 	}
 	return render(tok.typ, plain)
 }
@@ -345,15 +350,4 @@ func parseToken(s []byte) (tok token, n int, err error) {
 
 func isBase64Char(c byte) bool {
 	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '='
-}
-
-// safePath renders an index path for a message: the path is public structure
-// (key names, never values) but comes from the request, so it is quoted and
-// capped.
-func safePath(p string) string {
-	const maxLen = 200
-	if len(p) > maxLen {
-		p = p[:maxLen] + "..."
-	}
-	return strconv.Quote(p)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -170,7 +171,7 @@ func TestTokensFailures(t *testing.T) {
 		{"path edited in the index", ptr(editPath(t, index, "db:password:", "db:user:")), tok, decrypt.ReasonCorrupt, `"db:user:"`},
 		{"ciphertext edited", ptr(index), flipData(tok), decrypt.ReasonCorrupt, "edited"},
 		{"index from another encryption of the file", ptr(withMetadataOf(t, index, indexAgain)), tok, decrypt.ReasonCorrupt, "one encrypted values file"},
-		{"index for a key not held", ptr(withMetadataOf(t, index, indexOther)), tok, decrypt.ReasonNoKey, "sops-webhook.values helper rendered: it is encrypted for: age " + other.Recipient},
+		{"index for a key not held", ptr(withMetadataOf(t, index, indexOther)), tok, decrypt.ReasonNoKey, "sops-webhook.values helper rendered: it is encrypted for: age " + strconv.Quote(other.Recipient)},
 		{"truncated token", ptr(index), tok[:len(tok)-1], decrypt.ReasonMalformed, "truncated"},
 		{"token cut after the marker", ptr(index), "x: ENC[AES256_GCM,data:", decrypt.ReasonMalformed, ""},
 		{"short tag", ptr(index), "ENC[AES256_GCM,data:AAAA,iv:" + strings.Repeat("A", 44) + ",tag:AAAA,type:str]", decrypt.ReasonMalformed, ""},

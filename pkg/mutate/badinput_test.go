@@ -56,7 +56,7 @@ func TestBadInputs(t *testing.T) {
 	require.NoError(t, err)
 	ring, err := keysource.NewRing(src)
 	require.NoError(t, err)
-	h := mutate.NewHandler(mutate.Static(mutate.Engine{Decryptor: decrypt.New(ring)}))
+	h := mutate.NewHandler(static(mutate.Engine{Decryptor: decrypt.New(ring)}))
 
 	plainEnv := "PASSWORD=" + secretMarker + "\n"
 	plainYAML := "password: " + secretMarker + "\nnote_unencrypted: public\n"

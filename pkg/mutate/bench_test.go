@@ -29,7 +29,7 @@ func BenchmarkHandler(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := mutate.NewHandler(mutate.Static(mutate.Engine{Decryptor: decrypt.New(ring, decrypt.WithResultCache(time.Hour, decrypt.DefaultResultCacheBytes))}))
+	h := mutate.NewHandler(static(mutate.Engine{Decryptor: decrypt.New(ring, decrypt.WithResultCache(time.Hour, decrypt.DefaultResultCacheBytes))}))
 
 	var plain strings.Builder
 	for i := range 20 {

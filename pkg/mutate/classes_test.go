@@ -44,7 +44,7 @@ func TestErrorClasses(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			m, err := mutate.NewMetrics(reg)
 			require.NoError(t, err)
-			h := mutate.NewHandler(mutate.Static(mutate.Engine{Decryptor: failing{r}}), mutate.WithMetrics(m))
+			h := mutate.NewHandler(static(mutate.Engine{Decryptor: failing{r}}), mutate.WithMetrics(m))
 			resp := h.Handle(context.Background(), req)
 			require.False(t, resp.Allowed)
 			msg := messageOf(resp)
@@ -141,7 +141,7 @@ func TestRetryableThroughTheRealDecryptor(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ring, err := keysource.NewRing(tt.sources...)
 			require.NoError(t, err)
-			h := mutate.NewHandler(mutate.Static(mutate.Engine{Decryptor: decrypt.New(ring), Policy: tt.policy}))
+			h := mutate.NewHandler(static(mutate.Engine{Decryptor: decrypt.New(ring), Policy: tt.policy}))
 			resp := h.Handle(context.Background(), req)
 			require.False(t, resp.Allowed)
 			msg := messageOf(resp)

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/internal/quote"
 )
 
 // hintExpand is the hint for a document that cannot be expanded.
@@ -81,10 +81,10 @@ func (m *mutation) expand(f field, res decrypt.Result, x *expansion) *refusal {
 	keys := make([]string, 0, len(entries))
 	for _, e := range entries {
 		if len(validation.IsConfigMapKey(e.Key)) > 0 {
-			return &refusal{field: f.path(), err: fmt.Errorf("entry %s is not a valid key (letters, digits, '-', '_' and '.', at most %d characters)", quoteKey(e.Key), validation.DNS1123SubdomainMaxLength), hint: hintExpand}
+			return &refusal{field: f.path(), err: fmt.Errorf("entry %s is not a valid key (letters, digits, '-', '_' and '.', at most %d characters)", quote.Capped(e.Key, maxKeyInMessage), validation.DNS1123SubdomainMaxLength), hint: hintExpand}
 		}
 		if x.taken[e.Key] {
-			return &refusal{field: f.path(), err: fmt.Errorf("entry %s collides with a key the object already has", quoteKey(e.Key)), hint: hintExpand}
+			return &refusal{field: f.path(), err: fmt.Errorf("entry %s collides with a key the object already has", quote.Capped(e.Key, maxKeyInMessage)), hint: hintExpand}
 		}
 		x.taken[e.Key] = true
 		entry := f.sibling(e.Key)
@@ -108,12 +108,6 @@ func (m *mutation) expand(f field, res decrypt.Result, x *expansion) *refusal {
 	return nil
 }
 
-// quoteKey renders an entry key for a message. Keys of a SOPS document are
-// stored in the clear, but they come from the request: quoted and capped.
-func quoteKey(k string) string {
-	const maxLen = 100
-	if len(k) > maxLen {
-		k = k[:maxLen] + "..."
-	}
-	return strconv.Quote(k)
-}
+// maxKeyInMessage caps an entry key quoted in a message. Keys of a SOPS
+// document are stored in the clear, but they come from the request.
+const maxKeyInMessage = 100

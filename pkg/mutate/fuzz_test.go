@@ -31,7 +31,7 @@ func FuzzHandler(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	h := mutate.NewHandler(mutate.Static(mutate.Engine{Decryptor: decrypt.New(ring)}))
+	h := mutate.NewHandler(static(mutate.Engine{Decryptor: decrypt.New(ring)}))
 	files, err := filepath.Glob(filepath.Join(goldenDir, "*.request.json"))
 	if err != nil || len(files) == 0 {
 		f.Fatalf("no golden requests: %v", err)

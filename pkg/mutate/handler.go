@@ -48,9 +48,6 @@ type Engine struct {
 	Policy Policy
 }
 
-// Static returns an Engine source that always returns e.
-func Static(e Engine) func() Engine { return func() Engine { return e } }
-
 // Handler is the admission handler for Secrets and ConfigMaps.
 type Handler struct {
 	engine  func() Engine

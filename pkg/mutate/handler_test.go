@@ -379,7 +379,7 @@ func TestHandlerGolden(t *testing.T) {
 	require.NoError(t, err, "golden key missing; run go test ./pkg/mutate -run TestHandlerGolden -update")
 	ring, err := keysource.NewRing(src)
 	require.NoError(t, err)
-	h := mutate.NewHandler(mutate.Static(mutate.Engine{Decryptor: decrypt.New(ring)}))
+	h := mutate.NewHandler(static(mutate.Engine{Decryptor: decrypt.New(ring)}))
 
 	for _, tc := range goldenCases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -28,6 +28,8 @@ import (
 
 	"github.com/go-logr/logr"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 )
 
 func main() {
@@ -38,6 +40,7 @@ func main() {
 	// envtest and controller-runtime log through this; the report is the
 	// output.
 	ctrllog.SetLogger(logr.Discard())
+	decrypt.DiscardLibraryLogs() // the in-process rates decrypt, as the webhook does
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, *out, *duration, *quick)
 	stop()

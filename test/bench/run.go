@@ -16,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	"github.com/sops-webhook/sops-webhook/certs"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
@@ -73,7 +72,7 @@ func run(ctx context.Context, out string, d time.Duration, quick bool) (err erro
 	if err := os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: bench\n    age: {identityFile: "+key.IdentityFile+"}\n"), 0o600); err != nil {
 		return err
 	}
-	bundle, err := certs.NewServing([]string{"127.0.0.1"}, 24*time.Hour)
+	bundle, err := testbed.NewTLS([]string{"127.0.0.1"}, 24*time.Hour)
 	if err != nil {
 		return err
 	}

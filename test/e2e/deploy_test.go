@@ -478,7 +478,7 @@ func (s *deploySuite) selfManaged(t *testing.T) {
 
 func (s *deploySuite) twoReplicas(t *testing.T) {
 	ctx := context.Background()
-	bundle, err := certs.NewServing([]string{"127.0.0.1"}, time.Hour)
+	bundle, err := testbed.NewTLS([]string{"127.0.0.1"}, time.Hour)
 	require.NoError(t, err)
 	var replicas []*testbed.Webhook
 	for _, name := range []string{"replica-a", "replica-b"} {

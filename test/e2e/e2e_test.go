@@ -19,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/sops-webhook/sops-webhook/certs"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
@@ -351,7 +350,7 @@ func (s *suite) tlsReload(t *testing.T) {
 	// Swap the pair in --cert-dir. A client that trusts only the new CA can
 	// handshake only once the webhook serves the new certificate.
 
-	b, err := certs.NewServing([]string{"127.0.0.1"}, time.Hour)
+	b, err := testbed.NewTLS([]string{"127.0.0.1"}, time.Hour)
 	require.NoError(t, err)
 	require.NoError(t, b.WriteDir(s.webhook.CertDir))
 	pool := x509.NewCertPool()

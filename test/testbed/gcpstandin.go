@@ -23,8 +23,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-
-	"github.com/sops-webhook/sops-webhook/certs"
 )
 
 // GCPStandIn is a stand-in for Google Cloud (which cannot run here): the
@@ -69,7 +67,7 @@ type GCPStandInOptions struct {
 // StartGCPStandIn starts STS (HTTPS) and KMS (gRPC) with one CA, written to
 // dir.
 func StartGCPStandIn(dir string, o GCPStandInOptions) (*GCPStandIn, error) {
-	b, err := certs.NewServing([]string{"127.0.0.1"}, 24*time.Hour)
+	b, err := NewTLS([]string{"127.0.0.1"}, 24*time.Hour)
 	if err != nil {
 		return nil, err
 	}

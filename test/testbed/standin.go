@@ -15,8 +15,6 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	josejwt "github.com/go-jose/go-jose/v4/jwt"
-
-	"github.com/sops-webhook/sops-webhook/certs"
 )
 
 // Shared parts of the cloud and Vault stand-ins.
@@ -37,7 +35,7 @@ func newTLSEndpoint(dir, name string) (*tlsEndpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := certs.NewServing([]string{"127.0.0.1"}, 24*time.Hour)
+	b, err := NewTLS([]string{"127.0.0.1"}, 24*time.Hour)
 	if err != nil {
 		return nil, err
 	}

@@ -37,7 +37,7 @@ func BuildWebhook(dir string) (string, error) {
 }
 
 // Webhook is the real webhook binary running as a child process on
-// loopback, with a certificate from package certs.
+// loopback, with a certificate from cert-manager's PKI library (NewTLS).
 type Webhook struct {
 	// URL is the admission endpoint, https://127.0.0.1:PORT/mutate.
 	URL string
@@ -92,7 +92,7 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 	b := o.Certs
 	if b == nil && !o.SelfManaged {
 		var err error
-		if b, err = certs.NewServing([]string{"127.0.0.1", "localhost"}, 24*time.Hour); err != nil {
+		if b, err = NewTLS([]string{"127.0.0.1", "localhost"}, 24*time.Hour); err != nil {
 			return nil, err
 		}
 	}
