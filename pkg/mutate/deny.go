@@ -12,9 +12,6 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 )
 
-// retryAfterSeconds is what a retryable refusal suggests to the client.
-const retryAfterSeconds = 1
-
 // refusal is why a request is not admitted: the field and a value-free
 // error.
 type refusal struct {
@@ -45,7 +42,9 @@ func (r *refusal) retryable() bool {
 // controller-runtime's classes: the request's fault is Denied (the API
 // server answers 403 Forbidden); the webhook's or a key service's is an
 // error response, 503 Service Unavailable (500 for an internal error),
-// worded as retryable, with a Retry-After hint.
+// worded as retryable. It carries no Retry-After: the API server would turn
+// that into a header on which client-go silently retries for about 40 s, so
+// the caller would wait instead of hearing at once what failed.
 func (r *refusal) response(obj object) admission.Response {
 	if !r.retryable() {
 		return admission.Denied(r.message(obj, "cannot decrypt"))
@@ -59,7 +58,6 @@ func (r *refusal) response(obj object) admission.Response {
 		Allowed: false,
 		Result: &metav1.Status{
 			Status: metav1.StatusFailure, Code: code, Reason: status, Message: msg,
-			Details: &metav1.StatusDetails{RetryAfterSeconds: retryAfterSeconds},
 		},
 	}}
 }

@@ -109,7 +109,14 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 		s.kubectl(t, nil, "apply", "--server-side", "-f", dir)
 	}
 	s.kubectl(t, nil, "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io", "crd/servicemonitors.monitoring.coreos.com")
+		"crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io", "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
+
+	t.Run("manifests/monitoring", func(t *testing.T) {
+		root, err := testbed.RepoRoot()
+		require.NoError(t, err)
+		out := s.kubectl(t, nil, "apply", "--server-side", "--dry-run=server", "--field-manager=sops-webhook-test", "-f", filepath.Join(root, "manifests/monitoring/prometheusrule.yaml"))
+		assert.Contains(t, out, "prometheusrule.monitoring.coreos.com/sops-webhook serverside-applied")
+	})
 
 	for _, overlay := range []string{"manifests/overlays/cert-manager", "manifests/overlays/self-managed"} {
 		t.Run(overlay, func(t *testing.T) {
@@ -153,6 +160,20 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 			assert.Equal(t, normalizeSpace(specOf(t, kind, b)), normalizeSpace(specOf(t, kind, a)), kind)
 		}
 	})
+
+	t.Run("chart and manifests ship the same alert rules", func(t *testing.T) {
+		root, err := testbed.RepoRoot()
+		require.NoError(t, err)
+		h := testbed.HelmCLIs(t, "")[0]
+		chart := testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook", "--set", "prometheusRule.enabled=true"))["PrometheusRule"]
+		raw, err := os.ReadFile(filepath.Join(root, "manifests/monitoring/prometheusrule.yaml"))
+		require.NoError(t, err)
+		file := testbed.ParseObjects(t, string(raw))["PrometheusRule"]
+		require.NotNil(t, chart, "the chart renders a PrometheusRule")
+		require.NotNil(t, file)
+		assert.Equal(t, file["spec"], chart["spec"])
+		assert.Nil(t, testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook"))["PrometheusRule"], "off by default")
+	})
 }
 
 // chartValueSets are the chart's default values and non-default ones.
@@ -164,10 +185,10 @@ var chartValueSets = []struct {
 	{"defaults", nil, []string{"certificate.cert-manager.io/sops-webhook", "issuer.cert-manager.io/sops-webhook-selfsigned",
 		"validatingadmissionpolicy.admissionregistration.k8s.io/sops-webhook-no-ciphertext"}},
 	{"self-managed, ServiceMonitor, no VAP, pinned image", []string{
-		"--set", "certificates.mode=self-managed", "--set", "serviceMonitor.enabled=true", "--set", "validatingAdmissionPolicy.enabled=false",
+		"--set", "certificates.mode=self-managed", "--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true", "--set", "validatingAdmissionPolicy.enabled=false",
 		"--set", "replicas=3", "--set", "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
 		"--set", "webhook.excludedNamespaces={kube-system,flux-system}", "--set", "priorityClassName=system-cluster-critical",
-	}, []string{"servicemonitor.monitoring.coreos.com/sops-webhook", "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle"}},
+	}, []string{"servicemonitor.monitoring.coreos.com/sops-webhook", "prometheusrule.monitoring.coreos.com/sops-webhook", "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle"}},
 	{"cert-manager with a ClusterIssuer", []string{
 		"--set", "certificates.certManager.issuerRef.name=corp-ca", "--set", "certificates.certManager.issuerRef.kind=ClusterIssuer",
 	}, []string{"certificate.cert-manager.io/sops-webhook"}},

@@ -317,7 +317,7 @@ func (s *suite) dryRun(t *testing.T) {
 func (s *suite) logsClean(t *testing.T) {
 	logs := s.webhook.Logs()
 	require.Contains(t, logs, `"msg":"decrypted"`, "debug logs of decryptions were captured")
-	require.Contains(t, logs, `"msg":"denied"`, "logs of denials were captured")
+	require.Contains(t, logs, `"msg":"refused"`, "logs of refusals were captured")
 	assert.NotContains(t, logs, plaintextMarker, "plaintext in the webhook's logs")
 	for _, k := range []string{s.age.IdentityFile, s.pgp.PrivateKeyFile} {
 		raw, err := os.ReadFile(k)

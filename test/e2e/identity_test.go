@@ -73,6 +73,12 @@ func (b *identityBed) tokenFile(ctx context.Context, t *testing.T, sa string, au
 // folder of its own, registers it and waits until the API server calls it.
 func (b *identityBed) startWebhook(ctx context.Context, t *testing.T, name, config string, env ...string) *testbed.Webhook {
 	t.Helper()
+	return b.startWebhookWith(ctx, t, name, config, nil, env)
+}
+
+// startWebhookWith is startWebhook with extra flags.
+func (b *identityBed) startWebhookWith(ctx context.Context, t *testing.T, name, config string, args, env []string) *testbed.Webhook {
+	t.Helper()
 	if b.bin == "" {
 		var err error
 		b.bin, err = testbed.BuildWebhook(b.work)
@@ -83,7 +89,7 @@ func (b *identityBed) startWebhook(ctx context.Context, t *testing.T, name, conf
 	path := filepath.Join(dir, "config.yaml")
 	require.NoError(t, os.WriteFile(path, []byte(config), 0o600))
 	wh, err := testbed.StartWebhookWith(ctx, b.bin, testbed.WebhookOptions{
-		Config: path, WorkDir: dir, Log: verbose(), Args: []string{"--log-level", "debug"}, Env: env,
+		Config: path, WorkDir: dir, Log: verbose(), Args: append([]string{"--log-level", "debug"}, args...), Env: env,
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = wh.Stop() })

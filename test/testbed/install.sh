@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# install.sh builds or installs the test bed's real parts (DESIGN §7) into a
-# git-ignored cache, idempotently, printing progress as it goes:
+# install.sh builds or installs the test bed's real parts (docs/design-notes.md,
+# "Test bed") into a git-ignored cache, idempotently, printing progress as it
+# goes:
 #
 #   kube-apiserver  built from the Go module proxy (k8s.io/kubernetes)
 #   etcd            Debian's etcd-server, unpacked into the cache
-#   sops, helm v3, helm v4, age-keygen   `go install` from the module proxy
-#   CRDs            cert-manager's and the ServiceMonitor CRD, from their Go
-#                   modules, for dry-runs of the deployment manifests
+#   sops, helm v3, helm v4, age-keygen, promtool   `go install` from the
+#                   module proxy (promtool tests the shipped alert rules)
+#   CRDs            cert-manager's, the ServiceMonitor and PrometheusRule
+#                   CRDs, from their Go modules, for dry-runs of the manifests
 #
 # Everything lands in $TESTBED_CACHE (default: <repo>/.cache/testbed) under a
 # name that carries its version, so a version bump rebuilds and an unchanged
 # version costs nothing. The last step writes $TESTBED_CACHE/env, which the
 # Makefile and the tests read.
 #
-# Usage: test/testbed/install.sh [all|apiserver|etcd|sops|helm|age|crds]
+# Usage: test/testbed/install.sh [all|apiserver|etcd|sops|helm|age|promtool|crds]
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-1.37.2}
@@ -24,6 +26,7 @@ HELM4_VERSION=${HELM4_VERSION:-v4.3.1}
 AGE_VERSION=${AGE_VERSION:-v1.3.1}
 CERT_MANAGER_VERSION=${CERT_MANAGER_VERSION:-v1.21.2}
 PROM_OPERATOR_VERSION=${PROM_OPERATOR_VERSION:-v0.85.0}
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${TESTBED_CACHE:-$ROOT/.cache/testbed}
@@ -147,6 +150,9 @@ sops() { gobin sops "$SOPS_VERSION" "github.com/getsops/sops/v3/cmd/sops@$SOPS_V
 age() {
 	gobin age-keygen "$AGE_VERSION" "filippo.io/age/cmd/age-keygen@$AGE_VERSION"
 }
+promtool() {
+	gobin promtool "$PROMETHEUS_VERSION" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+}
 helm() {
 	gobin helm3 "$HELM3_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM3_VERSION"
 	gobin helm4 "$HELM4_VERSION" "helm.sh/helm/v4/cmd/helm@$HELM4_VERSION"
@@ -158,8 +164,9 @@ helm() {
 crdsfrom() {
 	local name=$1 mod=$2 dir=$3
 	shift 3
-	local target=$CACHE/crds/$name
-	if [[ -f $target/.done ]]; then
+	local target=$CACHE/crds/$name f missing=
+	for f in "$@"; do [[ -f $target/$f ]] || missing=1; done
+	if [[ -f $target/.done && -z $missing ]]; then
 		step "CRDs $name: cached"
 		return
 	fi
@@ -176,7 +183,7 @@ crds() {
 	crdsfrom cert-manager-$CERT_MANAGER_VERSION "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" deploy/crds \
 		cert-manager.io_certificates.yaml cert-manager.io_issuers.yaml cert-manager.io_clusterissuers.yaml cert-manager.io_certificaterequests.yaml
 	crdsfrom prometheus-operator-$PROM_OPERATOR_VERSION "github.com/prometheus-operator/prometheus-operator@$PROM_OPERATOR_VERSION" example/prometheus-operator-crd \
-		monitoring.coreos.com_servicemonitors.yaml
+		monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml
 }
 
 writeenv() {
@@ -188,6 +195,7 @@ SOPS_BIN=$BIN/sops
 HELM3_BIN=$BIN/helm3
 HELM4_BIN=$BIN/helm4
 AGE_KEYGEN_BIN=$BIN/age-keygen
+PROMTOOL_BIN=$BIN/promtool
 CRD_DIRS=$CACHE/crds/cert-manager-$CERT_MANAGER_VERSION:$CACHE/crds/prometheus-operator-$PROM_OPERATOR_VERSION
 EOF
 	step "ready: $CACHE/env"
@@ -195,8 +203,8 @@ EOF
 
 what=${1:-all}
 case $what in
-all) etcd; sops; age; apiserver; helm; crds ;;
-apiserver | etcd | sops | helm | age | crds) "$what" ;;
-*) echo "usage: $0 [all|apiserver|etcd|sops|helm|age|crds]" >&2; exit 2 ;;
+all) etcd; sops; age; apiserver; helm; promtool; crds ;;
+apiserver | etcd | sops | helm | age | promtool | crds) "$what" ;;
+*) echo "usage: $0 [all|apiserver|etcd|sops|helm|age|promtool|crds]" >&2; exit 2 ;;
 esac
 writeenv

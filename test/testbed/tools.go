@@ -18,6 +18,8 @@ type Tools struct {
 	Helm3             string
 	Helm4             string
 	AgeKeygen         string
+	// Promtool is Prometheus' rule checker and rule unit-test runner.
+	Promtool string
 	// CRDDirs are folders of CustomResourceDefinitions the deployment
 	// manifests use: cert-manager's and prometheus-operator's.
 	CRDDirs []string
@@ -81,6 +83,7 @@ func load() (Tools, error) {
 		Helm3:             vars["HELM3_BIN"],
 		Helm4:             vars["HELM4_BIN"],
 		AgeKeygen:         vars["AGE_KEYGEN_BIN"],
+		Promtool:          vars["PROMTOOL_BIN"],
 	}
 	if v := vars["CRD_DIRS"]; v != "" {
 		t.CRDDirs = strings.Split(v, ":")
