@@ -14,7 +14,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/policy"
 )
 
-// Config API version and kind (DESIGN §4.1).
+// Config API version and kind (docs/reference.md §3).
 const (
 	configAPIVersion = "sops-webhook.io/v1alpha1"
 	configKind       = "Config"
@@ -33,7 +33,7 @@ type config struct {
 	Policy []ruleConfig `json:"policy,omitempty"`
 }
 
-// ruleConfig is one policy rule (DESIGN §4.1).
+// ruleConfig is one policy rule (docs/reference.md §3).
 type ruleConfig struct {
 	Keys              []string              `json:"keys"`
 	Namespaces        []string              `json:"namespaces,omitempty"`
@@ -76,7 +76,7 @@ type azureConfig struct {
 	KeyName string `json:"keyName"`
 }
 
-// vaultConfig is a Vault or OpenBao transit key (DESIGN §4.1).
+// vaultConfig is a Vault or OpenBao transit key (docs/reference.md §3).
 type vaultConfig struct {
 	Address        string `json:"address"`
 	EnginePath     string `json:"enginePath"`

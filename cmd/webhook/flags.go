@@ -17,7 +17,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 )
 
-// options are the command-line flags (DESIGN §4.2).
+// options are the command-line flags (docs/reference.md §4).
 type options struct {
 	configFile      string
 	certDir         string

@@ -23,7 +23,6 @@ const (
 	ReasonUnavailable Reason = "the key that opens it could not be used"
 	ReasonPolicyCheck Reason = "the policy could not be checked"
 	ReasonTimeout     Reason = "decryption did not finish in time"
-	ReasonOverloaded  Reason = "the webhook is busy"
 	ReasonInternal    Reason = "internal error while decrypting"
 )
 
@@ -57,7 +56,6 @@ var reasons = map[Reason]reasonInfo{
 	ReasonUnavailable: {label: "key_unavailable", retryable: true},
 	ReasonPolicyCheck: {label: "policy_check_failed", retryable: true},
 	ReasonTimeout:     {label: "timeout", retryable: true},
-	ReasonOverloaded:  {label: "overloaded", retryable: true},
 	ReasonInternal:    {label: "internal", retryable: true},
 }
 

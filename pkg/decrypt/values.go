@@ -74,7 +74,7 @@ type Index struct {
 	digest [32]byte
 }
 
-// indexJSON is the annotation's shape (DESIGN §3.2).
+// indexJSON is the annotation's shape (docs/reference.md §2.2).
 type indexJSON struct {
 	Sops  json.RawMessage   `json:"sops"`
 	Paths map[string]string `json:"paths"`

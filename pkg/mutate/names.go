@@ -1,6 +1,6 @@
 package mutate
 
-// Public names of the product (DESIGN §2). They are API: keep them stable.
+// Public names of the product (docs/reference.md §1). They are API: keep them stable.
 const (
 	// LabelDecrypt on a namespace ("enabled") opts it in; on an object
 	// ("disabled") opts the object out. Both are enforced by the

@@ -1,4 +1,4 @@
-// Package testbed gives tests the real parts of the test bed (DESIGN §7):
+// Package testbed gives tests the real parts of the test bed (docs/design-notes.md, "Test bed"):
 // the sops, helm and age-keygen binaries and the kube-apiserver and etcd
 // assets that install.sh builds into the git-ignored cache, plus helpers that
 // generate keys and encrypt documents with the real sops CLI.
