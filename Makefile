@@ -38,7 +38,7 @@ unit:
 # e2e builds the webhook binary from source at run time, which go test's
 # cache cannot see: never cache it.
 e2e:
-	$(GO) test -count=1 ./test/e2e/
+	$(GO) test -count=1 -timeout 30m ./test/e2e/
 
 # fuzz-short runs each fuzz target for a fixed number of executions (no
 # wall-clock budget to race: see test/fuzz.sh).

@@ -1,77 +1,71 @@
 package testbed
 
 import (
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
-	"math/big"
 	"net"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/cert-manager/cert-manager/pkg/util/pki"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sops-webhook/sops-webhook/certs"
 )
 
-// NewTLS issues a fresh ECDSA P-256 CA and a serving certificate for hosts
-// (DNS names or IP addresses), both valid from a minute ago for validity,
-// with cert-manager's PKI library (github.com/cert-manager/cert-manager/
-// pkg/util/pki): the test bed's servers, the webhook under test and the
-// stand-ins serve these. Bundle.WriteDir writes them as --cert-dir expects.
+// NewTLS issues a fresh self-signed ECDSA P-256 CA and a serving certificate
+// it signs for hosts (DNS names or IP addresses), both valid for validity,
+// the way cert-manager's CA issuer does: each from a Certificate spec,
+// through cert-manager's PKI library (github.com/cert-manager/cert-manager/
+// pkg/util/pki). The test bed's servers, the webhook under test and the
+// stand-ins serve these; Bundle.WriteDir writes them as --cert-dir expects.
 func NewTLS(hosts []string, validity time.Duration) (*certs.Bundle, error) {
-	notBefore := time.Now().Add(-time.Minute)
-	caKey, err := pki.GenerateECPrivateKey(pki.ECCurve256)
+	spec := func(cn string, isCA bool, usages ...cmapi.KeyUsage) *cmapi.Certificate {
+		return &cmapi.Certificate{Spec: cmapi.CertificateSpec{
+			CommonName: cn,
+			Duration:   &metav1.Duration{Duration: validity},
+			IsCA:       isCA,
+			Usages:     usages,
+			PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
+		}}
+	}
+	caCrt := spec("sops-webhook test bed CA", true, cmapi.UsageCertSign, cmapi.UsageDigitalSignature)
+	leafCrt := spec(hosts[0], false, cmapi.UsageDigitalSignature, cmapi.UsageServerAuth)
+	for _, h := range hosts {
+		if net.ParseIP(h) != nil {
+			leafCrt.Spec.IPAddresses = append(leafCrt.Spec.IPAddresses, h)
+		} else {
+			leafCrt.Spec.DNSNames = append(leafCrt.Spec.DNSNames, h)
+		}
+	}
+
+	caKey, err := pki.GeneratePrivateKeyForCertificate(caCrt)
 	if err != nil {
 		return nil, fmt.Errorf("CA key: %w", err)
 	}
-	caTemplate := &x509.Certificate{
-		SerialNumber:          serialNumber(),
-		Subject:               pkix.Name{CommonName: "sops-webhook test bed CA"},
-		NotBefore:             notBefore,
-		NotAfter:              notBefore.Add(validity),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	caTemplate, err := pki.CertificateTemplateFromCertificate(caCrt)
+	if err != nil {
+		return nil, fmt.Errorf("CA template: %w", err)
 	}
 	caPEM, caCert, err := pki.SignCertificate(caTemplate, caTemplate, caKey.Public(), caKey)
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
-	key, err := pki.GenerateECPrivateKey(pki.ECCurve256)
+
+	key, err := pki.GeneratePrivateKeyForCertificate(leafCrt)
 	if err != nil {
 		return nil, fmt.Errorf("serving key: %w", err)
 	}
-	leaf := &x509.Certificate{
-		SerialNumber: serialNumber(),
-		Subject:      pkix.Name{CommonName: hosts[0]},
-		NotBefore:    notBefore,
-		NotAfter:     notBefore.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	leaf, err := pki.CertificateTemplateFromCertificate(leafCrt)
+	if err != nil {
+		return nil, fmt.Errorf("serving template: %w", err)
 	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			leaf.IPAddresses = append(leaf.IPAddresses, ip)
-		} else {
-			leaf.DNSNames = append(leaf.DNSNames, h)
-		}
-	}
-	certPEM, _, err := pki.SignCertificate(leaf, caCert, key.Public(), caKey)
+	leafPEM, _, err := pki.SignCertificate(leaf, caCert, key.Public(), caKey)
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
 	}
-	keyPEM, err := pki.EncodeECPrivateKey(key)
+	keyPEM, err := pki.EncodePrivateKey(key, cmapi.PKCS8)
 	if err != nil {
 		return nil, err
 	}
-	return &certs.Bundle{CACert: caPEM, Cert: certPEM, Key: keyPEM}, nil
-}
-
-func serialNumber() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		panic(err) // crypto/rand does not fail on supported platforms
-	}
-	return n
+	return &certs.Bundle{CACert: caPEM, Cert: leafPEM, Key: keyPEM}, nil
 }
