@@ -224,7 +224,7 @@ func TestChartsLint(t *testing.T) {
 			h.MustRun(t, "lint", "--strict", filepath.Join(root, "charts", "sops-webhook-values"))
 			webhook := filepath.Join(repo, "charts", "sops-webhook")
 			h.MustRun(t, "lint", "--strict", webhook)
-			h.MustRun(t, "lint", "--strict", webhook, "--set", "certificates.mode=self-managed", "--set", "serviceMonitor.enabled=true")
+			h.MustRun(t, "lint", "--strict", webhook, "--set", "certificates.mode=self-managed", "--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true")
 			_, err := h.Run("lint", "--strict", webhook, "--set", "certificates.mode=acme")
 			require.Error(t, err, "an unknown certificates.mode fails")
 			h.MustRun(t, "dependency", "update", example)
