@@ -18,6 +18,10 @@
 // text, authenticated with its path, rendered as Helm renders the plain value.
 //
 // Every error returned by this package is an *Error: a fixed reason and a
-// hint, written by us. sops' own error strings are never passed on, because
+// hint, written by us. Each Reason has a metric label and a class in one
+// table (errors.go): the request's fault, or retryable. sops' own error strings are never passed on, because
 // some of them quote values or the expected MAC.
+//
+// A program that decrypts untrusted documents calls DiscardLibraryLogs once
+// at startup: sops' own loggers can print a value.
 package decrypt

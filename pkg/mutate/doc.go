@@ -10,6 +10,8 @@
 // replaces exactly the decrypted fields and records what it did in the
 // sops-webhook.io/decrypted and sops-webhook.io/keys annotations, the same
 // facts as audit annotations, and a warning where plaintext lands in a
-// ConfigMap. A payload that cannot be decrypted denies the whole request:
-// nothing is stored half-decrypted.
+// ConfigMap. A payload that cannot be decrypted refuses the whole request,
+// so nothing is stored half-decrypted: Denied (403) when the request is at
+// fault, a retryable error response (503, or 500) when the webhook or a key
+// service is (deny.go; the table is decrypt's, docs/reference.md §6).
 package mutate

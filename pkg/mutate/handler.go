@@ -78,7 +78,7 @@ var _ admission.Handler = (*Handler)(nil)
 
 // Handle decrypts the SOPS payloads of a Secret or ConfigMap being created or
 // updated. Objects without SOPS content are allowed without a patch; a
-// payload that cannot be decrypted denies the request.
+// payload that cannot be decrypted refuses the request (refusal.response).
 func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admission.Response) {
 	start := time.Now()
 	defer func() { h.metrics.observeRequest(req, resp, time.Since(start)) }()
