@@ -33,9 +33,6 @@ type SubjectAccessReviews struct {
 // NewSubjectAccessReviews returns an Authorizer using client, caching each
 // decision for ttl.
 func NewSubjectAccessReviews(client kubernetes.Interface, ttl time.Duration, now func() time.Time) *SubjectAccessReviews {
-	if now == nil {
-		now = time.Now
-	}
 	return &SubjectAccessReviews{client: client, cache: lru.New[[sha256.Size]byte, bool](maxCached, ttl, now)}
 }
 
@@ -94,9 +91,6 @@ type Namespaces struct {
 
 // NewNamespaces returns a NamespaceLabels using client, caching for ttl.
 func NewNamespaces(client kubernetes.Interface, ttl time.Duration, now func() time.Time) *Namespaces {
-	if now == nil {
-		now = time.Now
-	}
 	return &Namespaces{client: client, cache: lru.New[string, map[string]string](maxCached, ttl, now)}
 }
 

@@ -1,6 +1,8 @@
 package testbed
 
 import (
+	"crypto"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"time"
@@ -38,28 +40,11 @@ func NewTLS(hosts []string, validity time.Duration) (*certs.Bundle, error) {
 		}
 	}
 
-	caKey, err := pki.GeneratePrivateKeyForCertificate(caCrt)
+	caPEM, caCert, caKey, err := issue(caCrt, nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("CA key: %w", err)
+		return nil, fmt.Errorf("CA: %w", err)
 	}
-	caTemplate, err := pki.CertificateTemplateFromCertificate(caCrt)
-	if err != nil {
-		return nil, fmt.Errorf("CA template: %w", err)
-	}
-	caPEM, caCert, err := pki.SignCertificate(caTemplate, caTemplate, caKey.Public(), caKey)
-	if err != nil {
-		return nil, fmt.Errorf("CA certificate: %w", err)
-	}
-
-	key, err := pki.GeneratePrivateKeyForCertificate(leafCrt)
-	if err != nil {
-		return nil, fmt.Errorf("serving key: %w", err)
-	}
-	leaf, err := pki.CertificateTemplateFromCertificate(leafCrt)
-	if err != nil {
-		return nil, fmt.Errorf("serving template: %w", err)
-	}
-	leafPEM, _, err := pki.SignCertificate(leaf, caCert, key.Public(), caKey)
+	leafPEM, _, key, err := issue(leafCrt, caCert, caKey)
 	if err != nil {
 		return nil, fmt.Errorf("serving certificate: %w", err)
 	}
@@ -68,4 +53,25 @@ func NewTLS(hosts []string, validity time.Duration) (*certs.Bundle, error) {
 		return nil, err
 	}
 	return &certs.Bundle{CACert: caPEM, Cert: leafPEM, Key: keyPEM}, nil
+}
+
+// issue makes a key and a certificate for crt, signed by parent and
+// parentKey, or self-signed when parent is nil.
+func issue(crt *cmapi.Certificate, parent *x509.Certificate, parentKey crypto.Signer) ([]byte, *x509.Certificate, crypto.Signer, error) {
+	key, err := pki.GeneratePrivateKeyForCertificate(crt)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("key: %w", err)
+	}
+	template, err := pki.CertificateTemplateFromCertificate(crt)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("template: %w", err)
+	}
+	if parent == nil {
+		parent, parentKey = template, key
+	}
+	certPEM, cert, err := pki.SignCertificate(template, parent, key.Public(), parentKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return certPEM, cert, key, nil
 }
