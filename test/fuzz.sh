@@ -20,6 +20,8 @@ cache=$(go env GOCACHE)/fuzz
 targets=(
 	"./pkg/decrypt FuzzDetect"
 	"./pkg/decrypt FuzzDocument"
+	"./pkg/decrypt FuzzEmitJSON"
+	"./pkg/decrypt FuzzEmitYAML"
 	"./pkg/decrypt FuzzTokens"
 	"./pkg/mutate FuzzHandler"
 )

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
@@ -42,6 +45,19 @@ type options struct {
 	resultCacheBytes    int
 	policyCacheTTL      time.Duration
 	configCheckInterval time.Duration
+
+	// memory sizes the budgets; flags override parts of it.
+	memory     memoryOptions
+	budgetWait time.Duration
+}
+
+// memoryOptions are the memory limit and the budgets derived from it
+// (budget.ForLimit), each overridable by a flag.
+type memoryOptions struct {
+	// limit is --memory-limit; 0: read $SOPS_WEBHOOK_MEMORY_LIMIT or the cgroup.
+	limit int64
+	// decrypt and bodies are --decrypt-budget and --body-budget; 0: derived.
+	decrypt, bodies int64
 }
 
 // selfCertOptions configure the self-managed certificate mode.
@@ -81,6 +97,10 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.IntVar(&o.resultCacheBytes, "document-cache-bytes", decrypt.DefaultResultCacheBytes, "memory for decrypted documents and parsed values indexes, reused for --data-key-cache-ttl after the policy check; 0 disables it")
 	fs.DurationVar(&o.policyCacheTTL, "policy-cache-ttl", policy.DefaultCacheTTL, "how long RBAC decisions and namespace labels are reused")
 	fs.DurationVar(&o.configCheckInterval, "config-check-interval", 10*time.Second, "how often the config file and the key files are checked for changes; 0 disables reloading")
+	memLimit := fs.String("memory-limit", "", "memory limit to size GOMEMLIMIT and the budgets for, as a quantity (256Mi); default: $"+memoryLimitEnv+" (the Downward API's limits.memory), else the memory cgroup's limit, else "+budget.MiB(budget.DefaultMemoryLimit)+" for the budgets and no GOMEMLIMIT")
+	decryptBudget := fs.String("decrypt-budget", "", "bytes of SOPS payload decrypted at once, as a quantity; default: derived from the memory limit (docs/operations.md, Sizing)")
+	bodyBudget := fs.String("body-budget", "", "bytes of request bodies over 64 KiB read at once, as a quantity; default: derived from the memory limit")
+	fs.DurationVar(&o.budgetWait, "budget-wait", budget.DefaultWait, "longest time a request waits for room in a budget before it is refused as busy (retryable)")
 	fs.StringVar(&o.selfCerts.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "self-managed: the webhook's namespace (default $POD_NAMESPACE)")
 	fs.StringVar(&o.selfCerts.secretName, "tls-secret", "sops-webhook-tls", "self-managed: Secret holding the CA and serving certificate")
 	fs.StringVar(&o.selfCerts.webhookConfiguration, "webhook-configuration", "sops-webhook", "self-managed: MutatingWebhookConfiguration whose caBundle is kept")
@@ -102,7 +122,24 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	return o, o.validate()
+	var errs []error
+	for _, q := range []struct {
+		flag  string
+		value string
+		into  *int64
+	}{{"--memory-limit", *memLimit, &o.memory.limit}, {"--decrypt-budget", *decryptBudget, &o.memory.decrypt}, {"--body-budget", *bodyBudget, &o.memory.bodies}} {
+		if q.value == "" {
+			continue
+		}
+		v, err := resource.ParseQuantity(q.value)
+		if err != nil || v.Value() <= 0 {
+			errs = append(errs, fmt.Errorf("%s %q is not a positive quantity of bytes", q.flag, q.value))
+			continue
+		}
+		*q.into = v.Value()
+	}
+	errs = append(errs, o.validate())
+	return o, errors.Join(errs...)
 }
 
 func (o options) validate() error {
@@ -140,6 +177,9 @@ func (o options) validate() error {
 	}
 	if o.port < 1 || o.port > 65535 {
 		errs = append(errs, fmt.Errorf("--port %d is not a TCP port", o.port))
+	}
+	if o.budgetWait <= 0 || o.budgetWait >= o.decryptTimeout {
+		errs = append(errs, fmt.Errorf("--budget-wait must be positive and shorter than --decrypt-timeout (%s)", o.decryptTimeout))
 	}
 	if o.decryptTimeout <= 0 {
 		errs = append(errs, errors.New("--decrypt-timeout must be positive"))

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 )
 
@@ -21,15 +23,32 @@ func main1() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	opts, err := parseFlags(os.Args[1:], os.Stderr)
+	var mem memoryPlan
+	if err == nil {
+		mem, err = planMemory(opts.memory)
+	}
 	if err == nil {
 		// The process-wide settings, made here only: controller-runtime's
-		// logger (its webhook server logs through it), and sops' own
+		// logger (its webhook server logs through it), sops' own
 		// package-level loggers silenced, since one of them logs a
-		// comment's value when it fails to decrypt.
+		// comment's value when it fails to decrypt, and the Go runtime's
+		// soft memory limit at 90 % of the container's, unless GOMEMLIMIT
+		// sets it.
 		log := newLogger(opts.logLevel, os.Stderr)
 		ctrllog.SetLogger(log)
 		decrypt.DiscardLibraryLogs()
-		err = run(ctx, opts, log)
+		goMemLimit := "from $GOMEMLIMIT"
+		switch {
+		case os.Getenv("GOMEMLIMIT") != "":
+		case mem.limited:
+			debug.SetMemoryLimit(mem.GoMemLimit)
+			goMemLimit = budget.MiB(mem.GoMemLimit)
+		default:
+			goMemLimit = "none"
+		}
+		log.Info("memory", "limit", budget.MiB(mem.Limit), "source", mem.source, "goMemLimit", goMemLimit,
+			"decryptBudget", budget.MiB(mem.Decrypt), "bodyBudget", budget.MiB(mem.Bodies))
+		err = run(ctx, opts, mem.Sizes, log)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sops-webhook:", err)

@@ -26,6 +26,7 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 )
@@ -34,9 +35,10 @@ import (
 const mutatePath = "/mutate"
 
 // run loads the config and keys, then serves the admission endpoint, the
-// health probes and the metrics until ctx is cancelled, logging to log. It
-// changes nothing process-wide: main does that.
-func run(ctx context.Context, o options, log logr.Logger) error {
+// health probes and the metrics until ctx is cancelled, logging to log.
+// Decryption and large request bodies are admitted within the budgets of
+// mem. It changes nothing process-wide: main does that.
+func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) error {
 	ctx = ctrllog.IntoContext(ctx, log)
 
 	kube, err := kubeClient(o.kubeconfig)
@@ -59,7 +61,12 @@ func run(ctx context.Context, o options, log logr.Logger) error {
 	}
 	engines.onReload = metrics.Reloaded
 	log.Info("keys loaded", "keys", names)
-	handler := mutate.NewHandler(engines.Engine, mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout))
+	decryptBudget := budget.New(budget.Config{Bytes: mem.Decrypt, Wait: o.budgetWait})
+	bodies := budget.NewLane("bodies", "reading", mem.Bodies, 0, o.budgetWait)
+	if err := metrics.WatchLanes(append(decryptBudget.Lanes(), bodies)...); err != nil {
+		return err
+	}
+	handler := mutate.NewHandler(engines.Engine, mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout), mutate.WithBudget(decryptBudget))
 
 	var certs *selfcerts.Manager
 	if o.certificates == certificatesSelfManaged {
@@ -82,7 +89,7 @@ func run(ctx context.Context, o options, log logr.Logger) error {
 		TLSOpts: []func(*tls.Config){hardenTLS},
 	})
 	var stopping atomic.Bool
-	server.Register(mutatePath, closeWhen(&stopping, &webhook.Admission{Handler: handler}))
+	server.Register(mutatePath, closeWhen(&stopping, mutate.BodyGate(bodies, metrics, &webhook.Admission{Handler: handler})))
 
 	// On SIGTERM: report not ready and ask clients to reconnect elsewhere
 	// for --shutdown-delay while still serving, then stop the servers.

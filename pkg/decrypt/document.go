@@ -17,7 +17,6 @@ import (
 	"github.com/getsops/sops/v3/stores/dotenv"
 	"github.com/getsops/sops/v3/stores/ini"
 	"github.com/getsops/sops/v3/stores/json"
-	"github.com/getsops/sops/v3/stores/yaml"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/internal/quote"
@@ -153,7 +152,7 @@ func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access
 		return Result{}, fail(ReasonMAC, hintReencrypt)
 	}
 
-	out, err := st.EmitPlainFile(tree.Branches)
+	out, err := emitPlain(st, tree.Branches, len(value))
 	if err != nil {
 		return Result{}, fail(ReasonMalformed, fmt.Sprintf("its decrypted content cannot be written as %s", f))
 	}
@@ -206,14 +205,40 @@ type store interface {
 	sops.PlainFileEmitter
 }
 
+// sizedEmitter is a store that can use the encrypted document's size to
+// write its plaintext without regrowing a buffer.
+type sizedEmitter interface {
+	emitPlainSized(in sops.TreeBranches, encryptedSize int) ([]byte, error)
+}
+
+// emitPlain writes a decrypted tree with st, passing encryptedSize on to a
+// store that uses it.
+func emitPlain(st store, in sops.TreeBranches, encryptedSize int) ([]byte, error) {
+	if s, ok := st.(sizedEmitter); ok {
+		return s.emitPlainSized(in, encryptedSize)
+	}
+	return st.EmitPlainFile(in)
+}
+
 // stores holds sops' store for each document format, with the settings
-// `sops decrypt` uses when no .sops.yaml configures them. Stores hold only
-// that configuration, so one of each serves every request.
+// `sops decrypt` uses when no .sops.yaml configures them. The JSON and YAML
+// stores emit with our own writers (jsonemit.go, yamlemit.go), which print
+// the same bytes in linear time and memory. Stores hold only that
+// configuration, so one of each serves every request.
 var stores = func() map[Format]store {
 	c := config.NewStoresConfig()
+	js, err := newJSONStore(&c.JSON)
+	if err != nil {
+		// sops' default settings are valid; this is a programming error.
+		panic("decrypt: sops' default JSON settings: " + err.Error())
+	}
+	ys, err := newYAMLStore(&c.YAML)
+	if err != nil {
+		panic("decrypt: sops' default YAML settings: " + err.Error())
+	}
 	return map[Format]store{
-		FormatYAML:   yaml.NewStore(&c.YAML),
-		FormatJSON:   json.NewStore(&c.JSON),
+		FormatYAML:   ys,
+		FormatJSON:   js,
 		FormatBinary: json.NewBinaryStore(&c.JSONBinary),
 		FormatDotenv: dotenv.NewStore(&c.Dotenv),
 		FormatINI:    ini.NewStore(&c.INI),

@@ -69,7 +69,8 @@ func TestErrorClasses(t *testing.T) {
 	}
 }
 
-// counter returns the value of the series of name with exactly labels.
+// counter returns the value of the series of name with exactly labels: a
+// counter's or a gauge's.
 func counter(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
@@ -87,6 +88,9 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, labels map[str
 				if labels[l.GetName()] != l.GetValue() {
 					continue series
 				}
+			}
+			if s.Gauge != nil {
+				return s.GetGauge().GetValue()
 			}
 			return s.GetCounter().GetValue()
 		}

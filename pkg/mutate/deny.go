@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 )
 
@@ -32,8 +33,12 @@ func (r *refusal) reason() (decrypt.Reason, bool) {
 }
 
 // retryable reports whether the webhook or a dependency failed rather than
-// the request (decrypt.Reason.Retryable).
+// the request (decrypt.Reason.Retryable), or the budget had no room.
 func (r *refusal) retryable() bool {
+	var busy *budget.BusyError
+	if errors.As(r.err, &busy) {
+		return true
+	}
 	reason, ok := r.reason()
 	return ok && reason.Retryable()
 }
@@ -63,7 +68,13 @@ func (r *refusal) response(obj object) admission.Response {
 }
 
 func (r *refusal) message(obj object, verb string) string {
-	msg := fmt.Sprintf("sops-webhook: %s %s field %s: %v", verb, obj, r.field, r.err)
+	var msg string
+	if r.field == "" {
+		// The budget refuses the object as a whole.
+		msg = fmt.Sprintf("sops-webhook: %s %s: %v", verb, obj, r.err)
+	} else {
+		msg = fmt.Sprintf("sops-webhook: %s %s field %s: %v", verb, obj, r.field, r.err)
+	}
 	if r.hint != "" {
 		msg += "; " + r.hint
 	}

@@ -13,6 +13,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 )
@@ -53,6 +54,7 @@ type Handler struct {
 	engine  func() Engine
 	metrics *Metrics
 	timeout time.Duration
+	budget  *budget.Budget
 }
 
 // Option configures a Handler.
@@ -60,6 +62,11 @@ type Option func(*Handler)
 
 // WithTimeout sets how long one request may spend decrypting.
 func WithTimeout(d time.Duration) Option { return func(h *Handler) { h.timeout = d } }
+
+// WithBudget admits the SOPS payloads of each request through b, weighed by
+// their size, before any is decrypted. Without it nothing bounds the work
+// in flight.
+func WithBudget(b *budget.Budget) Option { return func(h *Handler) { h.budget = b } }
 
 // WithMetrics records requests and decryptions in m.
 func WithMetrics(m *Metrics) Option { return func(h *Handler) { h.metrics = m } }

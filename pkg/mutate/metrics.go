@@ -1,11 +1,13 @@
 package mutate
 
 import (
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 )
@@ -21,6 +23,8 @@ type Metrics struct {
 	reloads     *prometheus.CounterVec
 	cache       *prometheus.CounterVec
 	unwraps     *prometheus.CounterVec
+	busy        *prometheus.CounterVec
+	reg         prometheus.Registerer
 }
 
 // The outcome labels of sops_webhook_admission_requests_total.
@@ -59,8 +63,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "sops_webhook_key_unwraps_total",
 			Help: "Data-key unwraps asked of each configured key (remote calls for KMS and Vault keys), by result (opened, not_opened).",
 		}, []string{"key", "result"}),
+		busy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sops_webhook_budget_refusals_total",
+			Help: "Requests refused, retryably, because their lane of the memory budget had no room in time: small and large (decryption), bodies (reading large request bodies).",
+		}, []string{"lane"}),
+		reg: reg,
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.decryptions, m.reloads, m.cache, m.unwraps} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.decryptions, m.reloads, m.cache, m.unwraps, m.busy} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -104,6 +113,42 @@ func (m *Metrics) observeDecryption(f decrypt.Format, r decrypt.Reason) {
 		return
 	}
 	m.decryptions.WithLabelValues(string(f), decryptionOutcome(r)).Inc()
+}
+
+// observeBusy counts a refusal by a budget lane; other errors are ignored.
+func (m *Metrics) observeBusy(err error) {
+	var busy *budget.BusyError
+	if m == nil || !errors.As(err, &busy) {
+		return
+	}
+	m.busy.WithLabelValues(busy.Lane).Inc()
+}
+
+// WatchLanes exports each lane's capacity and the bytes it has admitted, as
+// sops_webhook_budget_capacity_bytes and sops_webhook_budget_in_flight_bytes
+// labelled with the lane's name, and starts its refusal count at zero.
+func (m *Metrics) WatchLanes(lanes ...*budget.Lane) error {
+	if m == nil {
+		return nil
+	}
+	for _, l := range lanes {
+		labels := prometheus.Labels{"lane": l.Name()}
+		capacity := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sops_webhook_budget_capacity_bytes", ConstLabels: labels,
+			Help: "Bytes a lane of the memory budget admits at once.",
+		}, func() float64 { return float64(l.Capacity()) })
+		inFlight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sops_webhook_budget_in_flight_bytes", ConstLabels: labels,
+			Help: "Bytes a lane of the memory budget has admitted and not yet released.",
+		}, func() float64 { return float64(l.InFlight()) })
+		for _, c := range []prometheus.Collector{capacity, inFlight} {
+			if err := m.reg.Register(c); err != nil {
+				return err
+			}
+		}
+		m.busy.WithLabelValues(l.Name())
+	}
+	return nil
 }
 
 // Reloaded counts a config reload attempt.

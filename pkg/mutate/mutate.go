@@ -63,14 +63,30 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 		return mutation{}, &refusal{field: "metadata.annotations[" + AnnotationExpand + "]", err: err}
 	}
 	var (
-		m      mutation
-		keys   = map[string]bool{}
-		count  int
-		tokens *decrypt.Tokens
-		x      = newExpansion(obj)
+		m       mutation
+		keys    = map[string]bool{}
+		count   int
+		tokens  *decrypt.Tokens
+		x       = newExpansion(obj)
+		formats = make([]decrypt.Format, len(obj.fields))
+		weight  int64
 	)
-	for _, f := range obj.fields {
-		format := decrypt.Detect(f.value, f.key)
+	for i, f := range obj.fields {
+		if formats[i] = decrypt.Detect(f.value, f.key); formats[i] != decrypt.FormatNone {
+			weight += int64(len(f.value))
+		}
+	}
+	// Only SOPS payloads are weighed: an object without any costs nothing.
+	if h.budget != nil && weight > 0 {
+		release, err := h.budget.Acquire(ctx, weight)
+		if err != nil {
+			h.metrics.observeBusy(err)
+			return mutation{}, &refusal{err: err}
+		}
+		defer release()
+	}
+	for i, f := range obj.fields {
+		format := formats[i]
 		switch {
 		case format == decrypt.FormatNone:
 			continue

@@ -1,0 +1,136 @@
+package mutate_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+)
+
+// plainDecryptor decrypts every document to the same text and counts the
+// documents it was asked for.
+type plainDecryptor struct{ calls atomic.Int64 }
+
+func (p *plainDecryptor) Document(context.Context, []byte, decrypt.Format, keysource.Access) (decrypt.Result, error) {
+	p.calls.Add(1)
+	return decrypt.Result{Plaintext: []byte("A=1\n"), Format: decrypt.FormatDotenv, Keys: []string{"k"}}, nil
+}
+func (p *plainDecryptor) Tokens(*decrypt.Index, keysource.Access) *decrypt.Tokens { return nil }
+func (p *plainDecryptor) Index([]byte) (*decrypt.Index, error)                    { return nil, nil }
+
+// dotenvDocument is a value Detect takes for a dotenv SOPS document, of
+// about n bytes.
+func dotenvDocument(n int) []byte {
+	tail := "sops_version=3.13.3\nsops_mac=ENC[AES256_GCM,data:x,iv:y,tag:z,type:str]\n"
+	return append(bytes.Repeat([]byte("A=ENC[AES256_GCM,data:x,iv:y,tag:z,type:str]\n"), max(n-len(tail), 0)/46), tail...)
+}
+
+// TestBudget holds the large lane of the decryption budget, as a flood of
+// large documents would: a large document is refused at once as busy
+// (retryable, counted) without being decrypted; a small document, and an
+// object without SOPS content however large, pass.
+func TestBudget(t *testing.T) {
+	b := budget.New(budget.Config{Bytes: 4 << 20, LargeSlots: 1, Wait: 50 * time.Millisecond})
+	large := b.Lanes()[1]
+	hold, err := large.Acquire(context.Background(), large.Capacity())
+	require.NoError(t, err)
+	defer hold()
+
+	reg := prometheus.NewRegistry()
+	m, err := mutate.NewMetrics(reg)
+	require.NoError(t, err)
+	require.NoError(t, m.WatchLanes(b.Lanes()...))
+	d := &plainDecryptor{}
+	h := mutate.NewHandler(static(mutate.Engine{Decryptor: d}), mutate.WithMetrics(m), mutate.WithBudget(b))
+	handle := func(data map[string][]byte) admission.Response {
+		return h.Handle(context.Background(), admission.Request{AdmissionRequest: request(t, "Secret", admissionv1.Create, secret("app", data))})
+	}
+
+	t.Run("a large document waits, then is refused as busy", func(t *testing.T) {
+		resp := handle(map[string][]byte{"big.env": dotenvDocument(512 << 10)})
+		require.False(t, resp.Allowed)
+		msg := messageOf(resp)
+		assert.EqualValues(t, http.StatusServiceUnavailable, resp.Result.Code, msg)
+		assert.Contains(t, msg, "sops-webhook: could not decrypt Secret team-a/app: the webhook is busy decrypting ")
+		assert.Contains(t, msg, "the request is not at fault: retry it")
+		assert.Zero(t, d.calls.Load(), "nothing is decrypted before it is admitted")
+		assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "large"}))
+		assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_admission_requests_total", map[string]string{"kind": "Secret", "operation": "CREATE", "outcome": mutate.OutcomeErrored}))
+	})
+	t.Run("a small document does not wait behind it", func(t *testing.T) {
+		resp := handle(map[string][]byte{"app.env": dotenvDocument(1 << 10)})
+		require.True(t, resp.Allowed, messageOf(resp))
+		assert.NotEmpty(t, resp.Patches)
+		assert.EqualValues(t, 1, d.calls.Load())
+		assert.Zero(t, b.Lanes()[0].InFlight(), "the small lane is given back")
+	})
+	t.Run("an object without SOPS content is never weighed", func(t *testing.T) {
+		small := b.Lanes()[0]
+		fill, err := small.Acquire(context.Background(), small.Capacity())
+		require.NoError(t, err)
+		defer fill()
+		resp := handle(map[string][]byte{"blob": bytes.Repeat([]byte("x"), 900<<10)})
+		require.True(t, resp.Allowed)
+		assert.Empty(t, resp.Patches)
+	})
+	t.Run("the lanes are exported", func(t *testing.T) {
+		assert.Equal(t, float64(large.Capacity()), counter(t, reg, "sops_webhook_budget_in_flight_bytes", map[string]string{"lane": "large"}))
+		assert.Equal(t, 0.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "small"}))
+	})
+}
+
+// TestBodyGate holds the body lane: a large body is answered at once,
+// unread, with a retryable Kubernetes Status; a small body passes.
+func TestBodyGate(t *testing.T) {
+	lane := budget.NewLane("bodies", "reading", 1<<20, 0, 50*time.Millisecond)
+	reg := prometheus.NewRegistry()
+	m, err := mutate.NewMetrics(reg)
+	require.NoError(t, err)
+	var served atomic.Int64
+	srv := httptest.NewServer(mutate.BodyGate(lane, m, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+	})))
+	defer srv.Close()
+	post := func(n int) *http.Response {
+		resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(make([]byte, n)))
+		require.NoError(t, err)
+		t.Cleanup(func() { resp.Body.Close() })
+		return resp
+	}
+
+	hold, err := lane.Acquire(context.Background(), lane.Capacity())
+	require.NoError(t, err)
+	resp := post(256 << 10)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	var st metav1.Status
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+	assert.Equal(t, "Status", st.Kind)
+	assert.Equal(t, metav1.StatusReasonServiceUnavailable, st.Reason)
+	assert.Contains(t, st.Message, "sops-webhook: the webhook is busy reading 1.0 MiB; the request is not at fault: retry it")
+	assert.Zero(t, served.Load(), "a refused body is never handed on")
+	assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "bodies"}))
+
+	require.Equal(t, http.StatusOK, post(4<<10).StatusCode, "a small body passes a full lane")
+	hold()
+	require.Equal(t, http.StatusOK, post(256<<10).StatusCode)
+	assert.EqualValues(t, 2, served.Load())
+	assert.Zero(t, lane.InFlight())
+}
