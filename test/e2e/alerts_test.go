@@ -81,7 +81,9 @@ policy:
   - {keys: [owned], namespaces: [elsewhere]}
   - {keys: [local, vault], namespaces: ["*"]}
 `
-	wh := b.startWebhookWith(ctx, t, "alerts", config, []string{"--config-check-interval", "200ms"}, nil)
+	// A 1 ms budget wait makes a burst of large documents overflow the
+	// large lane, which admits one at a time on this machine.
+	wh := b.startWebhookWith(ctx, t, "alerts", config, []string{"--config-check-interval", "200ms", "--budget-wait", "1ms"}, nil)
 	mine := testbed.Recipients{Age: []testbed.AgeKey{local}}
 
 	// What operators alert on, driven for real.
@@ -103,6 +105,10 @@ policy:
 	require.True(t, apierrors.IsForbidden(err), "tampered: %v", err)
 	err = b.create(ctx, "swapped", swapYAMLValues(t, doc, "password", "user"))
 	require.True(t, apierrors.IsForbidden(err), "swapped values: %v", err)
+
+	busy := busyBurst(ctx, t, b, testbed.SopsEncrypt(t, largeYAML("alerts-PLAINTEXT-6"), "yaml", mine))
+	require.True(t, apierrors.IsServiceUnavailable(busy), "a full budget is retryable: %v", busy)
+	require.Contains(t, busy.Error(), "the webhook is busy decrypting")
 
 	require.NoError(t, os.WriteFile(filepath.Join(b.work, "alerts", "config.yaml"), []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys: []\n"), 0o600))
 	require.Eventually(t, func() bool {
@@ -138,6 +144,7 @@ policy:
 		"SopsWebhookDenials":               {{"kind": "Secret"}},
 		"SopsWebhookConfigReloadFailed":    {{"result": "failure"}},
 		"SopsWebhookSlow":                  {{}},
+		"SopsWebhookBusy":                  {{"lane": "large"}},
 		"SopsWebhookUnreachable":           {{}},
 	}
 	var tests []map[string]any
@@ -181,6 +188,42 @@ policy:
 		t.Logf("promtool input:\n%s", series)
 	}
 	t.Logf("promtool: %s", strings.TrimSpace(string(out)))
+}
+
+// largeYAML is a plaintext of about 200 KiB, well over the small lane's
+// 64 KiB once encrypted.
+func largeYAML(marker string) []byte {
+	var b bytes.Buffer
+	for i := 0; b.Len() < 200<<10; i++ {
+		b.WriteString("key" + strconv.Itoa(i) + ": " + marker + "\n")
+	}
+	return b.Bytes()
+}
+
+// busyBurst creates Secrets holding doc four at a time, until the API
+// server answers one of them with the budget's refusal, which it returns.
+// It gives up after 20 bursts.
+func busyBurst(ctx context.Context, t *testing.T, b *identityBed, doc []byte) error {
+	t.Helper()
+	for burst := range 20 {
+		errs := make(chan error, 4)
+		for i := range 4 {
+			go func() { errs <- b.create(ctx, "busy-"+strconv.Itoa(burst)+"-"+strconv.Itoa(i), doc) }()
+		}
+		var busy error
+		for range 4 {
+			if err := <-errs; err != nil && strings.Contains(err.Error(), "busy") {
+				busy = err
+			} else if err != nil {
+				t.Fatalf("a large document failed otherwise: %v", err)
+			}
+		}
+		if busy != nil {
+			return busy
+		}
+	}
+	t.Fatal("no burst of large documents overflowed the budget")
+	return nil
 }
 
 // series is one scraped sample.

@@ -80,6 +80,9 @@ type WebhookOptions struct {
 	Args        []string
 	// Env is extra environment for the webhook process.
 	Env []string
+	// Cgroup, if not nil, is the memory cgroup the webhook runs in from
+	// its start.
+	Cgroup *MemoryCgroup
 }
 
 // StartWebhookWith runs binary as o says on free loopback ports and returns
@@ -130,7 +133,11 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 	if extraLog != nil {
 		out = io.MultiWriter(w.logs, extraLog)
 	}
-	w.cmd = exec.Command(binary, args...)
+	argv := append([]string{binary}, args...)
+	if o.Cgroup != nil {
+		argv = o.Cgroup.Wrap(argv...)
+	}
+	w.cmd = exec.Command(argv[0], argv[1:]...)
 	w.cmd.Stdout, w.cmd.Stderr = out, out
 	w.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + workDir}, o.Env...)
 	if err := w.cmd.Start(); err != nil {
