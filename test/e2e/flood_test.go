@@ -218,6 +218,7 @@ func TestFlood(t *testing.T) {
 	assert.Equal(t, len(heavy)*floodDocsPerSender, tally["valid decrypted"], "every valid document is decrypted in the end")
 	peak, err := cg.Peak()
 	require.NoError(t, err)
+	assert.Less(t, peak, int64(floodLimit/10*9), "memory stays under GOMEMLIMIT, 90 %% of the limit: the budgets hold it")
 	busy, err := wh.Metric(`sops_webhook_budget_refusals_total{lane="large"}`)
 	require.NoError(t, err)
 	assert.Equal(t, float64(tally["valid refused as busy, then sent again"]+tally["invalid refused as busy"]), busy, "every busy refusal is counted")
