@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
@@ -101,6 +102,10 @@ func TestParseFlags(t *testing.T) {
 		{"self-managed needs an existing cert dir", []string{"--config", "c", "--cert-dir", "/nonexistent", "--certificates", "self-managed", "--namespace", "x"}, "existing folder"},
 		{"unknown certificates mode", []string{"--config", "c", "--cert-dir", certDir, "--certificates", "acme"}, `--certificates "acme"`},
 		{"negative shutdown delay", []string{"--config", "c", "--cert-dir", certDir, "--shutdown-delay", "-1s"}, "--shutdown-delay"},
+		{"budgets as quantities", []string{"--config", "c", "--cert-dir", certDir, "--memory-limit", "512Mi", "--decrypt-budget", "4Mi", "--body-budget", "32Mi"}, ""},
+		{"memory limit not a quantity", []string{"--config", "c", "--cert-dir", certDir, "--memory-limit", "lots"}, `--memory-limit "lots"`},
+		{"decrypt budget not positive", []string{"--config", "c", "--cert-dir", certDir, "--decrypt-budget", "0"}, "--decrypt-budget"},
+		{"budget wait not shorter than the decrypt timeout", []string{"--config", "c", "--cert-dir", certDir, "--budget-wait", "5s"}, "--budget-wait"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,4 +126,33 @@ func TestSelfManagedHosts(t *testing.T) {
 		"--namespace", "ops", "--service", "sw", "--tls-hosts", "127.0.0.1, sw.example"}, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"sw.ops.svc", "sw.ops.svc.cluster.local", "127.0.0.1", "sw.example"}, o.selfCerts.hosts)
+}
+
+// TestPlanMemory checks where the memory limit comes from and what is
+// derived from it: a flag wins over the Downward API's variable, budgets
+// given as flags win over derived ones, and with no limit at all the
+// budgets are sized for the default and GOMEMLIMIT is left alone.
+func TestPlanMemory(t *testing.T) {
+	t.Run("the Downward API's variable", func(t *testing.T) {
+		t.Setenv(memoryLimitEnv, "268435456")
+		p, err := planMemory(memoryOptions{})
+		require.NoError(t, err)
+		assert.True(t, p.limited)
+		assert.Equal(t, "$"+memoryLimitEnv, p.source)
+		assert.Equal(t, budget.ForLimit(256<<20), p.Sizes)
+	})
+	t.Run("the flag wins, and budget flags override", func(t *testing.T) {
+		t.Setenv(memoryLimitEnv, "268435456")
+		p, err := planMemory(memoryOptions{limit: 1 << 30, decrypt: 3 << 20})
+		require.NoError(t, err)
+		assert.Equal(t, "--memory-limit", p.source)
+		assert.EqualValues(t, (1<<30)/10*9, p.GoMemLimit)
+		assert.EqualValues(t, 3<<20, p.Decrypt)
+		assert.Equal(t, budget.ForLimit(1<<30).Bodies, p.Bodies)
+	})
+	t.Run("a bad variable stops the webhook", func(t *testing.T) {
+		t.Setenv(memoryLimitEnv, "256Mi")
+		_, err := planMemory(memoryOptions{})
+		require.ErrorContains(t, err, memoryLimitEnv)
+	})
 }

@@ -177,26 +177,20 @@ func prependHead(n *yaml.Node, comments []string) {
 }
 
 // appendLine adds comments to n's line comment.
-func appendLine(n *yaml.Node, comments []string) {
-	if len(comments) == 0 {
-		return
-	}
-	if c := joinComments(comments); n.LineComment != "" {
-		n.LineComment += "\n" + c
-	} else {
-		n.LineComment = c
-	}
-}
+func appendLine(n *yaml.Node, comments []string) { appendTo(&n.LineComment, comments) }
 
 // appendFoot adds comments below n.
-func appendFoot(n *yaml.Node, comments []string) {
+func appendFoot(n *yaml.Node, comments []string) { appendTo(&n.FootComment, comments) }
+
+// appendTo adds comments on lines of their own after those in field.
+func appendTo(field *string, comments []string) {
 	if len(comments) == 0 {
 		return
 	}
-	if c := joinComments(comments); n.FootComment != "" {
-		n.FootComment += "\n" + c
+	if c := joinComments(comments); *field != "" {
+		*field += "\n" + c
 	} else {
-		n.FootComment = c
+		*field = c
 	}
 }
 

@@ -82,23 +82,16 @@ func (c *MemoryCgroup) Wrap(argv ...string) []string {
 
 // Peak returns the most memory the cgroup has used, in bytes.
 func (c *MemoryCgroup) Peak() (int64, error) {
-	file := "memory.max_usage_in_bytes"
-	if c.v2 {
-		file = "memory.peak"
-	}
-	b, err := os.ReadFile(filepath.Join(c.Dir, file))
-	if err != nil {
-		return 0, fmt.Errorf("memory cgroup: %w", err)
-	}
-	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return c.readBytes(map[bool]string{false: "memory.max_usage_in_bytes", true: "memory.peak"}[c.v2])
 }
 
 // Usage returns the memory the cgroup uses now, in bytes.
 func (c *MemoryCgroup) Usage() (int64, error) {
-	file := "memory.usage_in_bytes"
-	if c.v2 {
-		file = "memory.current"
-	}
+	return c.readBytes(map[bool]string{false: "memory.usage_in_bytes", true: "memory.current"}[c.v2])
+}
+
+// readBytes reads a file of the cgroup that holds one number.
+func (c *MemoryCgroup) readBytes(file string) (int64, error) {
 	b, err := os.ReadFile(filepath.Join(c.Dir, file))
 	if err != nil {
 		return 0, fmt.Errorf("memory cgroup: %w", err)
