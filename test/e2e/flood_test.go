@@ -498,3 +498,61 @@ func decodeBase64(v json.RawMessage) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// TestBodyGateOverTLS gives the real binary a body budget smaller than one
+// large review and a 1 ms budget wait, and sends large reviews four at a
+// time over TLS: each is either decrypted or answered, unread, with the
+// body gate's Status (503, "busy reading", retryable), never a connection
+// error, and at least one is refused that way.
+func TestBodyGateOverTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: runs the real webhook binary; run without -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	key := testbed.NewAgeKey(t, false)
+	doc := newFloodDoc(t, "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
+	work := t.TempDir()
+	bin, err := testbed.BuildWebhook(work)
+	require.NoError(t, err)
+	config := filepath.Join(work, "config.yaml")
+	require.NoError(t, os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: team-a\n    age: {identityFile: "+key.IdentityFile+"}\n"), 0o600))
+	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{Config: config, WorkDir: work, Log: verbose(),
+		Args: []string{"--body-budget", "1Mi", "--budget-wait", "1ms"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = wh.Stop() })
+
+	c := caClient(t, wh.CABundle)
+	refused := 0
+	for burst := 0; burst < 10 && refused == 0; burst++ {
+		results := make(chan error, 4)
+		for i := range 4 {
+			go func() {
+				res, err := sendReview(ctx, c, wh.URL, secretReview(fmt.Sprintf("gate-%d-%d", burst, i), doc))
+				switch {
+				case err != nil:
+					results <- fmt.Errorf("connection error: %w", err)
+				case res.busy() && strings.Contains(res.Message, "the webhook is busy reading"):
+					results <- errBusy
+				default:
+					results <- doc.check(res)
+				}
+			}()
+		}
+		for range 4 {
+			switch err := <-results; {
+			case err == errBusy:
+				refused++
+			default:
+				require.NoError(t, err)
+			}
+		}
+	}
+	require.Positive(t, refused, "no large body was refused by the gate")
+	n, err := wh.Metric(`sops_webhook_budget_refusals_total{lane="bodies"}`)
+	require.NoError(t, err)
+	assert.EqualValues(t, refused, n, "every refusal is counted")
+}
+
+// errBusy marks a budget's refusal among results.
+var errBusy = fmt.Errorf("busy")
