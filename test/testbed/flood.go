@@ -1,0 +1,481 @@
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	sigsyaml "sigs.k8s.io/yaml"
+)
+
+// The flood's tallies (FloodResult.Tally).
+const (
+	FloodDecrypted    = "valid decrypted"
+	FloodValidBusy    = "valid refused as busy, then sent again"
+	FloodDenied       = "invalid denied"
+	FloodInvalidBusy  = "invalid refused as busy"
+	floodVictimPlains = 8
+)
+
+// FloodDoc is a payload of a flood with what the webhook must make of it.
+type FloodDoc struct {
+	// File is the Secret data key it is sent under; its extension is the
+	// format.
+	File string
+	Enc  []byte
+	// Plain is what was encrypted (for a small document: what sops
+	// decrypt prints).
+	Plain []byte
+	// Denial is part of the message of a payload that must be denied.
+	Denial string
+}
+
+// NewFloodDoc encrypts, with the sops CLI, a distinct plaintext of format
+// ("json" or "yaml") that makes a document just under 1 MiB.
+func NewFloodDoc(t testing.TB, format string, r Recipients) FloodDoc {
+	t.Helper()
+	id := make([]byte, 8)
+	_, _ = rand.Read(id)
+	var b bytes.Buffer
+	if format == "json" {
+		b.WriteString("{")
+	}
+	// sops makes each value about 2.8 times larger: 340 KiB of plaintext
+	// come out just under the 1 MiB document limit.
+	for i := 0; b.Len() < 340<<10; i++ {
+		v := fmt.Sprintf("%s-%06d-%s", hex.EncodeToString(id), i, strings.Repeat("x", 32))
+		if format == "json" {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			fmt.Fprintf(&b, "%q:%q", fmt.Sprintf("key%06d", i), v)
+		} else {
+			fmt.Fprintf(&b, "key%06d: %s\n", i, v)
+		}
+	}
+	if format == "json" {
+		b.WriteString("}")
+	}
+	enc := SopsEncrypt(t, b.Bytes(), format, r)
+	if len(enc) >= 1<<20 {
+		t.Fatalf("a flood document of %d bytes is over the document limit", len(enc))
+	}
+	return FloodDoc{File: "app." + format, Enc: enc, Plain: b.Bytes()}
+}
+
+// lastModified matches the timestamp sops authenticates the MAC with.
+var lastModified = regexp.MustCompile(`(lastmodified"?: ")\d{4}`)
+
+// TamperMAC changes a document's lastmodified time, so that every value
+// decrypts but the MAC does not: the costliest denial.
+func TamperMAC(t testing.TB, d FloodDoc) FloodDoc {
+	t.Helper()
+	out := lastModified.ReplaceAll(d.Enc, []byte("${1}2001"))
+	if bytes.Equal(out, d.Enc) {
+		t.Fatal("no lastmodified to tamper with")
+	}
+	d.Enc, d.Denial = out, "carries no usable MAC"
+	return d
+}
+
+// FloodPayloads are a flood's documents, all distinct so that none is
+// answered from the webhook's result cache.
+type FloodPayloads struct {
+	// Heavy are each heavy sender's valid ~1 MiB documents; even senders
+	// send JSON, odd ones YAML.
+	Heavy [][]FloodDoc
+	// Denied are ~1 MiB documents that must be denied: a tampered MAC in
+	// JSON and in YAML, and one for a key the webhook lacks.
+	Denied []FloodDoc
+	// Small are 1 KiB dotenv documents for the victim.
+	Small []FloodDoc
+}
+
+// NewFloodPayloads encrypts a flood's payloads with the sops CLI, two at a
+// time: senders × perSender valid documents for mine, the denied ones (one
+// for other), and the victim's small ones.
+func NewFloodPayloads(t testing.TB, mine, other Recipients, senders, perSender int) FloodPayloads {
+	t.Helper()
+	p := FloodPayloads{Heavy: make([][]FloodDoc, senders), Denied: make([]FloodDoc, 3)}
+	var jobs []func()
+	for s := range p.Heavy {
+		p.Heavy[s] = make([]FloodDoc, perSender)
+		for j := range perSender {
+			jobs = append(jobs, func() { p.Heavy[s][j] = NewFloodDoc(t, []string{"json", "yaml"}[s%2], mine) })
+		}
+	}
+	jobs = append(jobs,
+		func() { p.Denied[0] = TamperMAC(t, NewFloodDoc(t, "json", mine)) },
+		func() { p.Denied[1] = TamperMAC(t, NewFloodDoc(t, "yaml", mine)) },
+		func() {
+			p.Denied[2] = NewFloodDoc(t, "json", other)
+			p.Denied[2].Denial = "no configured key can open it"
+		})
+	runTwoAtATime(t, jobs)
+	for i := range floodVictimPlains {
+		plain := fmt.Sprintf("VICTIM_%d=%s\n", i, strings.Repeat("v", 1000))
+		enc := SopsEncrypt(t, []byte(plain), "dotenv", mine)
+		p.Small = append(p.Small, FloodDoc{File: "app.env", Enc: enc, Plain: SopsDecrypt(t, enc, "dotenv", mine)})
+	}
+	return p
+}
+
+// runTwoAtATime runs jobs on two goroutines. A job that fails t (a
+// CommandTB panics, a testing.T exits the goroutine) stops the rest, and
+// the failure is raised on the caller's goroutine.
+func runTwoAtATime(t testing.TB, jobs []func()) {
+	t.Helper()
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		next    int
+		failure any
+		failed  bool
+	)
+	take := func() func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if failed || next == len(jobs) {
+			return nil
+		}
+		next++
+		return jobs[next-1]
+	}
+	for range 2 {
+		wg.Go(func() {
+			done := false
+			defer func() {
+				if !done {
+					mu.Lock()
+					failed, failure = true, recover()
+					mu.Unlock()
+				}
+			}()
+			for job := take(); job != nil; job = take() {
+				job()
+			}
+			done = true
+		})
+	}
+	wg.Wait()
+	if failed {
+		t.Fatalf("encrypting the flood's payloads failed: %v", failure)
+	}
+}
+
+// SecretReview is an AdmissionReview creating Secret name that holds d, or
+// a plain value when d has no Enc.
+func SecretReview(name string, d FloodDoc) []byte {
+	s := &corev1.Secret{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "team-a"},
+		Data:       map[string][]byte{d.File: d.Enc},
+	}
+	if d.Enc == nil {
+		s.Data = map[string][]byte{"plain": []byte("no sops content")}
+	}
+	raw, _ := json.Marshal(s)
+	body, _ := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID:       types.UID(name),
+			Kind:      metav1.GroupVersionKind{Version: "v1", Kind: "Secret"},
+			Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "secrets"},
+			Name:      name,
+			Namespace: "team-a",
+			Operation: admissionv1.Create,
+			Object:    runtime.RawExtension{Raw: raw},
+		},
+	})
+	return body
+}
+
+// ReviewResult is what the webhook answered.
+type ReviewResult struct {
+	Allowed bool
+	Code    int32
+	Message string
+	Patch   []byte
+}
+
+// Busy reports a retryable refusal by one of the webhook's budgets.
+func (r ReviewResult) Busy() bool {
+	return !r.Allowed && r.Code == http.StatusServiceUnavailable &&
+		strings.Contains(r.Message, "the webhook is busy ") && strings.Contains(r.Message, "the request is not at fault: retry it")
+}
+
+// SendReview posts an AdmissionReview. An error is a connection error or
+// an answer that is neither an AdmissionReview nor a budget's Status.
+func SendReview(ctx context.Context, c *http.Client, url string, body []byte) (ReviewResult, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return ReviewResult{}, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return ReviewResult{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return ReviewResult{}, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		// The body gate answers with a Status before reading the review.
+		var st metav1.Status
+		if err := json.Unmarshal(b, &st); err != nil || st.Kind != "Status" {
+			return ReviewResult{}, fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, b)
+		}
+		return ReviewResult{Code: st.Code, Message: st.Message}, nil
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(b, &review); err != nil || review.Response == nil {
+		return ReviewResult{}, fmt.Errorf("not an AdmissionReview: %.200s", b)
+	}
+	r := ReviewResult{Allowed: review.Response.Allowed, Patch: review.Response.Patch}
+	if st := review.Response.Result; st != nil {
+		r.Code, r.Message = st.Code, st.Message
+	}
+	return r, nil
+}
+
+// Check verifies that res decrypted d: the patch holds a plaintext equal,
+// as data, to what was encrypted.
+func (d FloodDoc) Check(res ReviewResult) error {
+	if !res.Allowed {
+		return fmt.Errorf("not decrypted: %d %s", res.Code, res.Message)
+	}
+	got, err := PatchedData(res.Patch, d.File)
+	if err != nil {
+		return err
+	}
+	var want, have any
+	if err := sigsyaml.Unmarshal(d.Plain, &want); err != nil {
+		return fmt.Errorf("reference: %w", err)
+	}
+	if err := sigsyaml.Unmarshal(got, &have); err != nil {
+		return fmt.Errorf("decrypted %s does not parse: %w", d.File, err)
+	}
+	x, err1 := json.Marshal(want)
+	y, err2 := json.Marshal(have)
+	if err1 != nil || err2 != nil || !bytes.Equal(x, y) {
+		return fmt.Errorf("decrypted %s differs from the plaintext", d.File)
+	}
+	return nil
+}
+
+// PatchedData returns the value a JSON patch sets for Secret data key file.
+func PatchedData(patch []byte, file string) ([]byte, error) {
+	var ops []struct {
+		Path  string          `json:"path"`
+		Value json.RawMessage `json:"value"`
+	}
+	if err := json.Unmarshal(patch, &ops); err != nil {
+		return nil, fmt.Errorf("patch: %w", err)
+	}
+	for _, op := range ops {
+		if op.Path != "/data/"+file {
+			continue
+		}
+		var s string
+		if err := json.Unmarshal(op.Value, &s); err != nil {
+			return nil, fmt.Errorf("patch value is not a string: %w", err)
+		}
+		return base64.StdEncoding.DecodeString(s)
+	}
+	return nil, fmt.Errorf("no patch of /data/%s", file)
+}
+
+// Victim sends small requests in turn and keeps their latencies.
+type Victim struct {
+	url    string
+	client *http.Client
+	small  []FloodDoc
+	n      int
+	lat    []time.Duration
+}
+
+// NewVictim returns a victim of the webhook at url, sending the small
+// documents and plain Secrets in turn.
+func NewVictim(url string, c *http.Client, small []FloodDoc) *Victim {
+	return &Victim{url: url, client: c, small: small}
+}
+
+// Send sends the next small request and checks its answer: a plain Secret
+// is allowed untouched, a small document is decrypted to exactly what sops
+// decrypt prints.
+func (v *Victim) Send(ctx context.Context) error {
+	v.n++
+	d := FloodDoc{}
+	if v.n%2 == 0 {
+		d = v.small[(v.n/2)%len(v.small)]
+	}
+	start := time.Now()
+	res, err := SendReview(ctx, v.client, v.url, SecretReview(fmt.Sprintf("victim-%d", v.n), d))
+	v.lat = append(v.lat, time.Since(start))
+	switch {
+	case err != nil:
+		return fmt.Errorf("victim %d: %w", v.n, err)
+	case !res.Allowed:
+		return fmt.Errorf("victim %d refused: %d %s", v.n, res.Code, res.Message)
+	case d.Enc == nil && len(res.Patch) > 0:
+		return fmt.Errorf("victim %d: a plain Secret was patched", v.n)
+	case d.Enc != nil:
+		got, err := PatchedData(res.Patch, d.File)
+		if err != nil {
+			return fmt.Errorf("victim %d: %w", v.n, err)
+		}
+		if !bytes.Equal(got, d.Plain) {
+			return fmt.Errorf("victim %d: wrong plaintext", v.n)
+		}
+	}
+	return nil
+}
+
+// Take returns the latencies so far, sorted, and starts afresh.
+func (v *Victim) Take() []time.Duration {
+	out := v.lat
+	v.lat = nil
+	slices.Sort(out)
+	return out
+}
+
+// Flood sends FloodPayloads to a webhook over HTTPS: one goroutine per heavy
+// sender, each document once, sent again after a busy refusal up to
+// BusyRetries times; one per denied document, DeniedSends times.
+type Flood struct {
+	URL         string
+	Client      func() *http.Client
+	Payloads    FloodPayloads
+	BusyRetries int
+	DeniedSends int
+}
+
+// FloodResult is what a flood saw.
+type FloodResult struct {
+	// Tally counts outcomes by the Flood* names.
+	Tally map[string]int
+	// Failures are answers that were none of the expected ones, and
+	// connection errors.
+	Failures []string
+	Took     time.Duration
+	// Victim are the victim's latencies during the flood, sorted; VictimErr
+	// is its first wrong answer, which stops it.
+	Victim    []time.Duration
+	VictimErr error
+}
+
+// Run floods the webhook while victim, if not nil, sends until the flood
+// ends. It stops by itself: every sender's count is bounded.
+func (f Flood) Run(ctx context.Context, victim *Victim) FloodResult {
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		res = FloodResult{Tally: map[string]int{}}
+	)
+	fail := func(format string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		res.Failures = append(res.Failures, fmt.Sprintf(format, a...))
+	}
+	count := func(what string) {
+		mu.Lock()
+		defer mu.Unlock()
+		res.Tally[what]++
+	}
+	for i, docs := range f.Payloads.Heavy {
+		wg.Go(func() {
+			c := f.Client()
+			for j, d := range docs {
+				for attempt := 0; ; attempt++ {
+					r, err := SendReview(ctx, c, f.URL, SecretReview(fmt.Sprintf("heavy-%d-%d", i, j), d))
+					if err != nil {
+						fail("heavy %d/%d: %v", i, j, err)
+						break
+					}
+					if r.Busy() && attempt < f.BusyRetries {
+						count(FloodValidBusy)
+						time.Sleep(100 * time.Millisecond)
+						continue
+					}
+					if err := d.Check(r); err != nil {
+						fail("heavy %d/%d (%s): %v", i, j, d.File, err)
+					} else {
+						count(FloodDecrypted)
+					}
+					break
+				}
+			}
+		})
+	}
+	for i, d := range f.Payloads.Denied {
+		wg.Go(func() {
+			c := f.Client()
+			for j := range f.DeniedSends {
+				r, err := SendReview(ctx, c, f.URL, SecretReview(fmt.Sprintf("denied-%d-%d", i, j), d))
+				switch {
+				case err != nil:
+					fail("denied %d/%d: %v", i, j, err)
+				case r.Busy():
+					count(FloodInvalidBusy)
+				case r.Code != http.StatusForbidden || !strings.Contains(r.Message, d.Denial):
+					fail("denied %d/%d: want 403 with %q, got %d %q", i, j, d.Denial, r.Code, r.Message)
+				default:
+					count(FloodDenied)
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	victimDone := make(chan error, 1)
+	go func() {
+		for victim != nil {
+			select {
+			case <-done:
+				victimDone <- nil
+				return
+			default:
+			}
+			if err := victim.Send(ctx); err != nil {
+				victimDone <- err
+				return
+			}
+		}
+		victimDone <- nil
+	}()
+	start := time.Now()
+	wg.Wait()
+	res.Took = time.Since(start)
+	close(done)
+	res.VictimErr = <-victimDone
+	if victim != nil {
+		res.Victim = victim.Take()
+	}
+	return res
+}
+
+// Percentile returns the p-th percentile of sorted latencies.
+func Percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
+}
