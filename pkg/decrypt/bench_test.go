@@ -3,7 +3,6 @@ package decrypt_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"fmt"
 	"strings"
 	"testing"
@@ -20,44 +19,6 @@ var benchSizes = []struct {
 	name string
 	n    int
 }{{"1KiB", 1 << 10}, {"64KiB", 64 << 10}, {"1MiB", 1<<20 - 48<<10}}
-
-// expansion is how much sops grows a plaintext of each format (measured:
-// every value becomes an ENC[...] token; binary is base64 in JSON).
-var expansion = map[string]float64{"yaml": 2.8, "json": 2.8, "dotenv": 2.85, "ini": 2.8, "binary": 1.34}
-
-// plainOfSize returns a plaintext of about n bytes in format.
-func plainOfSize(format string, n int) []byte {
-	var b bytes.Buffer
-	for i := 0; b.Len() < n; i++ {
-		v := fmt.Sprintf("value-%06d-%s", i, strings.Repeat("x", 48))
-		switch format {
-		case "yaml":
-			fmt.Fprintf(&b, "key%06d: %s\n", i, v)
-		case "json":
-			if i == 0 {
-				b.WriteString("{")
-			} else {
-				b.WriteString(",")
-			}
-			fmt.Fprintf(&b, "%q:%q", fmt.Sprintf("key%06d", i), v)
-		case "dotenv":
-			fmt.Fprintf(&b, "KEY%06d=%s\n", i, v)
-		case "ini":
-			if i%64 == 0 {
-				fmt.Fprintf(&b, "[section%d]\n", i/64)
-			}
-			fmt.Fprintf(&b, "key%06d = %s\n", i, v)
-		case "binary":
-			chunk := make([]byte, 4096)
-			_, _ = rand.Read(chunk)
-			b.Write(chunk)
-		}
-	}
-	if format == "json" {
-		b.WriteString("}")
-	}
-	return b.Bytes()
-}
 
 // benchDecryptors are a Decryptor that unwraps the data key every time
 // (cold) and one that takes it from the data-key cache (warm).
@@ -99,14 +60,13 @@ func BenchmarkDocument(b *testing.B) {
 	key := testbed.NewAgeKey(b, false)
 	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
 	decryptors := benchDecryptors(b, key)
-	files := map[string]string{"yaml": "a.yaml", "json": "a.json", "dotenv": "a.env", "ini": "a.ini", "binary": "a.bin"}
 	for _, format := range []string{"yaml", "json", "dotenv", "ini", "binary"} {
 		for _, size := range benchSizes {
-			enc := testbed.SopsEncrypt(b, plainOfSize(format, int(float64(size.n)/expansion[format])), format, r)
+			enc := testbed.SopsEncrypt(b, testbed.PlainOfSize(format, int(float64(size.n)/testbed.Expansion[format])), format, r)
 			if len(enc) > decrypt.MaxDocumentSize {
 				b.Fatalf("%s %s: %d bytes encrypted, over the limit", format, size.name, len(enc))
 			}
-			f := decrypt.Detect(enc, files[format])
+			f := decrypt.Detect(enc, testbed.DocumentFiles[format])
 			for _, c := range decryptors {
 				b.Run(format+"/"+size.name+"/"+c.name, func(b *testing.B) {
 					b.SetBytes(int64(len(enc)))

@@ -152,16 +152,20 @@ func kmsCalls(tb *testbed.CommandTB, work string, quick bool) ([]kmsRun, error) 
 
 // helmRun is helm install timings.
 type helmRun struct {
-	secrets          int
-	encrypted, plain time.Duration
-	runs             int
+	secrets int
+	// encrypted is with the webhook decrypting; noop the same encrypted
+	// chart with the no-op webhook registered in its place, the floor any
+	// webhook pays; plain is without a webhook.
+	encrypted, noop, plain time.Duration
+	runs                   int
 }
 
 // helmInstall times `helm install` of a chart with 100 Secrets whose values
 // come from an encrypted values file, into an opted-in namespace with the
-// webhook, against the same chart with the plaintext values into a
-// namespace the webhook does not see.
-func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin string, key testbed.AgeKey, quick bool) (helmRun, error) {
+// webhook; the same into a namespace where the no-op webhook at noopURL is
+// registered instead; and the chart with the plaintext values into a
+// namespace no webhook sees.
+func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin, noopURL string, noopCA []byte, key testbed.AgeKey, quick bool) (helmRun, error) {
 	res := helmRun{secrets: 100, runs: 3}
 	if quick {
 		res.runs = 1
@@ -184,10 +188,13 @@ func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin string, k
 	if err := cp.RegisterWebhook(ctx, wh.URL, wh.CABundle); err != nil {
 		return res, err
 	}
-	for _, ns := range []string{"enc", "plain"} {
+	for _, ns := range []string{"enc", "noop", "plain"} {
 		obj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}
-		if ns == "enc" {
+		switch ns {
+		case "enc":
 			obj.Labels = map[string]string{mutate.LabelDecrypt: "enabled"}
+		case "noop":
+			obj.Labels = map[string]string{noopLabel: "enabled"}
 		}
 		if err := cp.Client.Create(ctx, obj); err != nil {
 			return res, err
@@ -196,6 +203,22 @@ func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin string, k
 	if err := cp.WaitForWebhook(ctx, "enc"); err != nil {
 		return res, err
 	}
+	// The no-op in the webhook's place: the same registration, selecting
+	// the noop namespace.
+	noopMWC, err := testbed.LoadWebhookConfiguration(noopURL, noopCA)
+	if err != nil {
+		return res, err
+	}
+	noopMWC.Name = "sops-webhook-noop"
+	for i := range noopMWC.Webhooks {
+		noopMWC.Webhooks[i].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{noopLabel: "enabled"}}
+	}
+	if err := cp.Client.Create(ctx, noopMWC); err != nil {
+		return res, err
+	}
+	// A registration takes effect asynchronously; the no-op cannot be seen
+	// answering, so give it the time WaitForWebhook takes for the webhook.
+	time.Sleep(2 * time.Second)
 
 	chart := filepath.Join(work, "chart")
 	root, _ := testbed.RepoRoot()
@@ -245,12 +268,12 @@ stringData:
 		_, err := h.Run("install", fmt.Sprintf("r%d", i), chart, "-n", ns, "-f", values)
 		return time.Since(start), err
 	}
-	var enc, pl []time.Duration
+	var enc, noop, pl []time.Duration
 	for i := range res.runs {
 		for _, c := range []struct {
 			ns, values string
 			into       *[]time.Duration
-		}{{"enc", encFile, &enc}, {"plain", plainFile, &pl}} {
+		}{{"enc", encFile, &enc}, {"noop", encFile, &noop}, {"plain", plainFile, &pl}} {
 			d, err := timeInstall(c.ns, c.values, i)
 			if err != nil {
 				return res, err
@@ -263,9 +286,12 @@ stringData:
 	if err := cp.Client.Get(ctx, clientKey("enc", "r0-s-7"), got); err != nil || string(got.Data["password"]) != "bench-secret-007" {
 		return res, fmt.Errorf("helm bench: r0-s-7 was not decrypted: %v", err)
 	}
-	res.encrypted, res.plain = median(enc), median(pl)
+	res.encrypted, res.noop, res.plain = median(enc), median(noop), median(pl)
 	return res, nil
 }
+
+// noopLabel opts a namespace in to the no-op webhook.
+const noopLabel = "bench.sops-webhook.io/noop"
 
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)

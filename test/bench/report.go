@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
 // goals are the issue's targets for each scenario's throughput ratio.
@@ -107,7 +109,56 @@ func (r *report) write(path string) error {
 	w("| chart | helm install | ratio |")
 	w("|---|---|---|")
 	w("| plaintext values, namespace without the webhook | %s | 1× |", r.helm.plain.Round(time.Millisecond))
+	w("| encrypted values, the no-op webhook registered instead (the floor any webhook pays) | %s | %.2f× the time |", r.helm.noop.Round(time.Millisecond), r.helm.noop.Seconds()/r.helm.plain.Seconds())
 	w("| encrypted values, opted-in namespace, webhook decrypting | %s | %.2f× the time |", r.helm.encrypted.Round(time.Millisecond), r.helm.encrypted.Seconds()/r.helm.plain.Seconds())
+	q := r.helm.encrypted.Seconds() / r.helm.noop.Seconds()
+	w("")
+	w("Our cost above the floor: **%.2f×** the install with the no-op webhook (goal ≤ 1.1×, %s).", q, met(q <= 1.1))
+	w("")
+	w("## Cold path: a document not seen before")
+	w("")
+	w("In-process `decrypt.Document` without the result cache and without the data-key cache (what a distinct document costs: parse, unwrap, decrypt, MAC, emit), one at a time, against `sops decrypt` on the same document (one process, median of three). Allocations are bytes allocated per byte of encrypted document; the goal, ≤ 20× at 1 MiB, is for the largest documents, where a fixed cost per document (the age unwrap, the cipher) no longer counts.")
+	w("")
+	w("| format | size | document | per document | MB/s | allocated per byte | `sops decrypt` | ratio to the CLI |")
+	w("|---|---|---|---|---|---|---|---|")
+	for _, c := range r.cold {
+		goal := ""
+		if c.size == coldSizes[len(coldSizes)-1].name {
+			goal = " " + met(c.allocPerByte <= 20)
+		}
+		w("| %s | %s | %d B | %s ms | %.1f | %.1f×%s | %s ms | **%.0f×** |", c.format, c.size, c.bytes, ms(c.perDoc),
+			float64(c.bytes)/c.perDoc.Seconds()/1e6, c.allocPerByte, goal, ms(c.cli), c.cli.Seconds()/c.perDoc.Seconds())
+	}
+	var jsonMiB, yamlMiB time.Duration
+	for _, c := range r.cold {
+		if c.size == coldSizes[len(coldSizes)-1].name {
+			switch c.format {
+			case "json":
+				jsonMiB = c.perDoc
+			case "yaml":
+				yamlMiB = c.perDoc
+			}
+		}
+	}
+	w("")
+	w("JSON at 1 MiB takes %.2f× the time of YAML at 1 MiB (goal ≤ 1×, %s).", jsonMiB.Seconds()/yamlMiB.Seconds(), met(jsonMiB <= yamlMiB))
+	w("")
+	w("## A tenant's flood, and another tenant's small requests")
+	w("")
+	f := r.flood
+	where := "a 256 MiB memory cgroup (the Deployment's limit)"
+	if !f.inCgroup {
+		where = "no memory cgroup (this run could not make one), peak is sampled RSS"
+	}
+	w("The flood of `TestFlood` against the real binary in %s: senders of distinct valid ~1 MiB JSON and YAML documents (sent again when refused as busy), of tampered ones and of ones for another key, while a victim sends a plain Secret and a 1 KiB document in turn. It took %s: %v.", where, f.took.Round(time.Millisecond), f.tally)
+	w("")
+	w("| victim | requests | p50 ms | p99 ms |")
+	w("|---|---|---|---|")
+	w("| alone | %d | %s | %s |", len(f.unloaded), ms(testbed.Percentile(f.unloaded, 0.5)), ms(testbed.Percentile(f.unloaded, 0.99)))
+	w("| during the flood | %d | %s | %s |", len(f.flooded), ms(testbed.Percentile(f.flooded, 0.5)), ms(testbed.Percentile(f.flooded, 0.99)))
+	vq := testbed.Percentile(f.flooded, 0.99).Seconds() / testbed.Percentile(f.unloaded, 0.99).Seconds()
+	w("")
+	w("Victim p99 under the flood: **%.1f×** its p99 alone (goal ≤ 3×, %s). Peak memory: %.1f MiB of 256 MiB.", vq, met(vq <= 3), float64(f.peak)/(1<<20))
 	w("")
 	w("## Go benchmarks (`pkg/decrypt`, `pkg/mutate`)")
 	w("")

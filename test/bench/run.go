@@ -33,6 +33,8 @@ type report struct {
 	rssPeak          int64
 	goroutines       [2]int // before and peak under load
 	helm             helmRun
+	cold             []coldRow
+	flood            floodRun
 	goBench          []string
 	env              string
 }
@@ -134,7 +136,15 @@ func run(ctx context.Context, out string, d time.Duration, quick bool) (err erro
 		return err
 	}
 	step("helm install of 100 encrypted Secrets through the real API server")
-	if rep.helm, err = helmInstall(ctx, tb, work, bin, key, quick); err != nil {
+	if rep.helm, err = helmInstall(ctx, tb, work, bin, noopURL, bundle.CACert, key, quick); err != nil {
+		return err
+	}
+	step("cold path: every format and size, in-process and with the sops CLI")
+	if rep.cold, err = coldPath(tb, key, quick); err != nil {
+		return err
+	}
+	step("flood: the victim's latency with and without eight senders of 1 MiB documents")
+	if rep.flood, err = floodVictim(ctx, tb, work, bin, key, quick); err != nil {
 		return err
 	}
 	step("Go benchmarks of package decrypt")

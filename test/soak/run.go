@@ -179,7 +179,15 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 			testbed.SopsEncrypt(tb, []byte(fmt.Sprintf("password: soak-kms-%02d\n", i)), "yaml", testbed.Recipients{KMS: []string{arn}, Env: kms.AdminEnv()}))
 	}
 
+	step("flood payloads: %d senders of distinct 1 MiB documents, and documents that must be denied", floodSenders)
+	other := testbed.NewAgeKey(tb, false)
+	flood := testbed.NewFloodPayloads(tb, testbed.Recipients{Age: []testbed.AgeKey{key}}, testbed.Recipients{Age: []testbed.AgeKey{other}}, floodSenders, 2)
+
 	t := &tally{denied: map[string]int{}}
+	var (
+		timings []timing
+		tMu     sync.Mutex
+	)
 	began := time.Now()
 	deadline := began.Add(d)
 	var wg sync.WaitGroup
@@ -191,10 +199,15 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 			for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
 				name := fmt.Sprintf("soak-%d-%d", w, i)
 				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				at := time.Since(began)
 				err := cp.Client.Create(cctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "apps"},
 					Data: map[string][]byte{"app.yaml": payloads[(w+i)%len(payloads)]}})
+				took := time.Since(began) - at
 				cancel()
 				t.classify(name, err)
+				tMu.Lock()
+				timings = append(timings, timing{at, took})
+				tMu.Unlock()
 			}
 		}()
 	}
@@ -212,6 +225,7 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 	}
 	at := func(frac float64) { time.Sleep(time.Until(began.Add(time.Duration(frac * float64(d))))) }
 	faultsDone := make(chan error, 1)
+	var floodRes *floodPhase
 	go func() {
 		faultsDone <- func() error {
 			at(0.15)
@@ -250,6 +264,10 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 			}); err != nil {
 				return err
 			}
+			at(0.85)
+			note("fault: a tenant floods with %d distinct 1 MiB documents, %d senders at once", floodSenders*2+len(flood.Denied), floodSenders+len(flood.Denied))
+			floodRes = runFlood(ctx, cp.Client, flood, began)
+			note("flood over: %d sent, %d decrypted, %d refused as busy and sent again, %d denied, %d lost", floodRes.sent, len(floodRes.decrypted), floodRes.busy, floodRes.denied, len(floodRes.lost))
 			return nil
 		}()
 	}()
@@ -263,7 +281,7 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 		s.admitted = int64(len(t.admitted))
 		t.mu.Unlock()
 		samples = append(samples, s)
-		time.Sleep(d / 12)
+		time.Sleep(d / 36)
 	}
 	wg.Wait()
 	if err := <-faultsDone; err != nil {
@@ -277,7 +295,9 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 	}
 	stored := map[string]string{}
 	for _, s := range list.Items {
-		stored[s.Name] = string(s.Data["app.yaml"])
+		for _, v := range s.Data {
+			stored[s.Name] = string(v)
+		}
 	}
 	var encrypted, missing []string
 	for _, n := range t.admitted {
@@ -289,16 +309,27 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 			encrypted = append(encrypted, n)
 		}
 	}
-	rep := soakReport{d: d, workers: workers, t: t, events: events, samples: samples, encrypted: encrypted, missing: missing}
+	if floodRes == nil {
+		return fmt.Errorf("the flood phase did not run: the stream ended first")
+	}
+	for _, n := range floodRes.decrypted {
+		if v, ok := stored[n]; !ok || strings.Contains(v, "ENC[") {
+			encrypted = append(encrypted, n)
+		}
+	}
+	rep := soakReport{d: d, workers: workers, t: t, events: events, samples: samples, encrypted: encrypted, missing: missing,
+		flood: floodRes, quiet: latencies(timings, d/20, d*15/100), flooded: latencies(timings, floodRes.start, floodRes.end)}
 	if err := rep.write(out); err != nil {
 		return err
 	}
 	fmt.Print(rep.summary())
-	if len(t.lost) > 0 || len(encrypted) > 0 || len(missing) > 0 {
-		return fmt.Errorf("%d lost, %d stored encrypted, %d admitted but missing", len(t.lost), len(encrypted), len(missing))
+	if len(t.lost) > 0 || len(encrypted) > 0 || len(missing) > 0 || len(floodRes.lost) > 0 {
+		return fmt.Errorf("%d lost, %d stored encrypted, %d admitted but missing, %d flood requests lost", len(t.lost), len(encrypted), len(missing), len(floodRes.lost))
 	}
 	return nil
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 type soakReport struct {
 	d                  time.Duration
@@ -307,6 +338,10 @@ type soakReport struct {
 	events             []event
 	samples            []sample
 	encrypted, missing []string
+	flood              *floodPhase
+	// quiet and flooded are the stream's create latencies, sorted: before
+	// the first fault, and while the flood ran.
+	quiet, flooded []time.Duration
 }
 
 func (r soakReport) summary() string {
@@ -352,6 +387,24 @@ func (r soakReport) write(path string) error {
 	}
 	w("| lost (an error without a clear denial) | %d |", len(r.t.lost))
 	w("| admitted but stored encrypted | %d |", len(r.encrypted))
+	w("")
+	w("## The flood")
+	w("")
+	f := r.flood
+	w("From %s to %s a tenant created Secrets of distinct ~1 MiB documents (JSON and YAML; sent again when refused as busy) and documents that must be denied, while the stream went on.", f.start.Round(time.Second), f.end.Round(time.Second))
+	w("")
+	w("| flood outcome | count |")
+	w("|---|---|")
+	w("| sent | %d |", f.sent)
+	w("| stored decrypted (checked afterwards) | %d |", len(f.decrypted))
+	w("| refused as busy (503, retryable), then sent again | %d |", f.busy)
+	w("| denied (tampered, another key) | %d |", f.denied)
+	w("| lost | %d |", len(f.lost))
+	w("")
+	w("| stream creates | count | p50 ms | p99 ms |")
+	w("|---|---|---|---|")
+	w("| before the first fault | %d | %.1f | %.1f |", len(r.quiet), ms(testbed.Percentile(r.quiet, 0.5)), ms(testbed.Percentile(r.quiet, 0.99)))
+	w("| during the flood | %d | %.1f | %.1f |", len(r.flooded), ms(testbed.Percentile(r.flooded, 0.5)), ms(testbed.Percentile(r.flooded, 0.99)))
 	w("")
 	w("## Memory over time")
 	w("")
