@@ -1,13 +1,19 @@
 package mutate_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
@@ -16,9 +22,9 @@ import (
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
-// BenchmarkHandler is the handler alone, with warm caches, for the load
-// scenarios of make bench: what a request costs beyond decoding the review.
-func BenchmarkHandler(b *testing.B) {
+// benchCases are a warm handler and the requests of make bench's load
+// scenarios.
+func benchCases(b *testing.B) (*mutate.Handler, map[string]admissionv1.AdmissionRequest) {
 	key := testbed.NewAgeKey(b, false)
 	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
 	src, err := keysource.LoadAge("k", key.IdentityFile)
@@ -42,11 +48,17 @@ func BenchmarkHandler(b *testing.B) {
 	}
 	valuesSecret := secret("bench", map[string][]byte{"app.ini": []byte(file.String())})
 	valuesSecret.Annotations = map[string]string{mutate.AnnotationValues: testbed.ValuesIndex(b, values)}
-	cases := map[string]admissionv1.AdmissionRequest{
+	return h, map[string]admissionv1.AdmissionRequest{
 		"no-sops":   request(b, "Secret", admissionv1.Create, secret("bench", map[string][]byte{"password": []byte("hunter2")})),
 		"documents": request(b, "Secret", admissionv1.Create, secret("bench", map[string][]byte{"app.env": testbed.SopsEncrypt(b, []byte("A=1\nB=2\n"), "dotenv", r), "c.yaml": testbed.SopsEncrypt(b, []byte("a: 1\n"), "yaml", r)})),
 		"20-tokens": request(b, "Secret", admissionv1.Create, valuesSecret),
 	}
+}
+
+// BenchmarkHandler is the handler alone, with warm caches, for the load
+// scenarios of make bench: what a request costs beyond decoding the review.
+func BenchmarkHandler(b *testing.B) {
+	h, cases := benchCases(b)
 	for name, req := range cases {
 		b.Run(name, func(b *testing.B) {
 			areq := admission.Request{AdmissionRequest: req}
@@ -58,5 +70,39 @@ func BenchmarkHandler(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkServeHTTP is the whole request as the webhook server runs it,
+// without TLS: the review's body read and decoded, the handler, the patch
+// and the response encoded; "noop" is controller-runtime's admission
+// server with a handler that allows everything, the floor.
+func BenchmarkServeHTTP(b *testing.B) {
+	h, cases := benchCases(b)
+	noop := admission.HandlerFunc(func(context.Context, admission.Request) admission.Response { return admission.Allowed("") })
+	for name, req := range cases {
+		body, err := json.Marshal(admissionv1.AdmissionReview{
+			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+			Request:  &req,
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, target := range []struct {
+			name string
+			h    admission.Handler
+		}{{"webhook", h}, {"noop", noop}} {
+			srv := &webhook.Admission{Handler: target.h}
+			b.Run(name+"/"+target.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					rec := httptest.NewRecorder()
+					srv.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/mutate", bytes.NewReader(body)))
+					if rec.Code != http.StatusOK || !bytes.Contains(rec.Body.Bytes(), []byte(`"allowed":true`)) {
+						b.Fatalf("%d %s", rec.Code, rec.Body)
+					}
+				}
+			})
+		}
 	}
 }

@@ -16,8 +16,9 @@ import (
 )
 
 // floodPhase is the soak's load-safety fault: a tenant creating Secrets of
-// distinct ~1 MiB documents through the API server, four at a time, while
-// the stream goes on.
+// distinct ~1 MiB documents through the API server, floodSenders at a time,
+// plus documents that must be denied, sent floodDeniedSends times each,
+// while the stream goes on.
 type floodPhase struct {
 	start, end time.Duration // since the stream began
 	sent       int
@@ -29,13 +30,15 @@ type floodPhase struct {
 
 // floodSenders and floodBusyRetries shape the soak's flood.
 const (
-	floodSenders     = 4
+	floodSenders     = 8
+	floodPerSender   = 3
+	floodDeniedSends = 10
 	floodBusyRetries = 30
 )
 
 // runFlood creates every payload through c in the apps namespace: valid
 // ones until they are stored (sent again after a busy refusal), denied ones
-// once each.
+// floodDeniedSends times each.
 func runFlood(ctx context.Context, c client.Client, p testbed.FloodPayloads, began time.Time) *floodPhase {
 	f := &floodPhase{start: time.Since(began)}
 	var (
@@ -76,13 +79,18 @@ func runFlood(ctx context.Context, c client.Client, p testbed.FloodPayloads, beg
 	}
 	for i, d := range p.Denied {
 		wg.Go(func() {
-			err := create(fmt.Sprintf("flood-denied-%d", i), d)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil && strings.Contains(err.Error(), d.Denial) {
-				f.denied++
-			} else {
-				f.lost = append(f.lost, fmt.Sprintf("flood-denied-%d: want a denial with %q, got %v", i, d.Denial, err))
+			for j := range floodDeniedSends {
+				err := create(fmt.Sprintf("flood-denied-%d-%d", i, j), d)
+				mu.Lock()
+				switch {
+				case err != nil && strings.Contains(err.Error(), d.Denial):
+					f.denied++
+				case err != nil && strings.Contains(err.Error(), "the webhook is busy"):
+					f.busy++
+				default:
+					f.lost = append(f.lost, fmt.Sprintf("flood-denied-%d-%d: want a denial with %q, got %v", i, j, d.Denial, err))
+				}
+				mu.Unlock()
 			}
 		})
 	}
