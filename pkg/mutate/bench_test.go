@@ -97,7 +97,9 @@ func BenchmarkServeHTTP(b *testing.B) {
 				b.ReportAllocs()
 				for b.Loop() {
 					rec := httptest.NewRecorder()
-					srv.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/mutate", bytes.NewReader(body)))
+					req := httptest.NewRequest(http.MethodPost, "/mutate", bytes.NewReader(body))
+					req.Header.Set("Content-Type", "application/json")
+					srv.ServeHTTP(rec, req)
 					if rec.Code != http.StatusOK || !bytes.Contains(rec.Body.Bytes(), []byte(`"allowed":true`)) {
 						b.Fatalf("%d %s", rec.Code, rec.Body)
 					}
