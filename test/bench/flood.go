@@ -53,6 +53,13 @@ func floodVictim(ctx context.Context, tb *testbed.CommandTB, work, bin string, k
 		return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 	}
 	victim := testbed.NewVictim(wh.URL, client(), payloads.Small)
+	// The first requests open the connection and fill the caches.
+	for range 20 {
+		if err := victim.Send(ctx); err != nil {
+			return res, err
+		}
+	}
+	victim.Take()
 	for range warm {
 		if err := victim.Send(ctx); err != nil {
 			return res, err

@@ -67,6 +67,11 @@ func TestFlood(t *testing.T) {
 
 	client := func() *http.Client { return caClient(t, wh.CABundle) }
 	victim := testbed.NewVictim(wh.URL, client(), payloads.Small)
+	// The first requests open the connection and fill the caches.
+	for range 20 {
+		require.NoError(t, victim.Send(ctx))
+	}
+	victim.Take()
 	for range floodVictimWarm {
 		require.NoError(t, victim.Send(ctx))
 	}

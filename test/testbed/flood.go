@@ -401,12 +401,24 @@ func (f Flood) Run(ctx context.Context, victim *Victim) FloodResult {
 		defer mu.Unlock()
 		res.Tally[what]++
 	}
+	// The reviews are encoded before the flood starts, so that the senders
+	// spend the machine's CPU on sending, not on encoding 1 MiB objects.
+	heavy := make([][][]byte, len(f.Payloads.Heavy))
+	for i, docs := range f.Payloads.Heavy {
+		for j, d := range docs {
+			heavy[i] = append(heavy[i], SecretReview(fmt.Sprintf("heavy-%d-%d", i, j), d))
+		}
+	}
+	denied := make([][]byte, len(f.Payloads.Denied))
+	for i, d := range f.Payloads.Denied {
+		denied[i] = SecretReview(fmt.Sprintf("denied-%d", i), d)
+	}
 	for i, docs := range f.Payloads.Heavy {
 		wg.Go(func() {
 			c := f.Client()
 			for j, d := range docs {
 				for attempt := 0; ; attempt++ {
-					r, err := SendReview(ctx, c, f.URL, SecretReview(fmt.Sprintf("heavy-%d-%d", i, j), d))
+					r, err := SendReview(ctx, c, f.URL, heavy[i][j])
 					if err != nil {
 						fail("heavy %d/%d: %v", i, j, err)
 						break
@@ -430,7 +442,7 @@ func (f Flood) Run(ctx context.Context, victim *Victim) FloodResult {
 		wg.Go(func() {
 			c := f.Client()
 			for j := range f.DeniedSends {
-				r, err := SendReview(ctx, c, f.URL, SecretReview(fmt.Sprintf("denied-%d-%d", i, j), d))
+				r, err := SendReview(ctx, c, f.URL, denied[i])
 				switch {
 				case err != nil:
 					fail("denied %d/%d: %v", i, j, err)
