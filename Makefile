@@ -58,15 +58,23 @@ SOAK ?= 3m
 soak: testbed
 	$(GO) run ./test/soak -duration $(SOAK) -out docs/soak.md
 
-## check-dockerfile: the Dockerfile builds with the same command as `make build`, on a digest-pinned non-root base
+## check-dockerfile: the Dockerfile builds with the same command as `make build`, on a digest-pinned non-root base, and tools/image reproduces its last stage
 check-dockerfile:
 	@grep -qF -- '$(subst $(GO),go,$(BUILD_CMD))' Dockerfile || { echo "Dockerfile does not run: $(subst $(GO),go,$(BUILD_CMD))"; exit 1; }
 	@grep -qE '^FROM gcr.io/distroless/static-debian12:nonroot@sha256:[0-9a-f]{64}$$' Dockerfile || { echo "Dockerfile: the runtime base must be distroless static nonroot, pinned by digest"; exit 1; }
 	@grep -qx 'USER 65532:65532' Dockerfile || { echo "Dockerfile: must run as USER 65532:65532"; exit 1; }
+	@$(GO) run ./tools/image -check || { echo "Dockerfile: tools/image cannot reproduce its last stage"; exit 1; }
 
-## image: container image with whatever engine is installed (docker or podman)
+## image: container image with docker or podman when one has an engine running, else the docker archive bin/sops-webhook-image.tar (tools/image)
+IMAGE_TAR := bin/sops-webhook-image.tar
 image:
-	$$(command -v docker || command -v podman) build -t sops-webhook:dev .
+	@engine=$$(command -v docker || command -v podman || true); \
+	if [ -n "$$engine" ] && $$engine info >/dev/null 2>&1; then \
+		echo "==> $$engine build -t sops-webhook:dev ."; $$engine build -t sops-webhook:dev .; \
+	else \
+		echo "==> no container engine answers: building $(IMAGE_TAR) with go-containerregistry"; \
+		$(BUILD_CMD) && $(GO) run ./tools/image -binary $(BIN) -out $(IMAGE_TAR) -tag sops-webhook:dev; \
+	fi
 
 clean:
 	rm -rf bin
