@@ -1,5 +1,9 @@
 // Package e2e proves the webhook through a real kube-apiserver: envtest
 // starts it and etcd from the test bed, the real webhook binary serves TLS on
 // loopback, and the project's own MutatingWebhookConfiguration routes
-// Secrets and ConfigMaps to it. Skipped with -short.
+// Secrets and ConfigMaps to it. Besides, TestFlood runs the binary in a
+// memory cgroup at the Deployment's limit under a tenant's flood,
+// TestBodyGateOverTLS checks the body budget's refusals over TLS, and
+// TestGitOps applies and diffs rendered manifests as kubectl and Argo CD's
+// server-side apply do. Skipped with -short.
 package e2e
