@@ -49,10 +49,7 @@ func (s yamlStore) EmitPlainFile(in sops.TreeBranches) ([]byte, error) {
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(s.indent)
 	for _, branch := range in {
-		scalars, err := encodeScalars(branch)
-		if err != nil {
-			return nil, err
-		}
+		scalars := encodeScalars(branch)
 		mapping := &yaml.Node{Kind: yaml.MappingNode}
 		appendMapping(mapping, branch, scalars)
 		if err := enc.Encode(&yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{mapping}}); err != nil {
@@ -86,7 +83,7 @@ const scalarBatch = 256
 // one parser per batch instead of per scalar; should a batch fail, each of
 // its scalars is encoded alone, as sops does (which keeps sops' handling of
 // a value yaml cannot encode: an empty node).
-func encodeScalars(branch sops.TreeBranch) (*scalarNodes, error) {
+func encodeScalars(branch sops.TreeBranch) *scalarNodes {
 	var values []any
 	collectScalars(branch, &values)
 	nodes := make([]*yaml.Node, 0, len(values))
@@ -104,7 +101,7 @@ func encodeScalars(branch sops.TreeBranch) (*scalarNodes, error) {
 			nodes = append(nodes, n)
 		}
 	}
-	return &scalarNodes{nodes: nodes}, nil
+	return &scalarNodes{nodes: nodes}
 }
 
 // collectScalars appends the keys and scalar values of v in the order

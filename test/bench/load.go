@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
 // point is one measured load point.
@@ -41,15 +43,8 @@ func merge(rounds []point) point {
 	}
 	slices.Sort(out.lat)
 	out.rps = float64(len(out.lat)) / out.took.Seconds()
-	out.p50, out.p99, out.p999 = percentile(out.lat, 0.50), percentile(out.lat, 0.99), percentile(out.lat, 0.999)
+	out.p50, out.p99, out.p999 = testbed.Percentile(out.lat, 0.50), testbed.Percentile(out.lat, 0.99), testbed.Percentile(out.lat, 0.999)
 	return out
-}
-
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	return sorted[min(len(sorted)-1, int(float64(len(sorted))*p))]
 }
 
 // httpsClient trusts only caPEM and keeps up to conns connections open.

@@ -106,7 +106,7 @@ policy:
 	err = b.create(ctx, "swapped", swapYAMLValues(t, doc, "password", "user"))
 	require.True(t, apierrors.IsForbidden(err), "swapped values: %v", err)
 
-	busy := busyBurst(ctx, t, b, testbed.SopsEncrypt(t, largeYAML("alerts-PLAINTEXT-6"), "yaml", mine))
+	busy := busyBurst(ctx, t, b, testbed.SopsEncrypt(t, testbed.PlainOfSize("yaml", 200<<10), "yaml", mine))
 	require.True(t, apierrors.IsServiceUnavailable(busy), "a full budget is retryable: %v", busy)
 	require.Contains(t, busy.Error(), "the webhook is busy decrypting")
 
@@ -188,16 +188,6 @@ policy:
 		t.Logf("promtool input:\n%s", series)
 	}
 	t.Logf("promtool: %s", strings.TrimSpace(string(out)))
-}
-
-// largeYAML is a plaintext of about 200 KiB, well over the small lane's
-// 64 KiB once encrypted.
-func largeYAML(marker string) []byte {
-	var b bytes.Buffer
-	for i := 0; b.Len() < 200<<10; i++ {
-		b.WriteString("key" + strconv.Itoa(i) + ": " + marker + "\n")
-	}
-	return b.Bytes()
 }
 
 // busyBurst creates Secrets holding doc four at a time, until the API

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
@@ -109,15 +110,13 @@ func TestFlood(t *testing.T) {
 	t.Logf("victim unloaded: %d requests, p50 %s, p99 %s", len(unloaded), pct(unloaded, 0.50), pct(unloaded, 0.99))
 	t.Logf("victim flooded:  %d requests, p50 %s, p99 %s (p99 %.1f× unloaded)", len(res.Victim), pct(res.Victim, 0.50), pct(res.Victim, 0.99),
 		float64(pct(res.Victim, 0.99))/float64(max(pct(unloaded, 0.99), 1)))
-	t.Logf("memory: cgroup peak %s of %s (sampled usage peak %s)", mib(peak), mib(floodLimit), mib(sampledPeak))
+	t.Logf("memory: cgroup peak %s of %s (sampled usage peak %s)", budget.MiB(peak), budget.MiB(floodLimit), budget.MiB(sampledPeak))
 	require.NoError(t, wh.Stop(), "the webhook exits cleanly after the flood")
 }
 
 func pct(sorted []time.Duration, p float64) time.Duration {
 	return testbed.Percentile(sorted, p).Round(10 * time.Microsecond)
 }
-
-func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // samplePeak samples the cgroup's memory use every 50 ms until done.
 func samplePeak(cg *testbed.MemoryCgroup, done <-chan struct{}) int64 {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -72,7 +73,7 @@ func (g *gitops) render(t *testing.T, form, prefix string, v int) release {
 	t.Helper()
 	r := g.s.recipients("age")
 	values := map[string]string{prefix + "-a": fmt.Sprintf("gitops-a-PLAINTEXT-v%d", v), prefix + "-b": "gitops-b-PLAINTEXT-same"}
-	rel := release{want: values}
+	rel := release{want: map[string]string{}}
 	switch form {
 	case "document":
 		rel.key = "app.env"
@@ -85,6 +86,7 @@ func (g *gitops) render(t *testing.T, form, prefix string, v int) release {
 		rel.manifests = b.Bytes()
 	case "values":
 		rel.key = "password"
+		maps.Copy(rel.want, values)
 		chart := g.chart(t)
 		var plain bytes.Buffer
 		plain.WriteString("secrets:\n")

@@ -3,9 +3,7 @@ package testbed
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -47,37 +45,18 @@ type FloodDoc struct {
 	Denial string
 }
 
-// NewFloodDoc encrypts, with the sops CLI, a distinct plaintext of format
-// ("json" or "yaml") that makes a document just under 1 MiB.
+// NewFloodDoc encrypts, with the sops CLI, a plaintext of format ("json"
+// or "yaml") that makes a document just under 1 MiB. Each encryption has a
+// data key of its own, so every document is distinct, and none is answered
+// from the webhook's result cache.
 func NewFloodDoc(t testing.TB, format string, r Recipients) FloodDoc {
 	t.Helper()
-	id := make([]byte, 8)
-	_, _ = rand.Read(id)
-	var b bytes.Buffer
-	if format == "json" {
-		b.WriteString("{")
-	}
-	// sops makes each value about 2.8 times larger: 340 KiB of plaintext
-	// come out just under the 1 MiB document limit.
-	for i := 0; b.Len() < 340<<10; i++ {
-		v := fmt.Sprintf("%s-%06d-%s", hex.EncodeToString(id), i, strings.Repeat("x", 32))
-		if format == "json" {
-			if i > 0 {
-				b.WriteString(",")
-			}
-			fmt.Fprintf(&b, "%q:%q", fmt.Sprintf("key%06d", i), v)
-		} else {
-			fmt.Fprintf(&b, "key%06d: %s\n", i, v)
-		}
-	}
-	if format == "json" {
-		b.WriteString("}")
-	}
-	enc := SopsEncrypt(t, b.Bytes(), format, r)
+	plain := PlainOfSize(format, int(float64(1<<20-48<<10)/Expansion[format]))
+	enc := SopsEncrypt(t, plain, format, r)
 	if len(enc) >= 1<<20 {
 		t.Fatalf("a flood document of %d bytes is over the document limit", len(enc))
 	}
-	return FloodDoc{File: "app." + format, Enc: enc, Plain: b.Bytes()}
+	return FloodDoc{File: "app." + format, Enc: enc, Plain: plain}
 }
 
 // lastModified matches the timestamp sops authenticates the MAC with.
