@@ -4,6 +4,7 @@
 // Secrets and ConfigMaps to it. Besides, TestFlood runs the binary in a
 // memory cgroup at the Deployment's limit under a tenant's flood,
 // TestBodyGateOverTLS checks the body budget's refusals over TLS, and
-// TestGitOps applies and diffs rendered manifests as kubectl and Argo CD's
-// server-side apply do. Skipped with -short.
+// TestGitOps applies and diffs rendered manifests as kubectl, Argo CD (its
+// server-side diff emulated) and a real Flux kustomize-controller do.
+// Skipped with -short.
 package e2e

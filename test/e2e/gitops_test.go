@@ -31,14 +31,23 @@ import (
 //     decrypted; last-applied-configuration holds only ciphertext; applying
 //     the same manifests again changes nothing (data, annotations,
 //     resourceVersion); a changed value is decrypted on the next apply.
+//
 //   - server-side apply with field manager argocd-controller: the same, and
 //     the decrypted fields belong to the applier, so the next apply needs no
 //     --force-conflicts.
+//
 //   - kubectl diff --server-side: nothing for unchanged manifests; for a
 //     changed value, only that Secret, and no plaintext in the output.
 //
-// Issue 11's Argo CD diff emulation and the Flux kustomize-controller are
-// not here yet.
+//   - Argo CD's server-side diff, emulated (test/testbed/argocd.go), with the
+//     docs' Application: in sync after a sync, with and without
+//     IncludeMutationWebhook; a changed ciphertext shows exactly its Secret,
+//     masked. The docs' ignoreDifferences fallback covers every field the
+//     webhook changes, checked against real dry runs.
+//
+//   - Flux: the docs' Kustomization, with no decryption section, run by a
+//     real kustomize-controller against a stand-in for source-controller;
+//     and the docs' HelmRelease values file is stored as it is.
 func TestGitOps(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: starts kube-apiserver; run without -short")
@@ -50,7 +59,11 @@ func TestGitOps(t *testing.T) {
 	for _, form := range []string{"document", "values"} {
 		t.Run(form+"/client-side apply", func(t *testing.T) { g.clientSide(ctx, t, form) })
 		t.Run(form+"/server-side apply as argocd-controller", func(t *testing.T) { g.serverSide(ctx, t, form) })
+		t.Run(form+"/Argo CD server-side diff (emulated)", func(t *testing.T) { g.argoCD(ctx, t, form) })
 	}
+	t.Run("Argo CD ignoreDifferences fallback", func(t *testing.T) { g.ignoreDifferences(ctx, t) })
+	t.Run("Flux kustomize-controller", func(t *testing.T) { g.flux(ctx, t) })
+	t.Run("Flux HelmRelease values file", func(t *testing.T) { g.fluxHelmRelease(ctx, t) })
 }
 
 type gitops struct {

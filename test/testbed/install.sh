@@ -9,13 +9,16 @@
 #                   module proxy (promtool tests the shipped alert rules)
 #   CRDs            cert-manager's, the ServiceMonitor and PrometheusRule
 #                   CRDs, from their Go modules, for dry-runs of the manifests
+#   kustomize-controller  Flux's, built from the Go module proxy, with its
+#                   Kustomization CRD and source-controller's source CRDs
+#                   (the GitOps test runs it against the test bed)
 #
 # Everything lands in $TESTBED_CACHE (default: <repo>/.cache/testbed) under a
 # name that carries its version, so a version bump rebuilds and an unchanged
 # version costs nothing. The last step writes $TESTBED_CACHE/env, which the
 # Makefile and the tests read.
 #
-# Usage: test/testbed/install.sh [all|apiserver|etcd|sops|helm|age|promtool|crds]
+# Usage: test/testbed/install.sh [all|apiserver|etcd|sops|helm|age|promtool|crds|flux]
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-1.37.2}
@@ -27,6 +30,10 @@ AGE_VERSION=${AGE_VERSION:-v1.3.1}
 CERT_MANAGER_VERSION=${CERT_MANAGER_VERSION:-v1.21.2}
 PROM_OPERATOR_VERSION=${PROM_OPERATOR_VERSION:-v0.85.0}
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
+# kustomize-controller v1.10 needs fluxcd/pkg modules the proxy refuses; v1.9.6
+# builds. Its source API is source-controller v1.9.0 (its go.mod).
+KUSTOMIZE_CONTROLLER_VERSION=${KUSTOMIZE_CONTROLLER_VERSION:-v1.9.6}
+SOURCE_CONTROLLER_VERSION=${SOURCE_CONTROLLER_VERSION:-v1.9.0}
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${TESTBED_CACHE:-$ROOT/.cache/testbed}
@@ -186,6 +193,51 @@ crds() {
 		monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml
 }
 
+# flux builds Flux's kustomize-controller in a throwaway module, as
+# apiserver does for kube-apiserver: a `go build` of a module's main package
+# ignores that module's own replace directives, so the four that its go.mod
+# needs are copied here.
+flux() {
+	local v=$KUSTOMIZE_CONTROLLER_VERSION target=$BIN/kustomize-controller-$KUSTOMIZE_CONTROLLER_VERSION
+	if [[ -x $target ]]; then
+		step "kustomize-controller $v: cached"
+	else
+		step "kustomize-controller $v: building from the module proxy (cold: about 5 minutes on 2 cores)"
+		local mod=$CACHE/src/kustomize-controller-$v kmod
+		mkdir -p "$mod"
+		kmod=$(cd "$CACHE/src" && GOFLAGS=-mod=mod go mod download -json "github.com/fluxcd/kustomize-controller@$v" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+		{
+			echo "module testbed/kustomizecontroller"
+			echo
+			echo "go 1.26"
+			echo
+			echo "require github.com/fluxcd/kustomize-controller $v"
+			echo
+			# The replace directives that name a published version (not ./api).
+			grep -E '^(replace )?[[:space:]]*[^ ]+ => [^ .][^ ]* v[^ ]+$' "$kmod" |
+				sed -E 's/^replace //; s/^[[:space:]]*/replace /'
+		} >"$mod/go.mod"
+		(
+			cd "$mod"
+			step "kustomize-controller: resolving modules"
+			go get "github.com/fluxcd/kustomize-controller@$v"
+			step "kustomize-controller: compiling"
+			local log=$CACHE/log/kustomize-controller-$v.log
+			: >"$log"
+			go build -v -trimpath -o "$target.tmp" github.com/fluxcd/kustomize-controller 2>&1 |
+				progress "$log" || fail "$log"
+		)
+		mv "$target.tmp" "$target"
+		step "kustomize-controller $v: built"
+	fi
+	ln -sfn "kustomize-controller-$v" "$BIN/kustomize-controller"
+	crdsfrom kustomize-controller-$v "github.com/fluxcd/kustomize-controller@$v" config/crd/bases \
+		kustomize.toolkit.fluxcd.io_kustomizations.yaml
+	crdsfrom source-controller-$SOURCE_CONTROLLER_VERSION "github.com/fluxcd/source-controller@$SOURCE_CONTROLLER_VERSION" config/crd/bases \
+		source.toolkit.fluxcd.io_gitrepositories.yaml source.toolkit.fluxcd.io_buckets.yaml \
+		source.toolkit.fluxcd.io_ocirepositories.yaml source.toolkit.fluxcd.io_externalartifacts.yaml
+}
+
 writeenv() {
 	cat >"$CACHE/env" <<EOF
 # written by test/testbed/install.sh
@@ -197,14 +249,16 @@ HELM4_BIN=$BIN/helm4
 AGE_KEYGEN_BIN=$BIN/age-keygen
 PROMTOOL_BIN=$BIN/promtool
 CRD_DIRS=$CACHE/crds/cert-manager-$CERT_MANAGER_VERSION:$CACHE/crds/prometheus-operator-$PROM_OPERATOR_VERSION
+KUSTOMIZE_CONTROLLER_BIN=$BIN/kustomize-controller
+FLUX_CRD_DIRS=$CACHE/crds/kustomize-controller-$KUSTOMIZE_CONTROLLER_VERSION:$CACHE/crds/source-controller-$SOURCE_CONTROLLER_VERSION
 EOF
 	step "ready: $CACHE/env"
 }
 
 what=${1:-all}
 case $what in
-all) etcd; sops; age; apiserver; helm; promtool; crds ;;
-apiserver | etcd | sops | helm | age | promtool | crds) "$what" ;;
-*) echo "usage: $0 [all|apiserver|etcd|sops|helm|age|promtool|crds]" >&2; exit 2 ;;
+all) etcd; sops; age; apiserver; helm; promtool; crds; flux ;;
+apiserver | etcd | sops | helm | age | promtool | crds | flux) "$what" ;;
+*) echo "usage: $0 [all|apiserver|etcd|sops|helm|age|promtool|crds|flux]" >&2; exit 2 ;;
 esac
 writeenv

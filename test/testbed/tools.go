@@ -23,6 +23,11 @@ type Tools struct {
 	// CRDDirs are folders of CustomResourceDefinitions the deployment
 	// manifests use: cert-manager's and prometheus-operator's.
 	CRDDirs []string
+	// KustomizeController is Flux's kustomize-controller, and FluxCRDDirs
+	// the folders of its Kustomization CRD and source-controller's source
+	// CRDs.
+	KustomizeController string
+	FluxCRDDirs         []string
 }
 
 var (
@@ -84,9 +89,14 @@ func load() (Tools, error) {
 		Helm4:             vars["HELM4_BIN"],
 		AgeKeygen:         vars["AGE_KEYGEN_BIN"],
 		Promtool:          vars["PROMTOOL_BIN"],
+
+		KustomizeController: vars["KUSTOMIZE_CONTROLLER_BIN"],
 	}
 	if v := vars["CRD_DIRS"]; v != "" {
 		t.CRDDirs = strings.Split(v, ":")
+	}
+	if v := vars["FLUX_CRD_DIRS"]; v != "" {
+		t.FluxCRDDirs = strings.Split(v, ":")
 	}
 	return t, sc.Err()
 }
