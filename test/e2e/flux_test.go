@@ -72,6 +72,7 @@ func (g *gitops) flux(ctx context.Context, t *testing.T) {
 			g.fluxReconcile(ctx, t, ks, fmt.Sprintf("again-%d", i))
 			assert.Equal(t, before, g.fluxVersions(ctx, t, want1), "resourceVersions after reconciliation %d", i+1)
 			out := appliedOutput(t, kc.Logs()[logFrom:])
+			t.Logf("reconciliation %d: kustomize-controller applied %v", i+1, out)
 			for name := range want1 {
 				assert.Equal(t, "unchanged", out[name], "kustomize-controller's apply of %s", name)
 			}
@@ -87,6 +88,7 @@ func (g *gitops) flux(ctx context.Context, t *testing.T) {
 	t.Run("a tampered document makes the Kustomization not Ready with the webhook's message", func(t *testing.T) {
 		rev3, _ := g.fluxPublish(ctx, t, src, ks.GetNamespace(), repo, path, 3, true)
 		msg := g.fluxNotReady(ctx, t, ks, rev3)
+		t.Logf("Ready=False: %s", msg)
 		assert.Contains(t, msg, `admission webhook "decrypt.sops-webhook.io" denied the request`)
 		assert.Contains(t, msg, "Secret team-a/flux-doc", "the message names the object")
 		assert.Contains(t, msg, "field data.app.yaml", "the message names the field")
