@@ -12,13 +12,17 @@
 #   kustomize-controller  Flux's, built from the Go module proxy, with its
 #                   Kustomization CRD and source-controller's source CRDs
 #                   (the GitOps test runs it against the test bed)
+#   node            (only with `install.sh node`, not yet in `all`) kubelet,
+#                   kube-controller-manager, kube-scheduler built like
+#                   kube-apiserver; containerd v2 from the module proxy;
+#                   Debian's runc and CNI plugins, unpacked into the cache
 #
 # Everything lands in $TESTBED_CACHE (default: <repo>/.cache/testbed) under a
 # name that carries its version, so a version bump rebuilds and an unchanged
 # version costs nothing. The last step writes $TESTBED_CACHE/env, which the
 # Makefile and the tests read.
 #
-# Usage: test/testbed/install.sh [all|apiserver|etcd|sops|helm|age|promtool|crds|flux]
+# Usage: test/testbed/install.sh [all|apiserver|etcd|sops|helm|age|promtool|crds|flux|node]
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-1.37.2}
@@ -34,11 +38,14 @@ PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 # builds. Its source API is source-controller v1.9.0 (its go.mod).
 KUSTOMIZE_CONTROLLER_VERSION=${KUSTOMIZE_CONTROLLER_VERSION:-v1.9.6}
 SOURCE_CONTROLLER_VERSION=${SOURCE_CONTROLLER_VERSION:-v1.9.0}
+# The real node (not in `all` yet: `install.sh node`).
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${TESTBED_CACHE:-$ROOT/.cache/testbed}
 BIN=$CACHE/bin
 ASSETS=$CACHE/k8s/$KUBE_VERSION
+NODE=$CACHE/node
 mkdir -p "$BIN" "$ASSETS" "$CACHE/src" "$CACHE/log"
 
 export GOFLAGS=-buildvcs=false CGO_ENABLED=0
@@ -85,49 +92,123 @@ gobin() {
 	ln -sfn "$name-$version" "$BIN/$name"
 }
 
-apiserver() {
-	local target=$ASSETS/kube-apiserver
+# kubebin NAME builds k8s.io/kubernetes/cmd/NAME into the assets folder from
+# a throwaway module that requires k8s.io/kubernetes and replaces each
+# staging module that it replaces with a local path by its published release.
+# All components share the module and the build cache.
+kubebin() {
+	local name=$1 target=$ASSETS/$1
 	# The stamp marks a binary that reports its version (/version): Helm
-	# checks charts' kubeVersion against it.
+	# checks charts' kubeVersion against kube-apiserver's.
 	if [[ -x $target && -f $target.versioned ]]; then
-		step "kube-apiserver v$KUBE_VERSION: cached"
+		step "$name v$KUBE_VERSION: cached"
 		return
 	fi
-	step "kube-apiserver v$KUBE_VERSION: building from the module proxy (cold: about 13 minutes on 2 cores)"
+	step "$name v$KUBE_VERSION: building from the module proxy (cold: ${2:-a few minutes} on 2 cores)"
 	local mod=$CACHE/src/kube-apiserver-$KUBE_VERSION
 	mkdir -p "$mod"
-	local kmod
-	kmod=$(go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
-	{
-		echo "module testbed/kubeapiserver"
-		echo
-		echo "go 1.26"
-		echo
-		echo "require k8s.io/kubernetes v$KUBE_VERSION"
-		echo
-		echo "replace ("
-		# Each staging module that k8s.io/kubernetes replaces with a local
-		# path is replaced here by its published release.
-		sed -n '/^replace (/,/^)/p' "$kmod" |
-			sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\t\1 => \1 '"$STAGING_VERSION"'#p'
-		echo ")"
-	} >"$mod/go.mod"
+	if [[ ! -f $mod/go.sum ]]; then
+		local kmod
+		kmod=$(go mod download -json "k8s.io/kubernetes@v$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
+		{
+			echo "module testbed/kubeapiserver"
+			echo
+			echo "go 1.26"
+			echo
+			echo "require k8s.io/kubernetes v$KUBE_VERSION"
+			echo
+			echo "replace ("
+			sed -n '/^replace (/,/^)/p' "$kmod" |
+				sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\t\1 => \1 '"$STAGING_VERSION"'#p'
+			echo ")"
+		} >"$mod/go.mod"
+	fi
 	(
 		cd "$mod"
-		step "kube-apiserver: resolving modules"
-		go get "k8s.io/kubernetes/cmd/kube-apiserver@v$KUBE_VERSION"
-		step "kube-apiserver: compiling"
-		local log=$CACHE/log/kube-apiserver-$KUBE_VERSION.log
+		step "$name: resolving modules"
+		go get "k8s.io/kubernetes/cmd/$name@v$KUBE_VERSION"
+		step "$name: compiling"
+		local log=$CACHE/log/$name-$KUBE_VERSION.log
 		: >"$log"
 		local v=k8s.io/component-base/version minor=${KUBE_VERSION#*.}
 		minor=${minor%%.*}
 		go build -v -trimpath -ldflags "-X $v.gitVersion=v$KUBE_VERSION -X $v.gitMajor=${KUBE_VERSION%%.*} -X $v.gitMinor=$minor -X $v.gitTreeState=clean" \
-			-o "$target.tmp" k8s.io/kubernetes/cmd/kube-apiserver 2>&1 |
+			-o "$target.tmp" "k8s.io/kubernetes/cmd/$name" 2>&1 |
 			progress "$log" || fail "$log"
 	)
 	mv "$target.tmp" "$target"
 	touch "$target.versioned"
-	step "kube-apiserver v$KUBE_VERSION: built"
+	step "$name v$KUBE_VERSION: built"
+}
+
+apiserver() { kubebin kube-apiserver "about 13 minutes"; }
+
+# debbin PACKAGE FILE... unpacks Debian's PACKAGE into the cache and copies
+# FILE... (paths inside the package) into $NODE/bin; nothing is installed on
+# the host.
+debbin() {
+	local pkg=$1
+	shift
+	local f missing=
+	for f in "$@"; do [[ -x $NODE/bin/$(basename "$f") ]] || missing=1; done
+	if [[ -z $missing ]]; then
+		step "$pkg: cached"
+		return
+	fi
+	step "$pkg: unpacking Debian's package into the cache"
+	local tmp
+	tmp=$(mktemp -d)
+	(
+		cd "$tmp"
+		if ! apt-get download "$pkg" >/dev/null 2>&1; then
+			step "$pkg: refreshing Debian's package lists"
+			apt-get update -qq
+			apt-get download "$pkg"
+		fi
+		dpkg-deb -x "$pkg"_*.deb root
+	)
+	mkdir -p "$NODE/bin"
+	for f in "$@"; do cp "$tmp/root/$f" "$NODE/bin/"; done
+	rm -rf "$tmp"
+}
+
+# containerd builds containerd v2, its runc shim and ctr with `go install`,
+# without cgo and without the snapshotters that need it.
+containerd() {
+	local v=$CONTAINERD_VERSION c
+	mkdir -p "$NODE/bin"
+	for c in containerd containerd-shim-runc-v2 ctr; do
+		local target=$BIN/$c-$v
+		if [[ -x $target ]]; then
+			step "$c $v: cached"
+		else
+			step "$c $v: building github.com/containerd/containerd/v2/cmd/$c (cold: about a minute)"
+			local tmp
+			tmp=$(mktemp -d)
+			: >"$CACHE/log/$c-$v.log"
+			GOBIN=$tmp go install -v -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+				"github.com/containerd/containerd/v2/cmd/$c@$v" 2>&1 | progress "$CACHE/log/$c-$v.log" ||
+				fail "$CACHE/log/$c-$v.log"
+			mv "$tmp/$c" "$target"
+			rm -rf "$tmp"
+		fi
+		ln -sfn "$target" "$NODE/bin/$c"
+	done
+}
+
+# node builds the test bed's real node (docs/design-notes.md, "Test bed"):
+# kubelet, kube-controller-manager and kube-scheduler like kube-apiserver,
+# containerd v2, and Debian's runc and CNI plugins, all into $NODE.
+node() {
+	kubebin kubelet "about 80 s on top of kube-apiserver's"
+	kubebin kube-controller-manager "about 130 s on top of kube-apiserver's"
+	kubebin kube-scheduler "about 20 s on top of kube-apiserver's"
+	local c
+	mkdir -p "$NODE/bin"
+	for c in kubelet kube-controller-manager kube-scheduler; do ln -sfn "$ASSETS/$c" "$NODE/bin/$c"; done
+	containerd
+	debbin runc usr/sbin/runc
+	debbin containernetworking-plugins usr/lib/cni/bridge usr/lib/cni/host-local usr/lib/cni/loopback
 }
 
 etcd() {
@@ -251,6 +332,7 @@ PROMTOOL_BIN=$BIN/promtool
 CRD_DIRS=$CACHE/crds/cert-manager-$CERT_MANAGER_VERSION:$CACHE/crds/prometheus-operator-$PROM_OPERATOR_VERSION
 KUSTOMIZE_CONTROLLER_BIN=$BIN/kustomize-controller
 FLUX_CRD_DIRS=$CACHE/crds/kustomize-controller-$KUSTOMIZE_CONTROLLER_VERSION:$CACHE/crds/source-controller-$SOURCE_CONTROLLER_VERSION
+NODE_BIN=$NODE/bin
 EOF
 	step "ready: $CACHE/env"
 }
@@ -258,7 +340,7 @@ EOF
 what=${1:-all}
 case $what in
 all) etcd; sops; age; apiserver; helm; promtool; crds; flux ;;
-apiserver | etcd | sops | helm | age | promtool | crds | flux) "$what" ;;
-*) echo "usage: $0 [all|apiserver|etcd|sops|helm|age|promtool|crds|flux]" >&2; exit 2 ;;
+apiserver | etcd | sops | helm | age | promtool | crds | flux | node) "$what" ;;
+*) echo "usage: $0 [all|apiserver|etcd|sops|helm|age|promtool|crds|flux|node]" >&2; exit 2 ;;
 esac
 writeenv
