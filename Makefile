@@ -9,7 +9,7 @@ BIN       := bin/webhook
 # The build command the Dockerfile runs too (checked by `make check-dockerfile`).
 BUILD_CMD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN) ./cmd/webhook
 
-.PHONY: all build test unit e2e fuzz-short fuzz testbed demo image vet check-dockerfile clean bench soak
+.PHONY: all build test unit e2e e2e-node fuzz-short fuzz testbed demo image vet check-dockerfile clean bench soak
 
 all: build
 
@@ -39,6 +39,11 @@ unit:
 # cache cannot see: never cache it.
 e2e:
 	$(GO) test -count=1 -timeout 30m ./test/e2e/
+
+## e2e-node: (work in progress, not yet in make test) build the test bed's real node and start it
+e2e-node: testbed
+	test/testbed/install.sh node
+	$(GO) test -count=1 -tags node -timeout 15m -run TestNode -v ./test/e2e/
 
 # fuzz-short runs each fuzz target for a fixed number of executions (no
 # wall-clock budget to race: see test/fuzz.sh).

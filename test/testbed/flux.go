@@ -70,7 +70,7 @@ func (s *SourceControllerStandIn) Stop() error { return s.srv.Close() }
 // a new revision and sets it as the status of GitRepository namespace/name,
 // creating the object first if needed. It returns the revision.
 func (s *SourceControllerStandIn) Publish(ctx context.Context, namespace, name string, files map[string][]byte) (string, error) {
-	tgz, err := tarball(files)
+	tgz, err := artifactTarball(files)
 	if err != nil {
 		return "", err
 	}
@@ -122,8 +122,8 @@ func (s *SourceControllerStandIn) Publish(ctx context.Context, namespace, name s
 	return revision, nil
 }
 
-// tarball packs files into a gzipped tarball, in a stable order.
-func tarball(files map[string][]byte) ([]byte, error) {
+// artifactTarball packs files into a gzipped tarball, in a stable order.
+func artifactTarball(files map[string][]byte) ([]byte, error) {
 	names := make([]string, 0, len(files))
 	for n := range files {
 		names = append(names, n)

@@ -28,6 +28,8 @@ type Tools struct {
 	// CRDs.
 	KustomizeController string
 	FluxCRDDirs         []string
+	// NodeBin is the folder of the real node's binaries (install.sh node).
+	NodeBin string
 }
 
 var (
@@ -91,6 +93,7 @@ func load() (Tools, error) {
 		Promtool:          vars["PROMTOOL_BIN"],
 
 		KustomizeController: vars["KUSTOMIZE_CONTROLLER_BIN"],
+		NodeBin:             vars["NODE_BIN"],
 	}
 	if v := vars["CRD_DIRS"]; v != "" {
 		t.CRDDirs = strings.Split(v, ":")

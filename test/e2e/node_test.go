@@ -1,0 +1,53 @@
+//go:build node
+
+package e2e
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+// TestNode starts the test bed's real node and runs a pod on it: the node
+// registers and is Ready, a pod of the sandbox image is scheduled and runs,
+// and Stop leaves no network namespace behind. It is the ground the
+// deployment tests (issue 12) build on; `make e2e-node` runs it.
+func TestNode(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	n, err := testbed.StartNode(ctx, t.TempDir())
+	require.NoError(t, err)
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = n.Stop()
+		}
+	})
+
+	kubectl := func(args ...string) string {
+		out, err := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", n.Kubeconfig}, args...)...).CombinedOutput()
+		require.NoError(t, err, "kubectl %s: %s", strings.Join(args, " "), out)
+		return string(out)
+	}
+	kubectl("run", "sleeper", "--image", testbed.PauseImage, "--image-pull-policy", "Never", "--restart", "Never")
+	require.Eventually(t, func() bool {
+		out, err := exec.CommandContext(ctx, "kubectl", "--kubeconfig", n.Kubeconfig, "get", "pod", "sleeper", "-o", "jsonpath={.status.phase}").Output()
+		return err == nil && string(out) == "Running"
+	}, 2*time.Minute, time.Second, "the pod runs")
+	ip := kubectl("get", "pod", "sleeper", "-o", "jsonpath={.status.podIP}")
+	assert.True(t, strings.HasPrefix(ip, "10.232.0."), "the pod is on the node's bridge: %s", ip)
+
+	ns := n.NS.Name
+	require.NoError(t, n.Stop())
+	stopped = true
+	list, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	require.NoError(t, err)
+	assert.NotContains(t, string(list), ns, "no network namespace left")
+}

@@ -1,0 +1,493 @@
+package testbed
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+// PauseImage is the sandbox image the node's containerd uses; StartNode
+// builds it from test/testbed/pause and imports it.
+const PauseImage = "testbed.local/pause:1"
+
+// NodeName is the name the node registers with.
+const NodeName = "testbed-node"
+
+// Node is the test bed's real single-node cluster: etcd, kube-apiserver,
+// kube-controller-manager, kube-scheduler, containerd and the kubelet,
+// all in a network namespace of their own (NetNS: no route out), the
+// containers on a CNI bridge inside it. The API server serves the host on
+// the namespace's address, and reaches Services through their endpoints
+// (--enable-aggregator-routing), webhooks included: no component dials a
+// ClusterIP. The data plane shares one private mount namespace, so the
+// kubelet's mounts vanish with it; Stop stops everything by PID and puts
+// back what the kubelet changes on the host (cgroups, sysctls).
+type Node struct {
+	NS         *NetNS
+	Config     *rest.Config
+	Client     client.Client
+	Kubeconfig string
+
+	env     *envtest.Environment
+	work    string
+	bin     string
+	holder  *exec.Cmd
+	procs   []*nodeProc
+	cgroup  string
+	sysctls map[string]string
+}
+
+type nodeProc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  *os.File
+}
+
+// kernelTunables are the sysctls the kubelet sets on the host at start.
+var kernelTunables = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"}
+
+// StartNode starts the node in work (a fresh folder) and waits until it is
+// Ready. Only one node runs at a time.
+func StartNode(ctx context.Context, work string) (n *Node, err error) {
+	tools, err := Load()
+	if err != nil {
+		return nil, err
+	}
+	if tools.NodeBin == "" {
+		return nil, errors.New("the node is not in the test bed; run: test/testbed/install.sh node")
+	}
+	n = &Node{work: work, bin: tools.NodeBin, sysctls: map[string]string{}}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, n.Stop())
+		}
+	}()
+	for _, s := range kernelTunables {
+		b, rerr := os.ReadFile(filepath.Join("/proc/sys", s))
+		if rerr == nil {
+			n.sysctls[s] = strings.TrimSpace(string(b))
+		}
+	}
+	if n.NS, err = NewNetNS(200); err != nil {
+		return nil, err
+	}
+	if err = n.startControlPlane(tools); err != nil {
+		return nil, err
+	}
+	if err = n.startDataPlane(ctx); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// wrapper writes a script that runs binary inside the namespace, for envtest
+// to start (it execs, so the PID is the binary's).
+func (n *Node) wrapper(binary string) (string, error) {
+	p := filepath.Join(n.work, "ns-"+filepath.Base(binary))
+	script := fmt.Sprintf("#!/bin/sh\nexec ip netns exec %s %s \"$@\"\n", n.NS.Name, binary)
+	return p, os.WriteFile(p, []byte(script), 0o755)
+}
+
+func (n *Node) startControlPlane(tools Tools) error {
+	apiserver, err := n.wrapper(filepath.Join(tools.KubebuilderAssets, "kube-apiserver"))
+	if err != nil {
+		return err
+	}
+	etcd, err := n.wrapper(filepath.Join(tools.KubebuilderAssets, "etcd"))
+	if err != nil {
+		return err
+	}
+	n.env = &envtest.Environment{}
+	n.env.ControlPlane.Etcd = &envtest.Etcd{Path: etcd, URL: &url.URL{Scheme: "http", Host: net.JoinHostPort(n.NS.NodeIP, "2379")}}
+	api := &envtest.APIServer{Path: apiserver}
+	api.SecureServing.ListenAddr.Address = n.NS.NodeIP
+	api.SecureServing.ListenAddr.Port = "6443"
+	api.Configure().
+		Set("enable-aggregator-routing", "true").
+		Set("service-cluster-ip-range", "10.96.0.0/24").
+		Set("authorization-mode", "Node,RBAC").
+		Set("advertise-address", n.NS.NodeIP)
+	n.env.ControlPlane.APIServer = api
+	if n.Config, err = n.env.Start(); err != nil {
+		return fmt.Errorf("start the node's control plane: %w", err)
+	}
+	if n.Client, err = client.New(n.Config, client.Options{}); err != nil {
+		return err
+	}
+	n.Kubeconfig = filepath.Join(n.work, "admin.kubeconfig")
+	return n.writeKubeconfig(n.Kubeconfig, envtest.User{Name: "admin", Groups: []string{"system:masters"}})
+}
+
+func (n *Node) writeKubeconfig(path string, u envtest.User) error {
+	user, err := n.env.AddUser(u, nil)
+	if err != nil {
+		return err
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, kc, 0o600)
+}
+
+func (n *Node) startDataPlane(ctx context.Context) error {
+	dirs := map[string]string{}
+	for _, d := range []string{"containerd/root", "containerd/state", "cni", "kubelet", "logs"} {
+		dirs[d] = filepath.Join(n.work, d)
+		if err := os.MkdirAll(dirs[d], 0o755); err != nil {
+			return err
+		}
+	}
+	certDir := n.env.ControlPlane.APIServer.CertDir
+	ca := filepath.Join(n.work, "ca.crt")
+	if err := os.WriteFile(ca, n.Config.CAData, 0o644); err != nil {
+		return err
+	}
+	kubelet := filepath.Join(n.work, "kubelet.kubeconfig")
+	if err := n.writeKubeconfig(kubelet, envtest.User{Name: "system:node:" + NodeName, Groups: []string{"system:nodes"}}); err != nil {
+		return err
+	}
+	suffix := filepath.Base(n.NS.Name)
+	n.cgroup = "/" + suffix
+	sock := filepath.Join(n.work, "containerd", "containerd.sock")
+
+	files := map[string]string{
+		"containerd.toml": fmt.Sprintf(`version = 3
+root = %q
+state = %q
+[grpc]
+  address = %q
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = [%q]
+    conf_dir = %q
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+      BinaryName = %q
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = %q
+`, dirs["containerd/root"], dirs["containerd/state"], sock, n.bin, dirs["cni"], filepath.Join(n.bin, "runc"), PauseImage),
+		"cni/10-bridge.conflist": `{"cniVersion": "1.0.0", "name": "testbed", "plugins": [
+  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.232.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "loopback"}]}
+`,
+		"kubelet.yaml": fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: %s
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+authentication: {anonymous: {enabled: false}, webhook: {enabled: false}, x509: {clientCAFile: %q}}
+authorization: {mode: AlwaysAllow}
+cgroupDriver: cgroupfs
+cgroupRoot: %s
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix://%s
+resolvConf: ""
+syncFrequency: 5s
+imageGCHighThresholdPercent: 100
+evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.available: "1%%", nodefs.inodesFree: "1%%"}
+registerNode: true
+`, n.NS.NodeIP, filepath.Join(certDir, "client-cert-auth-ca.crt"), n.cgroup, sock),
+	}
+	for f, body := range files {
+		if err := os.WriteFile(filepath.Join(n.work, f), []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+
+	// The holder keeps the data plane's private mount namespace; every
+	// data-plane process enters it and the network namespace.
+	n.holder = exec.Command("ip", n.NS.Wrap("unshare", "--mount", "--propagation", "private", "sleep", "infinity")[1:]...)
+	if err := n.holder.Start(); err != nil {
+		return fmt.Errorf("start the mount namespace holder: %w", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+
+	path := n.bin + ":" + os.Getenv("PATH")
+	if err := n.run("containerd", []string{"PATH=" + path}, filepath.Join(n.bin, "containerd"), "--config", filepath.Join(n.work, "containerd.toml")); err != nil {
+		return err
+	}
+	if err := waitSocket(ctx, sock); err != nil {
+		return fmt.Errorf("containerd: %w\n%s", err, n.procLog("containerd"))
+	}
+	if err := n.importPause(ctx, sock); err != nil {
+		return err
+	}
+	if err := n.run("kubelet", []string{"PATH=" + path}, filepath.Join(n.bin, "kubelet"),
+		"--config", filepath.Join(n.work, "kubelet.yaml"), "--kubeconfig", kubelet,
+		"--root-dir", dirs["kubelet"], "--cert-dir", filepath.Join(dirs["kubelet"], "pki"),
+		"--hostname-override", NodeName, "--node-ip", n.NS.NodeIP, "--v", "2"); err != nil {
+		return err
+	}
+	admin := n.Kubeconfig
+	if err := n.run("kube-controller-manager", nil, filepath.Join(n.bin, "kube-controller-manager"),
+		"--kubeconfig", admin, "--authentication-kubeconfig", admin, "--authorization-kubeconfig", admin,
+		"--service-account-private-key-file", filepath.Join(certDir, "sa-signer.key"),
+		"--root-ca-file", ca, "--use-service-account-credentials=false", "--leader-elect=false",
+		"--bind-address", "127.0.0.1", "--secure-port", "10257", "--controllers", "*,-nodeipam,-service-lb-controller,-route"); err != nil {
+		return err
+	}
+	if err := n.run("kube-scheduler", nil, filepath.Join(n.bin, "kube-scheduler"),
+		"--kubeconfig", admin, "--authentication-kubeconfig", admin, "--authorization-kubeconfig", admin,
+		"--leader-elect=false", "--bind-address", "127.0.0.1", "--secure-port", "10259"); err != nil {
+		return err
+	}
+	return n.waitReady(ctx)
+}
+
+// run starts a data-plane process inside the holder's namespaces.
+func (n *Node) run(name string, env []string, argv ...string) error {
+	log, err := os.Create(filepath.Join(n.work, "logs", name+".log"))
+	if err != nil {
+		return err
+	}
+	args := append([]string{"-t", strconv.Itoa(n.holder.Process.Pid), "-m", "-n", "--"}, argv...)
+	cmd := exec.Command("nsenter", args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		_ = log.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &nodeProc{name: name, cmd: cmd, done: make(chan struct{}), log: log}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	n.procs = append(n.procs, p)
+	return nil
+}
+
+func (n *Node) procLog(name string) string {
+	b, _ := os.ReadFile(filepath.Join(n.work, "logs", name+".log"))
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+func waitSocket(ctx context.Context, path string) error {
+	for {
+		if c, err := net.Dial("unix", path); err == nil {
+			return c.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no socket %s: %w", path, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// importPause builds the sandbox image from test/testbed/pause and imports
+// it.
+func (n *Node) importPause(ctx context.Context, sock string) error {
+	root, err := RepoRoot()
+	if err != nil {
+		return err
+	}
+	bin := filepath.Join(n.work, "pause")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./test/testbed/pause")
+	build.Dir, build.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build pause: %w: %s", err, out)
+	}
+	archive := filepath.Join(n.work, "pause.tar")
+	if err := WriteBinaryImage(bin, "/pause", PauseImage, archive); err != nil {
+		return err
+	}
+	return n.ImportImage(ctx, archive)
+}
+
+// ImportImage imports a docker or OCI archive into the node's containerd.
+func (n *Node) ImportImage(ctx context.Context, archive string) error {
+	sock := filepath.Join(n.work, "containerd", "containerd.sock")
+	out, err := exec.CommandContext(ctx, filepath.Join(n.bin, "ctr"), "--address", sock, "-n", "k8s.io", "images", "import", archive).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ctr images import %s: %w: %s", archive, err, out)
+	}
+	return nil
+}
+
+// WriteBinaryImage writes a docker archive of a one-layer image holding a
+// static binary at path, as its entrypoint, tagged tag.
+func WriteBinaryImage(binary, path, tag, out string) error {
+	b, err := os.ReadFile(binary)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(path, "/"), Mode: 0o755, Size: int64(len(b)), Typeflag: tar.TypeReg}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(b); err != nil {
+		return err
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		return err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return err
+	}
+	if img, err = mutate.Config(img, v1.Config{Entrypoint: []string{path}}); err != nil {
+		return err
+	}
+	ref, err := name.NewTag(tag)
+	if err != nil {
+		return err
+	}
+	return tarball.WriteToFile(out, ref, img)
+}
+
+// waitReady waits until the node reports Ready.
+func (n *Node) waitReady(ctx context.Context) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		out, err := exec.CommandContext(ctx, "kubectl", "--kubeconfig", n.Kubeconfig, "get", "node", NodeName,
+			"-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`).Output()
+		if err == nil && string(out) == "True" {
+			return nil
+		}
+		for _, p := range n.procs {
+			select {
+			case <-p.done:
+				return fmt.Errorf("%s exited:\n%s", p.name, n.procLog(p.name))
+			default:
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return fmt.Errorf("node not Ready after 2 minutes; kubelet log:\n%s", n.procLog("kubelet"))
+}
+
+// Stop stops the data plane and the control plane by PID, kills what is
+// left in the data plane's mount namespace (containerd's shims and the
+// containers outlive containerd), and removes the namespace, the node's
+// cgroups and its folders' mounts, and puts back the host's sysctls.
+func (n *Node) Stop() error {
+	var errs []error
+	for i := len(n.procs) - 1; i >= 0; i-- {
+		p := n.procs[i]
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(15 * time.Second):
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.done
+		}
+		_ = p.log.Close()
+	}
+	if n.holder != nil && n.holder.Process != nil {
+		errs = append(errs, killNamespace(n.holder.Process.Pid))
+		_ = n.holder.Process.Kill()
+		_ = n.holder.Wait()
+	}
+	if n.env != nil {
+		errs = append(errs, n.env.Stop())
+	}
+	if n.cgroup != "" {
+		errs = append(errs, removeCgroups(n.cgroup))
+	}
+	if n.NS != nil {
+		errs = append(errs, n.NS.Delete())
+	}
+	for s, v := range n.sysctls {
+		cur, _ := os.ReadFile(filepath.Join("/proc/sys", s))
+		if strings.TrimSpace(string(cur)) != v {
+			errs = append(errs, os.WriteFile(filepath.Join("/proc/sys", s), []byte(v), 0o644))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killNamespace kills every process, other than holder, in the mount
+// namespace of holder.
+func killNamespace(holder int) error {
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", holder))
+	if err != nil {
+		return err
+	}
+	for range 20 {
+		entries, err := os.ReadDir("/proc")
+		if err != nil {
+			return err
+		}
+		left := 0
+		for _, e := range entries {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == holder {
+				continue
+			}
+			if l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid)); err == nil && l == ns {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				left++
+			}
+		}
+		if left == 0 {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return errors.New("processes left in the node's mount namespace")
+}
+
+// removeCgroups removes the cgroup folder rel and everything under it in
+// every hierarchy, deepest first.
+func removeCgroups(rel string) error {
+	roots, err := filepath.Glob(filepath.Join(cgroupRoot, "*"))
+	if err != nil {
+		return err
+	}
+	roots = append(roots, cgroupRoot)
+	var errs []error
+	for _, r := range roots {
+		top := filepath.Join(r, rel)
+		if _, err := os.Stat(top); err != nil {
+			continue
+		}
+		var dirs []string
+		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if err := os.Remove(dirs[i]); err != nil && !os.IsNotExist(err) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
