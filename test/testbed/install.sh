@@ -337,27 +337,9 @@ EOF
 	step "ready: $CACHE/env"
 }
 
-# all builds kube-apiserver, the longest build, beside the others: a single
-# Go build keeps two cores busy only part of the time, so the two together
-# finish well before the same builds one after the other.
-all() {
-	etcd
-	apiserver &
-	local api=$!
-	trap 'kill "$api" 2>/dev/null || true' EXIT
-	sops
-	age
-	helm
-	promtool
-	crds
-	flux
-	wait "$api" || { echo "kube-apiserver: build failed" >&2; exit 1; }
-	trap - EXIT
-}
-
 what=${1:-all}
 case $what in
-all) all ;;
+all) etcd; sops; age; apiserver; helm; promtool; crds; flux ;;
 apiserver | etcd | sops | helm | age | promtool | crds | flux | node) "$what" ;;
 *) echo "usage: $0 [all|apiserver|etcd|sops|helm|age|promtool|crds|flux|node]" >&2; exit 2 ;;
 esac

@@ -154,7 +154,7 @@ func (n *Node) writeKubeconfig(path string, u envtest.User) error {
 
 func (n *Node) startDataPlane(ctx context.Context) error {
 	dirs := map[string]string{}
-	for _, d := range []string{"containerd/root", "containerd/state", "cni", "kubelet", "logs"} {
+	for _, d := range []string{"containerd/root", "containerd/state", "cni", "kubelet", "logs", "logs/pods"} {
 		dirs[d] = filepath.Join(n.work, d)
 		if err := os.MkdirAll(dirs[d], 0o755); err != nil {
 			return err
@@ -169,8 +169,12 @@ func (n *Node) startDataPlane(ctx context.Context) error {
 	if err := n.writeKubeconfig(kubelet, envtest.User{Name: "system:node:" + NodeName, Groups: []string{"system:nodes"}}); err != nil {
 		return err
 	}
-	suffix := filepath.Base(n.NS.Name)
-	n.cgroup = "/" + suffix
+	// The kubelet puts every pod under cgroupRoot, which must exist in
+	// each hierarchy; Stop removes it.
+	n.cgroup = "/" + n.NS.Name
+	if err := makeCgroups(n.cgroup); err != nil {
+		return err
+	}
 	sock := filepath.Join(n.work, "containerd", "containerd.sock")
 
 	files := map[string]string{
@@ -214,7 +218,8 @@ syncFrequency: 5s
 imageGCHighThresholdPercent: 100
 evictionHard: {memory.available: "1Mi", nodefs.available: "1%%", imagefs.available: "1%%", nodefs.inodesFree: "1%%"}
 registerNode: true
-`, n.NS.NodeIP, filepath.Join(certDir, "client-cert-auth-ca.crt"), n.cgroup, sock),
+podLogsDir: %s
+`, n.NS.NodeIP, filepath.Join(certDir, "client-cert-auth-ca.crt"), n.cgroup, sock, dirs["logs/pods"]),
 	}
 	for f, body := range files {
 		if err := os.WriteFile(filepath.Join(n.work, f), []byte(body), 0o644); err != nil {
@@ -251,7 +256,7 @@ registerNode: true
 		"--kubeconfig", admin, "--authentication-kubeconfig", admin, "--authorization-kubeconfig", admin,
 		"--service-account-private-key-file", filepath.Join(certDir, "sa-signer.key"),
 		"--root-ca-file", ca, "--use-service-account-credentials=false", "--leader-elect=false",
-		"--bind-address", "127.0.0.1", "--secure-port", "10257", "--controllers", "*,-nodeipam,-service-lb-controller,-route"); err != nil {
+		"--bind-address", "127.0.0.1", "--secure-port", "10257"); err != nil {
 		return err
 	}
 	if err := n.run("kube-scheduler", nil, filepath.Join(n.bin, "kube-scheduler"),
@@ -462,14 +467,48 @@ func killNamespace(holder int) error {
 	return errors.New("processes left in the node's mount namespace")
 }
 
-// removeCgroups removes the cgroup folder rel and everything under it in
-// every hierarchy, deepest first.
-func removeCgroups(rel string) error {
-	roots, err := filepath.Glob(filepath.Join(cgroupRoot, "*"))
+// makeCgroups creates the cgroup folder rel in every hierarchy.
+func makeCgroups(rel string) error {
+	roots, err := cgroupHierarchies()
 	if err != nil {
 		return err
 	}
-	roots = append(roots, cgroupRoot)
+	for _, r := range roots {
+		if err := os.MkdirAll(filepath.Join(r, rel), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// cgroupHierarchies lists the mounted cgroup hierarchies: the v1
+// controllers' folders, or the v2 root.
+func cgroupHierarchies() ([]string, error) {
+	if _, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.procs")); err == nil {
+		return []string{cgroupRoot}, nil
+	}
+	dirs, err := filepath.Glob(filepath.Join(cgroupRoot, "*"))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, d := range dirs {
+		if fi, err := os.Lstat(d); err == nil && fi.IsDir() {
+			if _, err := os.Stat(filepath.Join(d, "cgroup.procs")); err == nil {
+				out = append(out, d)
+			}
+		}
+	}
+	return out, nil
+}
+
+// removeCgroups removes the cgroup folder rel and everything under it in
+// every hierarchy, deepest first.
+func removeCgroups(rel string) error {
+	roots, err := cgroupHierarchies()
+	if err != nil {
+		return err
+	}
 	var errs []error
 	for _, r := range roots {
 		top := filepath.Join(r, rel)
