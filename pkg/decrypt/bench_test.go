@@ -10,7 +10,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // benchSizes are the encrypted document sizes benchmarked, up to just under
@@ -22,7 +22,7 @@ var benchSizes = []struct {
 
 // benchDecryptors are a Decryptor that unwraps the data key every time
 // (cold) and one that takes it from the data-key cache (warm).
-func benchDecryptors(b *testing.B, key testbed.AgeKey) []struct {
+func benchDecryptors(b *testing.B, key sopskit.AgeKey) []struct {
 	name string
 	d    *decrypt.Decryptor
 } {
@@ -57,16 +57,16 @@ func BenchmarkDetect(b *testing.B) {
 }
 
 func BenchmarkDocument(b *testing.B) {
-	key := testbed.NewAgeKey(b, false)
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	key := sopskit.NewAgeKey(b, false)
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	decryptors := benchDecryptors(b, key)
 	for _, format := range []string{"yaml", "json", "dotenv", "ini", "binary"} {
 		for _, size := range benchSizes {
-			enc := testbed.SopsEncrypt(b, testbed.PlainOfSize(format, int(float64(size.n)/testbed.Expansion[format])), format, r)
+			enc := sopskit.SopsEncrypt(b, sopskit.PlainOfSize(format, int(float64(size.n)/sopskit.Expansion[format])), format, r)
 			if len(enc) > decrypt.MaxDocumentSize {
 				b.Fatalf("%s %s: %d bytes encrypted, over the limit", format, size.name, len(enc))
 			}
-			f := decrypt.Detect(enc, testbed.DocumentFiles[format])
+			f := decrypt.Detect(enc, sopskit.DocumentFiles[format])
 			for _, c := range decryptors {
 				b.Run(format+"/"+size.name+"/"+c.name, func(b *testing.B) {
 					b.SetBytes(int64(len(enc)))
@@ -83,20 +83,20 @@ func BenchmarkDocument(b *testing.B) {
 }
 
 func BenchmarkTokens(b *testing.B) {
-	key := testbed.NewAgeKey(b, false)
+	key := sopskit.NewAgeKey(b, false)
 	decryptors := benchDecryptors(b, key)
 	for _, n := range []int{1, 10, 100, 1000} {
 		var plain strings.Builder
 		for i := range n {
 			fmt.Fprintf(&plain, "k%04d: secret-value-%04d\n", i, i)
 		}
-		enc := testbed.SopsEncrypt(b, []byte(plain.String()), "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
-		idx, err := decrypt.ParseIndex([]byte(testbed.ValuesIndex(b, enc)))
+		enc := sopskit.SopsEncrypt(b, []byte(plain.String()), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
+		idx, err := decrypt.ParseIndex([]byte(sopskit.ValuesIndex(b, enc)))
 		if err != nil {
 			b.Fatal(err)
 		}
 		var value strings.Builder
-		for _, l := range testbed.ValuesLeaves(b, enc) {
+		for _, l := range sopskit.ValuesLeaves(b, enc) {
 			fmt.Fprintf(&value, "%s\n", l.Value)
 		}
 		v := []byte(value.String())

@@ -12,7 +12,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // samples are plaintext files in each format, each holding a secret marker
@@ -35,14 +35,14 @@ func newDecryptor(t testing.TB, sources ...keysource.Source) *decrypt.Decryptor 
 	return decrypt.New(ring)
 }
 
-func loadAge(t *testing.T, name string, k testbed.AgeKey) keysource.Source {
+func loadAge(t *testing.T, name string, k sopskit.AgeKey) keysource.Source {
 	t.Helper()
 	s, err := keysource.LoadAge(name, k.IdentityFile)
 	require.NoError(t, err)
 	return s
 }
 
-func loadPGP(t *testing.T, name string, k testbed.PGPKey) keysource.Source {
+func loadPGP(t *testing.T, name string, k sopskit.PGPKey) keysource.Source {
 	t.Helper()
 	s, err := keysource.LoadPGP(name, k.PrivateKeyFile)
 	require.NoError(t, err)
@@ -50,19 +50,19 @@ func loadPGP(t *testing.T, name string, k testbed.PGPKey) keysource.Source {
 }
 
 func TestDocumentMatchesSopsCLI(t *testing.T) {
-	ageKey := testbed.NewAgeKey(t, false)
-	pqKey := testbed.NewAgeKey(t, true)
-	pgpKey := testbed.NewPGPKey(t)
+	ageKey := sopskit.NewAgeKey(t, false)
+	pqKey := sopskit.NewAgeKey(t, true)
+	pgpKey := sopskit.NewPGPKey(t)
 	d := newDecryptor(t, loadAge(t, "team-a", ageKey), loadAge(t, "team-pq", pqKey), loadPGP(t, "legacy", pgpKey))
 
 	keyKinds := []struct {
 		name     string
-		r        testbed.Recipients
+		r        sopskit.Recipients
 		wantKeys []string
 	}{
-		{"age", testbed.Recipients{Age: []testbed.AgeKey{ageKey}}, []string{"team-a"}},
-		{"age-pq-hybrid", testbed.Recipients{Age: []testbed.AgeKey{pqKey}}, []string{"team-pq"}},
-		{"pgp", testbed.Recipients{PGP: []testbed.PGPKey{pgpKey}}, []string{"legacy"}},
+		{"age", sopskit.Recipients{Age: []sopskit.AgeKey{ageKey}}, []string{"team-a"}},
+		{"age-pq-hybrid", sopskit.Recipients{Age: []sopskit.AgeKey{pqKey}}, []string{"team-pq"}},
+		{"pgp", sopskit.Recipients{PGP: []sopskit.PGPKey{pgpKey}}, []string{"legacy"}},
 	}
 	formats := []struct {
 		format string
@@ -78,8 +78,8 @@ func TestDocumentMatchesSopsCLI(t *testing.T) {
 		for _, f := range formats {
 			t.Run(kk.name+"/"+f.format, func(t *testing.T) {
 				s := samples[f.format]
-				enc := testbed.SopsEncrypt(t, s.plain, f.format, kk.r)
-				want := testbed.SopsDecrypt(t, enc, f.format, kk.r)
+				enc := sopskit.SopsEncrypt(t, s.plain, f.format, kk.r)
+				want := sopskit.SopsDecrypt(t, enc, f.format, kk.r)
 
 				got := decrypt.Detect(enc, s.file)
 				require.Equal(t, f.want, got)
@@ -94,10 +94,10 @@ func TestDocumentMatchesSopsCLI(t *testing.T) {
 }
 
 func TestDocumentCompactJSON(t *testing.T) {
-	k := testbed.NewAgeKey(t, false)
-	r := testbed.Recipients{Age: []testbed.AgeKey{k}}
+	k := sopskit.NewAgeKey(t, false)
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{k}}
 	d := newDecryptor(t, loadAge(t, "k", k))
-	enc := testbed.SopsEncrypt(t, samples["json"].plain, "json", r)
+	enc := sopskit.SopsEncrypt(t, samples["json"].plain, "json", r)
 	var compact bytes.Buffer
 	require.NoError(t, json.Compact(&compact, enc))
 	require.NotContains(t, compact.String(), "\n")
@@ -106,12 +106,12 @@ func TestDocumentCompactJSON(t *testing.T) {
 	require.Equal(t, decrypt.FormatJSON, f)
 	res, err := d.Document(context.Background(), compact.Bytes(), f, nil)
 	require.NoError(t, err)
-	assert.Equal(t, string(testbed.SopsDecrypt(t, enc, "json", r)), string(res.Plaintext))
+	assert.Equal(t, string(sopskit.SopsDecrypt(t, enc, "json", r)), string(res.Plaintext))
 }
 
 func TestDocumentShamirNeedsThreshold(t *testing.T) {
-	a, b := testbed.NewAgeKey(t, false), testbed.NewAgeKey(t, false)
-	enc := testbed.SopsEncryptGroups(t, samples["yaml"].plain, "yaml", [][]testbed.AgeKey{{a}, {b}}, 2)
+	a, b := sopskit.NewAgeKey(t, false), sopskit.NewAgeKey(t, false)
+	enc := sopskit.SopsEncryptGroups(t, samples["yaml"].plain, "yaml", [][]sopskit.AgeKey{{a}, {b}}, 2)
 	require.Equal(t, 2, strings.Count(string(enc), "recipient: "))
 
 	t.Run("one of two groups is not enough", func(t *testing.T) {
@@ -129,14 +129,14 @@ func TestDocumentShamirNeedsThreshold(t *testing.T) {
 }
 
 func TestDocumentFailures(t *testing.T) {
-	held := testbed.NewAgeKey(t, false)
-	other := testbed.NewAgeKey(t, false)
+	held := sopskit.NewAgeKey(t, false)
+	other := sopskit.NewAgeKey(t, false)
 	d := newDecryptor(t, loadAge(t, "held", held))
-	mine := testbed.Recipients{Age: []testbed.AgeKey{held}}
+	mine := sopskit.Recipients{Age: []sopskit.AgeKey{held}}
 
 	plainYAML := []byte("user: app\npassword: s3cr3t-fail-VALUE\nnote_unencrypted: public\n")
-	encYAML := testbed.SopsEncrypt(t, plainYAML, "yaml", mine, "--unencrypted-suffix", "_unencrypted")
-	encOther := testbed.SopsEncrypt(t, plainYAML, "yaml", testbed.Recipients{Age: []testbed.AgeKey{other}})
+	encYAML := sopskit.SopsEncrypt(t, plainYAML, "yaml", mine, "--unencrypted-suffix", "_unencrypted")
+	encOther := sopskit.SopsEncrypt(t, plainYAML, "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{other}})
 
 	tests := []struct {
 		name   string
@@ -170,11 +170,11 @@ func TestDocumentFailures(t *testing.T) {
 // the sops library panic while emitting; the decryptor must recover and
 // refuse the document as malformed.
 func TestDocumentTypeBytesDoesNotCrash(t *testing.T) {
-	k := testbed.NewAgeKey(t, false)
+	k := sopskit.NewAgeKey(t, false)
 	d := newDecryptor(t, loadAge(t, "k", k))
 	for _, format := range []string{"yaml", "json", "dotenv", "ini"} {
 		t.Run(format, func(t *testing.T) {
-			enc := testbed.SopsEncrypt(t, samples[format].plain, format, testbed.Recipients{Age: []testbed.AgeKey{k}})
+			enc := sopskit.SopsEncrypt(t, samples[format].plain, format, sopskit.Recipients{Age: []sopskit.AgeKey{k}})
 			hostile := bytes.ReplaceAll(enc, []byte("type:str]"), []byte("type:bytes]"))
 			require.NotEqual(t, enc, hostile)
 			f := decrypt.Detect(hostile, samples[format].file)

@@ -10,7 +10,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // FuzzDetect checks that detection never panics, that a value without the
@@ -44,10 +44,10 @@ func FuzzDetect(f *testing.F) {
 // sops documents in every format. It must never panic, and every error must
 // be a value-free *decrypt.Error.
 func FuzzDocument(f *testing.F) {
-	key := testbed.NewAgeKey(f, false)
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	key := sopskit.NewAgeKey(f, false)
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	for format, s := range samples {
-		f.Add(testbed.SopsEncrypt(f, s.plain, format, r), s.file)
+		f.Add(sopskit.SopsEncrypt(f, s.plain, format, r), s.file)
 	}
 	src, err := keysource.LoadAge("fuzz", key.IdentityFile)
 	if err != nil {
@@ -83,10 +83,10 @@ func FuzzDocument(f *testing.F) {
 // panic, every error must be a value-free *decrypt.Error, and a success must
 // leave no token behind.
 func FuzzTokens(f *testing.F) {
-	key := testbed.NewAgeKey(f, false)
-	enc := testbed.SopsEncrypt(f, []byte(valuesPlain), "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
-	index := testbed.ValuesIndex(f, enc)
-	for _, l := range testbed.ValuesLeaves(f, enc) {
+	key := sopskit.NewAgeKey(f, false)
+	enc := sopskit.SopsEncrypt(f, []byte(valuesPlain), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
+	index := sopskit.ValuesIndex(f, enc)
+	for _, l := range sopskit.ValuesLeaves(f, enc) {
 		if s, ok := l.Value.(string); ok {
 			f.Add([]byte("url: x://"+s+"@host\n"), []byte(index))
 		}

@@ -17,7 +17,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // valuesPlain is a Helm values file with every type sops writes into tokens.
@@ -44,10 +44,10 @@ unicode: "s3cr3t-ünïcødé-🔑"
 `
 
 // tokensOf returns the leaves of an encrypted values file that are tokens.
-func tokensOf(t *testing.T, enc []byte) []testbed.ValuesLeaf {
+func tokensOf(t *testing.T, enc []byte) []sopskit.ValuesLeaf {
 	t.Helper()
-	var out []testbed.ValuesLeaf
-	for _, l := range testbed.ValuesLeaves(t, enc) {
+	var out []sopskit.ValuesLeaf
+	for _, l := range sopskit.ValuesLeaves(t, enc) {
 		if s, ok := l.Value.(string); ok && strings.HasPrefix(s, "ENC[") {
 			out = append(out, l)
 		}
@@ -61,15 +61,15 @@ func tokensOf(t *testing.T, enc []byte) []testbed.ValuesLeaf {
 // returns (text/template prints a value with fmt; Helm reads numbers as
 // float64).
 func TestTokensRenderAsHelm(t *testing.T) {
-	key := testbed.NewAgeKey(t, false)
+	key := sopskit.NewAgeKey(t, false)
 	d := newDecryptor(t, loadAge(t, "team-a", key))
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
-	enc := testbed.SopsEncrypt(t, []byte(valuesPlain), "yaml", r, "--unencrypted-suffix", "_unencrypted")
-	plain := testbed.SopsDecrypt(t, enc, "yaml", r)
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
+	enc := sopskit.SopsEncrypt(t, []byte(valuesPlain), "yaml", r, "--unencrypted-suffix", "_unencrypted")
+	plain := sopskit.SopsDecrypt(t, enc, "yaml", r)
 
-	idx, err := decrypt.ParseIndex([]byte(testbed.ValuesIndex(t, enc)))
+	idx, err := decrypt.ParseIndex([]byte(sopskit.ValuesIndex(t, enc)))
 	require.NoError(t, err)
-	encLeaves, plainLeaves := testbed.ValuesLeaves(t, enc), testbed.ValuesLeaves(t, plain)
+	encLeaves, plainLeaves := sopskit.ValuesLeaves(t, enc), sopskit.ValuesLeaves(t, plain)
 	require.Len(t, encLeaves, len(plainLeaves))
 
 	tokens := d.Tokens(idx, nil)
@@ -118,15 +118,15 @@ func (c *countingSource) Matches(k *keyservice.Key) bool {
 }
 
 func TestTokensUnwrapTheDataKeyOncePerTokens(t *testing.T) {
-	key := testbed.NewAgeKey(t, false)
+	key := sopskit.NewAgeKey(t, false)
 	src := &countingSource{Source: loadAge(t, "team-a", key)}
 	d := newDecryptor(t, src)
 	var plain strings.Builder
 	for i := range 50 {
 		fmt.Fprintf(&plain, "k%d: s3cr3t-%d\n", i, i)
 	}
-	enc := testbed.SopsEncrypt(t, []byte(plain.String()), "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
-	idx, err := decrypt.ParseIndex([]byte(testbed.ValuesIndex(t, enc)))
+	enc := sopskit.SopsEncrypt(t, []byte(plain.String()), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
+	idx, err := decrypt.ParseIndex([]byte(sopskit.ValuesIndex(t, enc)))
 	require.NoError(t, err)
 
 	tokens := d.Tokens(idx, nil)
@@ -143,20 +143,20 @@ func TestTokensUnwrapTheDataKeyOncePerTokens(t *testing.T) {
 }
 
 func TestTokensFailures(t *testing.T) {
-	held := testbed.NewAgeKey(t, false)
-	other := testbed.NewAgeKey(t, false)
+	held := sopskit.NewAgeKey(t, false)
+	other := sopskit.NewAgeKey(t, false)
 	d := newDecryptor(t, loadAge(t, "held", held))
-	mine := testbed.Recipients{Age: []testbed.AgeKey{held}}
+	mine := sopskit.Recipients{Age: []sopskit.AgeKey{held}}
 	plain := []byte("db:\n  password: s3cr3t-tok-VALUE\n  user: s3cr3t-user\nblob: s3cr3t-blob\n")
-	enc := testbed.SopsEncrypt(t, plain, "yaml", mine)
-	index := testbed.ValuesIndex(t, enc)
+	enc := sopskit.SopsEncrypt(t, plain, "yaml", mine)
+	index := sopskit.ValuesIndex(t, enc)
 	tok := tokensOf(t, enc)[1].Value.(string) // db:password:
 	require.Contains(t, index, `"db:password:"`)
 
 	// The same file encrypted again has another data key; so does one for a
 	// key the webhook does not hold.
-	indexAgain := testbed.ValuesIndex(t, testbed.SopsEncrypt(t, plain, "yaml", mine))
-	indexOther := testbed.ValuesIndex(t, testbed.SopsEncrypt(t, plain, "yaml", testbed.Recipients{Age: []testbed.AgeKey{other}}))
+	indexAgain := sopskit.ValuesIndex(t, sopskit.SopsEncrypt(t, plain, "yaml", mine))
+	indexOther := sopskit.ValuesIndex(t, sopskit.SopsEncrypt(t, plain, "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{other}}))
 
 	many := strings.Repeat(tok+" ", decrypt.MaxTokens+1)
 	tests := []struct {
@@ -250,9 +250,9 @@ func flipData(tok string) string {
 }
 
 func TestEntries(t *testing.T) {
-	key := testbed.NewAgeKey(t, false)
+	key := sopskit.NewAgeKey(t, false)
 	d := newDecryptor(t, loadAge(t, "k", key))
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	tests := []struct {
 		name, format, file, plain string
 		want                      []string // key=value; nil: not flat
@@ -272,7 +272,7 @@ func TestEntries(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			enc := testbed.SopsEncrypt(t, []byte(tt.plain), tt.format, r)
+			enc := sopskit.SopsEncrypt(t, []byte(tt.plain), tt.format, r)
 			res, err := d.Document(context.Background(), enc, decrypt.Detect(enc, tt.file), nil)
 			require.NoError(t, err)
 			got, err := res.Entries()
@@ -298,12 +298,12 @@ func (denyAll) Allowed(_ context.Context, name string) error {
 }
 
 func TestResultCacheAppliesTheAccessEveryTime(t *testing.T) {
-	key := testbed.NewAgeKey(t, false)
+	key := sopskit.NewAgeKey(t, false)
 	src := &countingSource{Source: loadAge(t, "team-a", key)}
 	ring, err := keysource.NewRing(src)
 	require.NoError(t, err)
 	d := decrypt.New(ring, decrypt.WithResultCache(time.Hour, 1<<20))
-	doc := testbed.SopsEncrypt(t, []byte("K=s3cr3t-cached\n"), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{key}})
+	doc := sopskit.SopsEncrypt(t, []byte("K=s3cr3t-cached\n"), "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
 
 	for range 3 {
 		res, err := d.Document(context.Background(), doc, decrypt.FormatDotenv, nil)
@@ -318,11 +318,11 @@ func TestResultCacheAppliesTheAccessEveryTime(t *testing.T) {
 	assert.True(t, decrypt.IsReason(err, decrypt.ReasonNotGranted), "got %v", err)
 
 	// Values payloads: the index is parsed once, the tokens decrypted once.
-	values := testbed.SopsEncrypt(t, []byte("db:\n  password: s3cr3t-token\n"), "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
-	token := []byte(testbed.ValuesLeaves(t, values)[0].Value.(string))
+	values := sopskit.SopsEncrypt(t, []byte("db:\n  password: s3cr3t-token\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
+	token := []byte(sopskit.ValuesLeaves(t, values)[0].Value.(string))
 	before := src.calls.Load()
 	for range 3 {
-		idx, err := d.Index([]byte(testbed.ValuesIndex(t, values)))
+		idx, err := d.Index([]byte(sopskit.ValuesIndex(t, values)))
 		require.NoError(t, err)
 		tokens := d.Tokens(idx, nil)
 		out, err := tokens.Decrypt(context.Background(), token)
@@ -331,7 +331,7 @@ func TestResultCacheAppliesTheAccessEveryTime(t *testing.T) {
 		assert.Equal(t, []string{"team-a"}, tokens.Keys(), "the keys are reported from the cache too")
 	}
 	assert.EqualValues(t, before+1, src.calls.Load())
-	idx, err := d.Index([]byte(testbed.ValuesIndex(t, values)))
+	idx, err := d.Index([]byte(sopskit.ValuesIndex(t, values)))
 	require.NoError(t, err)
 	_, err = d.Tokens(idx, denyAll{}).Decrypt(context.Background(), token)
 	assert.True(t, decrypt.IsReason(err, decrypt.ReasonNotGranted), "a cached value is not returned when its key is denied: %v", err)

@@ -23,7 +23,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // outcome is what a bad input must lead to.
@@ -49,9 +49,9 @@ const secretMarker = "BADINPUT-s3cr3t"
 // without a panic, without reaching the decrypt deadline, and without the
 // plaintext in the response or the debug logs.
 func TestBadInputs(t *testing.T) {
-	key := testbed.NewAgeKey(t, false)
-	other := testbed.NewAgeKey(t, false)
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	key := sopskit.NewAgeKey(t, false)
+	other := sopskit.NewAgeKey(t, false)
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	src, err := keysource.LoadAge("k", key.IdentityFile)
 	require.NoError(t, err)
 	ring, err := keysource.NewRing(src)
@@ -60,13 +60,13 @@ func TestBadInputs(t *testing.T) {
 
 	plainEnv := "PASSWORD=" + secretMarker + "\n"
 	plainYAML := "password: " + secretMarker + "\nnote_unencrypted: public\n"
-	env := testbed.SopsEncrypt(t, []byte(plainEnv), "dotenv", r)
-	yml := testbed.SopsEncrypt(t, []byte(plainYAML), "yaml", r, "--unencrypted-suffix", "_unencrypted")
-	values := testbed.SopsEncrypt(t, []byte("db:\n  password: "+secretMarker+"\n  user: "+secretMarker+"-u\n"), "yaml", r)
-	index := testbed.ValuesIndex(t, values)
-	leaves := testbed.ValuesLeaves(t, values)
+	env := sopskit.SopsEncrypt(t, []byte(plainEnv), "dotenv", r)
+	yml := sopskit.SopsEncrypt(t, []byte(plainYAML), "yaml", r, "--unencrypted-suffix", "_unencrypted")
+	values := sopskit.SopsEncrypt(t, []byte("db:\n  password: "+secretMarker+"\n  user: "+secretMarker+"-u\n"), "yaml", r)
+	index := sopskit.ValuesIndex(t, values)
+	leaves := sopskit.ValuesLeaves(t, values)
 	token, userToken := leaves[0].Value.(string), leaves[1].Value.(string)
-	otherIndex := testbed.ValuesIndex(t, testbed.SopsEncrypt(t, []byte("db:\n  password: x\n  user: y\n"), "yaml", r))
+	otherIndex := sopskit.ValuesIndex(t, sopskit.SopsEncrypt(t, []byte("db:\n  password: x\n  user: y\n"), "yaml", r))
 
 	secretReq := func(data map[string][]byte, annotations map[string]string) admissionv1.AdmissionRequest {
 		s := secret("bad", data)
@@ -114,7 +114,7 @@ func TestBadInputs(t *testing.T) {
 		{"token without the closing bracket", withIndex(strings.TrimSuffix(token, "]"), index), denied, "truncated or malformed"},
 		{"type:bytes document", one(bytes.ReplaceAll(env, []byte("type:str]"), []byte("type:bytes]"))), denied, ""},
 		{"type:bytes token", withIndex(strings.Replace(token, "type:str]", "type:bytes]", 1), index), denied, "bytes"},
-		{"wrong key", one(testbed.SopsEncrypt(t, []byte(plainEnv), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{other}})), denied, "no configured key can open it"},
+		{"wrong key", one(sopskit.SopsEncrypt(t, []byte(plainEnv), "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{other}})), denied, "no configured key can open it"},
 		{"duplicate keys in a YAML document", oneYAML(append([]byte("password: a\npassword: b\n"), yml[bytes.Index(yml, []byte("sops:")):]...)), denied, ""},
 		{"YAML alias bomb", oneYAML([]byte("a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nsops:\n    mac: ENC[AES256_GCM,data:x,iv:y,tag:z,type:str]\n")), denied, ""},
 		{"deeply nested YAML", oneYAML(append([]byte(strings.Repeat("[", 10000)+strings.Repeat("]", 10000)+"\n"), yml[bytes.Index(yml, []byte("sops:")):]...)), denied, ""},
@@ -137,9 +137,9 @@ func TestBadInputs(t *testing.T) {
 		{"token path edited", withIndex(token, strings.Replace(index, `"db:password:"`, `"db:user:"`, 1)), denied, "does not authenticate"},
 		{"tokens without an index", secretReq(map[string][]byte{"password": []byte(token)}, nil), denied, string(decrypt.ReasonNoIndex)},
 		{"tokens with an empty index", withIndex(token, ""), denied, string(decrypt.ReasonBadIndex)},
-		{"non-UTF-8 plaintext into ConfigMap data", configMap(map[string]string{"blob": string(testbed.SopsEncrypt(t, []byte(secretMarker+"\xff\xfe"), "binary", r))}), denied, "not UTF-8"},
+		{"non-UTF-8 plaintext into ConfigMap data", configMap(map[string]string{"blob": string(sopskit.SopsEncrypt(t, []byte(secretMarker+"\xff\xfe"), "binary", r))}), denied, "not UTF-8"},
 		{"expand collides with an existing key", secretReq(map[string][]byte{"app.env": env, "PASSWORD": []byte("x")}, map[string]string{mutate.AnnotationExpand: "true"}), denied, "collides"},
-		{"expand of a nested document", secretReq(map[string][]byte{"app.yaml": testbed.SopsEncrypt(t, []byte("db:\n  password: "+secretMarker+"\n"), "yaml", r)}, map[string]string{mutate.AnnotationExpand: "true"}), denied, "flat map"},
+		{"expand of a nested document", secretReq(map[string][]byte{"app.yaml": sopskit.SopsEncrypt(t, []byte("db:\n  password: "+secretMarker+"\n"), "yaml", r)}, map[string]string{mutate.AnnotationExpand: "true"}), denied, "flat map"},
 		{"expand with a bad value", secretReq(map[string][]byte{"app.env": env}, map[string]string{mutate.AnnotationExpand: "sure"}), denied, `"true" or "false"`},
 		{"marker in an unrelated annotation only", secretReq(map[string][]byte{"k": []byte("v")}, map[string]string{"note": "ENC[AES256_GCM,data:"}), untouched, ""},
 		{"Helm release record with ciphertext", func() admissionv1.AdmissionRequest {

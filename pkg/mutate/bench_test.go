@@ -19,14 +19,14 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // benchCases are a warm handler and the requests of make bench's load
 // scenarios.
 func benchCases(b *testing.B) (*mutate.Handler, map[string]admissionv1.AdmissionRequest) {
-	key := testbed.NewAgeKey(b, false)
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	key := sopskit.NewAgeKey(b, false)
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	src, err := keysource.LoadAge("k", key.IdentityFile)
 	if err != nil {
 		b.Fatal(err)
@@ -41,16 +41,16 @@ func benchCases(b *testing.B) (*mutate.Handler, map[string]admissionv1.Admission
 	for i := range 20 {
 		fmt.Fprintf(&plain, "k%02d: secret-value-%02d\n", i, i)
 	}
-	values := testbed.SopsEncrypt(b, []byte(plain.String()), "yaml", r)
+	values := sopskit.SopsEncrypt(b, []byte(plain.String()), "yaml", r)
 	var file strings.Builder
-	for _, l := range testbed.ValuesLeaves(b, values) {
+	for _, l := range sopskit.ValuesLeaves(b, values) {
 		fmt.Fprintf(&file, "%s = %s\n", strings.TrimSuffix(l.Path, ":"), l.Value)
 	}
 	valuesSecret := secret("bench", map[string][]byte{"app.ini": []byte(file.String())})
-	valuesSecret.Annotations = map[string]string{mutate.AnnotationValues: testbed.ValuesIndex(b, values)}
+	valuesSecret.Annotations = map[string]string{mutate.AnnotationValues: sopskit.ValuesIndex(b, values)}
 	return h, map[string]admissionv1.AdmissionRequest{
 		"no-sops":   request(b, "Secret", admissionv1.Create, secret("bench", map[string][]byte{"password": []byte("hunter2")})),
-		"documents": request(b, "Secret", admissionv1.Create, secret("bench", map[string][]byte{"app.env": testbed.SopsEncrypt(b, []byte("A=1\nB=2\n"), "dotenv", r), "c.yaml": testbed.SopsEncrypt(b, []byte("a: 1\n"), "yaml", r)})),
+		"documents": request(b, "Secret", admissionv1.Create, secret("bench", map[string][]byte{"app.env": sopskit.SopsEncrypt(b, []byte("A=1\nB=2\n"), "dotenv", r), "c.yaml": sopskit.SopsEncrypt(b, []byte("a: 1\n"), "yaml", r)})),
 		"20-tokens": request(b, "Secret", admissionv1.Create, valuesSecret),
 	}
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // failing is a Decryptor whose every document fails with one reason.
@@ -35,7 +35,7 @@ func (f failing) Index([]byte) (*decrypt.Index, error)                    { retu
 // key service's are retryable errors (503, or 500 for an internal error),
 // and each is counted under its own outcome.
 func TestErrorClasses(t *testing.T) {
-	env := testbed.SopsEncrypt(t, []byte("A=1\n"), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{testbed.NewAgeKey(t, false)}})
+	env := sopskit.SopsEncrypt(t, []byte("A=1\n"), "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{sopskit.NewAgeKey(t, false)}})
 	req := admission.Request{AdmissionRequest: request(t, "Secret", admissionv1.Create, secret("app", map[string][]byte{"app.env": env}))}
 	reasons := decrypt.Reasons()
 	require.NotEmpty(t, reasons)
@@ -124,8 +124,8 @@ func (undecidedAccess) Allowed(_ context.Context, key string) error {
 // cannot decide, and checks they come back as retryable 503s naming the key
 // and never as "not granted".
 func TestRetryableThroughTheRealDecryptor(t *testing.T) {
-	key := testbed.NewAgeKey(t, false)
-	env := testbed.SopsEncrypt(t, []byte("A=classes-s3cr3t\n"), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{key}})
+	key := sopskit.NewAgeKey(t, false)
+	env := sopskit.SopsEncrypt(t, []byte("A=classes-s3cr3t\n"), "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
 	req := admission.Request{AdmissionRequest: request(t, "Secret", admissionv1.Create, secret("app", map[string][]byte{"app.env": env}))}
 	age, err := keysource.LoadAge("k", key.IdentityFile)
 	require.NoError(t, err)
