@@ -40,7 +40,7 @@ unit:
 e2e:
 	$(GO) test -count=1 -timeout 30m ./test/e2e/
 
-## e2e-node: (work in progress, not yet in make test) build the test bed's real node and start it
+## e2e-node: (not yet in make test) build the test bed's real node, start it, run a pod, stop it leaving nothing behind
 e2e-node: testbed
 	test/testbed/install.sh node
 	$(GO) test -count=1 -tags node -timeout 15m -run TestNode -v ./test/e2e/

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -50,4 +51,11 @@ func TestNode(t *testing.T) {
 	list, err := exec.Command("ip", "netns", "list").CombinedOutput()
 	require.NoError(t, err)
 	assert.NotContains(t, string(list), ns, "no network namespace left")
+	left, err := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", ns))
+	require.NoError(t, err)
+	assert.Empty(t, left, "no cgroup left")
+	tools, err := testbed.Load()
+	require.NoError(t, err)
+	out, _ := exec.Command("pgrep", "-f", tools.NodeBin).Output()
+	assert.Empty(t, strings.TrimSpace(string(out)), "no process of the node's binaries left")
 }

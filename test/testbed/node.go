@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,7 +41,8 @@ const NodeName = "testbed-node"
 // containers on a CNI bridge inside it. The API server serves the host on
 // the namespace's address, and reaches Services through their endpoints
 // (--enable-aggregator-routing), webhooks included: no component dials a
-// ClusterIP. The data plane shares one private mount namespace, so the
+// ClusterIP. Authorization is RBAC; the kubelet's user is also in
+// system:masters (a test bed, not a hardened node). The data plane shares one private mount namespace, so the
 // kubelet's mounts vanish with it; Stop stops everything by PID and puts
 // back what the kubelet changes on the host (cgroups, sysctls).
 type Node struct {
@@ -70,7 +72,7 @@ var kernelTunables = []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel
 
 // StartNode starts the node in work (a fresh folder) and waits until it is
 // Ready. Only one node runs at a time.
-func StartNode(ctx context.Context, work string) (n *Node, err error) {
+func StartNode(ctx context.Context, work string) (*Node, error) {
 	tools, err := Load()
 	if err != nil {
 		return nil, err
@@ -78,28 +80,27 @@ func StartNode(ctx context.Context, work string) (n *Node, err error) {
 	if tools.NodeBin == "" {
 		return nil, errors.New("the node is not in the test bed; run: test/testbed/install.sh node")
 	}
-	n = &Node{work: work, bin: tools.NodeBin, sysctls: map[string]string{}}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, n.Stop())
-		}
-	}()
+	n := &Node{work: work, bin: tools.NodeBin, sysctls: map[string]string{}}
 	for _, s := range kernelTunables {
-		b, rerr := os.ReadFile(filepath.Join("/proc/sys", s))
-		if rerr == nil {
+		if b, err := os.ReadFile(filepath.Join("/proc/sys", s)); err == nil {
 			n.sysctls[s] = strings.TrimSpace(string(b))
 		}
 	}
-	if n.NS, err = NewNetNS(200); err != nil {
-		return nil, err
-	}
-	if err = n.startControlPlane(tools); err != nil {
-		return nil, err
-	}
-	if err = n.startDataPlane(ctx); err != nil {
-		return nil, err
+	if err := n.start(ctx, tools); err != nil {
+		return nil, errors.Join(err, n.Stop())
 	}
 	return n, nil
+}
+
+func (n *Node) start(ctx context.Context, tools Tools) error {
+	var err error
+	if n.NS, err = NewNetNS(200); err != nil {
+		return err
+	}
+	if err := n.startControlPlane(tools); err != nil {
+		return err
+	}
+	return n.startDataPlane(ctx)
 }
 
 // wrapper writes a script that runs binary inside the namespace, for envtest
@@ -127,7 +128,6 @@ func (n *Node) startControlPlane(tools Tools) error {
 	api.Configure().
 		Set("enable-aggregator-routing", "true").
 		Set("service-cluster-ip-range", "10.96.0.0/24").
-		Set("authorization-mode", "Node,RBAC").
 		Set("advertise-address", n.NS.NodeIP)
 	n.env.ControlPlane.APIServer = api
 	if n.Config, err = n.env.Start(); err != nil {
@@ -166,7 +166,7 @@ func (n *Node) startDataPlane(ctx context.Context) error {
 		return err
 	}
 	kubelet := filepath.Join(n.work, "kubelet.kubeconfig")
-	if err := n.writeKubeconfig(kubelet, envtest.User{Name: "system:node:" + NodeName, Groups: []string{"system:nodes"}}); err != nil {
+	if err := n.writeKubeconfig(kubelet, envtest.User{Name: "system:node:" + NodeName, Groups: []string{"system:nodes", "system:masters"}}); err != nil {
 		return err
 	}
 	// The kubelet puts every pod under cgroupRoot, which must exist in
@@ -229,7 +229,10 @@ podLogsDir: %s
 
 	// The holder keeps the data plane's private mount namespace; every
 	// data-plane process enters it and the network namespace.
-	n.holder = exec.Command("ip", n.NS.Wrap("unshare", "--mount", "--propagation", "private", "sleep", "infinity")[1:]...)
+	// Not `ip netns exec`: it remounts /sys, which hides the cgroup mounts
+	// the kubelet and runc need.
+	n.holder = exec.Command("unshare", "--mount", "--propagation", "private", "--",
+		"nsenter", "--net=/var/run/netns/"+n.NS.Name, "--", "sleep", "infinity")
 	if err := n.holder.Start(); err != nil {
 		return fmt.Errorf("start the mount namespace holder: %w", err)
 	}
@@ -365,7 +368,14 @@ func WriteBinaryImage(binary, path, tag, out string) error {
 	if err != nil {
 		return err
 	}
-	if img, err = mutate.Config(img, v1.Config{Entrypoint: []string{path}}); err != nil {
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Config = v1.Config{Entrypoint: []string{path}}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return err
 	}
 	ref, err := name.NewTag(tag)
@@ -502,8 +512,8 @@ func cgroupHierarchies() ([]string, error) {
 	return out, nil
 }
 
-// removeCgroups removes the cgroup folder rel and everything under it in
-// every hierarchy, deepest first.
+// removeCgroups kills the processes left in the cgroup folder rel and under
+// it, in every hierarchy, and removes the folders, deepest first.
 func removeCgroups(rel string) error {
 	roots, err := cgroupHierarchies()
 	if err != nil {
@@ -522,6 +532,24 @@ func removeCgroups(rel string) error {
 			}
 			return nil
 		})
+		// The containers run in mount namespaces of their own: kill what
+		// is left in the subtree before removing it.
+		for range 50 {
+			left := 0
+			for _, d := range dirs {
+				b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+				for _, f := range strings.Fields(string(b)) {
+					if pid, err := strconv.Atoi(f); err == nil {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+						left++
+					}
+				}
+			}
+			if left == 0 {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 		for i := len(dirs) - 1; i >= 0; i-- {
 			if err := os.Remove(dirs[i]); err != nil && !os.IsNotExist(err) {
 				errs = append(errs, err)
