@@ -143,20 +143,13 @@ kubebin() {
 
 apiserver() { kubebin kube-apiserver "about 13 minutes"; }
 
-# debbin PACKAGE FILE... unpacks Debian's PACKAGE into the cache and copies
-# FILE... (paths inside the package) into $NODE/bin; nothing is installed on
-# the host.
+# debbin PACKAGE DIR FILE... unpacks Debian's PACKAGE into a temporary folder
+# and copies FILE... (paths inside the package) into DIR; nothing is
+# installed on the host.
 debbin() {
-	local pkg=$1
-	shift
-	local f missing=
-	for f in "$@"; do [[ -x $NODE/bin/$(basename "$f") ]] || missing=1; done
-	if [[ -z $missing ]]; then
-		step "$pkg: cached"
-		return
-	fi
-	step "$pkg: unpacking Debian's package into the cache"
-	local tmp
+	local pkg=$1 dir=$2
+	shift 2
+	local tmp f
 	tmp=$(mktemp -d)
 	(
 		cd "$tmp"
@@ -167,9 +160,22 @@ debbin() {
 		fi
 		dpkg-deb -x "$pkg"_*.deb root
 	)
-	mkdir -p "$NODE/bin"
-	for f in "$@"; do cp "$tmp/root/$f" "$NODE/bin/"; done
+	mkdir -p "$dir"
+	for f in "$@"; do cp "$tmp/root/$f" "$dir/"; done
 	rm -rf "$tmp"
+}
+
+# nodedeb PACKAGE FILE... puts FILE... of Debian's PACKAGE into $NODE/bin.
+nodedeb() {
+	local pkg=$1 f missing=
+	shift
+	for f in "$@"; do [[ -x $NODE/bin/$(basename "$f") ]] || missing=1; done
+	if [[ -z $missing ]]; then
+		step "$pkg: cached"
+		return
+	fi
+	step "$pkg: unpacking Debian's package into the cache"
+	debbin "$pkg" "$NODE/bin" "$@"
 }
 
 # containerd builds containerd v2, its runc shim and ctr with `go install`,
@@ -207,8 +213,8 @@ node() {
 	mkdir -p "$NODE/bin"
 	for c in kubelet kube-controller-manager kube-scheduler; do ln -sfn "$ASSETS/$c" "$NODE/bin/$c"; done
 	containerd
-	debbin runc usr/sbin/runc
-	debbin containernetworking-plugins usr/lib/cni/bridge usr/lib/cni/host-local usr/lib/cni/loopback
+	nodedeb runc usr/sbin/runc
+	nodedeb containernetworking-plugins usr/lib/cni/bridge usr/lib/cni/host-local usr/lib/cni/loopback
 }
 
 etcd() {
@@ -218,19 +224,7 @@ etcd() {
 		return
 	fi
 	step "etcd: unpacking Debian's etcd-server into the cache"
-	local tmp
-	tmp=$(mktemp -d)
-	(
-		cd "$tmp"
-		if ! apt-get download etcd-server >/dev/null 2>&1; then
-			step "etcd: refreshing Debian's package lists"
-			apt-get update -qq
-			apt-get download etcd-server
-		fi
-		dpkg-deb -x etcd-server_*.deb root
-	)
-	cp "$tmp/root/usr/bin/etcd" "$target"
-	rm -rf "$tmp"
+	debbin etcd-server "$ASSETS" usr/bin/etcd
 	step "etcd: $("$target" --version | head -1)"
 }
 
