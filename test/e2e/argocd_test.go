@@ -278,7 +278,7 @@ func (g *gitops) ignoreDifferences(ctx context.Context, t *testing.T) {
 			testbed.RemovePointers(git, pointers[kind])
 			testbed.RemovePointers(decrypted, pointers[kind])
 			for _, p := range testbed.ChangedPaths(git, decrypted) {
-				_, inGit, _ := unstructured.NestedFieldNoCopy(git, pointerFields(p)...)
+				_, inGit, _ := unstructured.NestedFieldNoCopy(git, testbed.PointerFields(p)...)
 				assert.False(t, inGit, "with the docs' ignoreDifferences, %s of Git still differs from live", p)
 			}
 		})
@@ -292,14 +292,6 @@ func covered(path string, pointers []string) bool {
 		}
 	}
 	return false
-}
-
-func pointerFields(p string) []string {
-	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
-	for i, s := range parts {
-		parts[i] = strings.ReplaceAll(strings.ReplaceAll(s, "~1", "/"), "~0", "~")
-	}
-	return parts
 }
 
 func indent(s, by string) string {

@@ -115,11 +115,7 @@ func (g *gitops) fluxPublish(ctx context.Context, t *testing.T, src *testbed.Sou
 
 	chart := filepath.Join(g.work, "flux-chart")
 	require.NoError(t, os.MkdirAll(filepath.Join(chart, "templates"), 0o755))
-	tpl, err := os.ReadFile(filepath.Join(g.work, "chart", "templates", "_sops-webhook.tpl"))
-	if err != nil {
-		g.chart(t)
-		tpl, err = os.ReadFile(filepath.Join(g.work, "chart", "templates", "_sops-webhook.tpl"))
-	}
+	tpl, err := os.ReadFile(filepath.Join(g.chart(t), "templates", "_sops-webhook.tpl"))
 	require.NoError(t, err)
 	for name, body := range map[string]string{
 		"Chart.yaml":                  "apiVersion: v2\nname: flux\nversion: 0.1.0\n",

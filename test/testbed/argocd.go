@@ -321,6 +321,15 @@ func ChangedPaths(a, b map[string]any) []string {
 	return out
 }
 
+// PointerFields splits a JSON pointer into the field names it holds.
+func PointerFields(p string) []string {
+	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	for i, s := range parts {
+		parts[i] = strings.ReplaceAll(strings.ReplaceAll(s, "~1", "/"), "~0", "~")
+	}
+	return parts
+}
+
 func escapePointer(s string) string {
 	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
 }
@@ -329,10 +338,9 @@ func escapePointer(s string) string {
 // the way Argo CD's ignoreDifferences normalizer does before it compares.
 func RemovePointers(obj map[string]any, pointers []string) {
 	for _, p := range pointers {
-		parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
+		parts := PointerFields(p)
 		m := obj
 		for i, part := range parts {
-			part = strings.ReplaceAll(strings.ReplaceAll(part, "~1", "/"), "~0", "~")
 			if i == len(parts)-1 {
 				delete(m, part)
 				break

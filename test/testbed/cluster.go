@@ -48,7 +48,12 @@ func (cp *ControlPlane) Stop() error { return cp.env.Stop() }
 
 // WriteKubeconfig writes a kubeconfig for an admin user to path.
 func (cp *ControlPlane) WriteKubeconfig(path string) error {
-	user, err := cp.env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	return writeKubeconfig(cp.env, path, envtest.User{Name: "admin", Groups: []string{"system:masters"}})
+}
+
+// writeKubeconfig writes a kubeconfig for user u of env's API server to path.
+func writeKubeconfig(env *envtest.Environment, path string, u envtest.User) error {
+	user, err := env.AddUser(u, nil)
 	if err != nil {
 		return err
 	}

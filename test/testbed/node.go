@@ -137,19 +137,7 @@ func (n *Node) startControlPlane(tools Tools) error {
 		return err
 	}
 	n.Kubeconfig = filepath.Join(n.work, "admin.kubeconfig")
-	return n.writeKubeconfig(n.Kubeconfig, envtest.User{Name: "admin", Groups: []string{"system:masters"}})
-}
-
-func (n *Node) writeKubeconfig(path string, u envtest.User) error {
-	user, err := n.env.AddUser(u, nil)
-	if err != nil {
-		return err
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, kc, 0o600)
+	return writeKubeconfig(n.env, n.Kubeconfig, envtest.User{Name: "admin", Groups: []string{"system:masters"}})
 }
 
 func (n *Node) startDataPlane(ctx context.Context) error {
@@ -166,7 +154,7 @@ func (n *Node) startDataPlane(ctx context.Context) error {
 		return err
 	}
 	kubelet := filepath.Join(n.work, "kubelet.kubeconfig")
-	if err := n.writeKubeconfig(kubelet, envtest.User{Name: "system:node:" + NodeName, Groups: []string{"system:nodes", "system:masters"}}); err != nil {
+	if err := writeKubeconfig(n.env, kubelet, envtest.User{Name: "system:node:" + NodeName, Groups: []string{"system:nodes", "system:masters"}}); err != nil {
 		return err
 	}
 	// The kubelet puts every pod under cgroupRoot, which must exist in
