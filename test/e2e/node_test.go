@@ -45,6 +45,15 @@ func TestNode(t *testing.T) {
 	ip := kubectl("get", "pod", "sleeper", "-o", "jsonpath={.status.podIP}")
 	assert.True(t, strings.HasPrefix(ip, "10.232.0."), "the pod is on the node's bridge: %s", ip)
 
+	// kube-proxy DNATs the `kubernetes` Service inside the namespace: pods
+	// reach the API server through its ClusterIP, as on a real node.
+	tools, err := testbed.Load()
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS.Name, filepath.Join(tools.NodeBin, "iptables"), "-t", "nat", "-S", "KUBE-SERVICES").Output()
+		return err == nil && strings.Contains(string(out), "-d "+testbed.APIServiceIP+"/32")
+	}, time.Minute, time.Second, "kube-proxy programs the kubernetes Service; its log:\n%s", n.Log("kube-proxy"))
+
 	ns := n.NS.Name
 	require.NoError(t, n.Stop())
 	stopped = true
@@ -54,8 +63,6 @@ func TestNode(t *testing.T) {
 	left, err := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", ns))
 	require.NoError(t, err)
 	assert.Empty(t, left, "no cgroup left")
-	tools, err := testbed.Load()
-	require.NoError(t, err)
 	out, _ := exec.Command("pgrep", "-f", tools.NodeBin).Output()
 	assert.Empty(t, strings.TrimSpace(string(out)), "no process of the node's binaries left")
 }

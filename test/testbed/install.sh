@@ -143,13 +143,10 @@ kubebin() {
 
 apiserver() { kubebin kube-apiserver "about 13 minutes"; }
 
-# debbin PACKAGE DIR FILE... unpacks Debian's PACKAGE into a temporary folder
-# and copies FILE... (paths inside the package) into DIR; nothing is
-# installed on the host.
-debbin() {
-	local pkg=$1 dir=$2
-	shift 2
-	local tmp f
+# debroot PACKAGE ROOT unpacks Debian's PACKAGE into the folder ROOT;
+# nothing is installed on the host.
+debroot() {
+	local pkg=$1 root=$2 tmp
 	tmp=$(mktemp -d)
 	(
 		cd "$tmp"
@@ -158,10 +155,20 @@ debbin() {
 			apt-get update -qq
 			apt-get download "$pkg"
 		fi
-		dpkg-deb -x "$pkg"_*.deb root
 	)
+	dpkg-deb -x "$tmp/$pkg"_*.deb "$root"
+	rm -rf "$tmp"
+}
+
+# debbin PACKAGE DIR FILE... copies FILE... (paths inside Debian's PACKAGE)
+# into DIR.
+debbin() {
+	local pkg=$1 dir=$2 tmp f
+	shift 2
+	tmp=$(mktemp -d)
+	debroot "$pkg" "$tmp"
 	mkdir -p "$dir"
-	for f in "$@"; do cp "$tmp/root/$f" "$dir/"; done
+	for f in "$@"; do cp "$tmp/$f" "$dir/"; done
 	rm -rf "$tmp"
 }
 
@@ -176,6 +183,31 @@ nodedeb() {
 	fi
 	step "$pkg: unpacking Debian's package into the cache"
 	debbin "$pkg" "$NODE/bin" "$@"
+}
+
+# iptables unpacks Debian's iptables (nf_tables backend) and the libraries
+# it links into $NODE/iptables, and writes the commands kube-proxy and the
+# kubelet run into $NODE/bin as wrappers that load them from there.
+iptables() {
+	local root=$NODE/iptables c
+	if [[ -x $root/usr/sbin/xtables-nft-multi ]]; then
+		step "iptables: cached"
+	else
+		step "iptables: unpacking Debian's iptables and its libraries into the cache"
+		local p
+		rm -rf "$root"
+		mkdir -p "$root"
+		for p in iptables libip4tc2 libip6tc2 libxtables12 libmnl0 libnetfilter-conntrack3 libnfnetlink0 libnftnl11; do
+			debroot "$p" "$root"
+		done
+	fi
+	local lib
+	lib=$(echo "$root"/usr/lib/*-linux-gnu)
+	for c in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+		printf '#!/bin/sh\nLD_LIBRARY_PATH=%s XTABLES_LIBDIR=%s/xtables exec %s %s "$@"\n' \
+			"$lib" "$lib" "$root/usr/sbin/xtables-nft-multi" "$c" >"$NODE/bin/$c"
+		chmod +x "$NODE/bin/$c"
+	done
 }
 
 # containerd builds containerd v2, its runc shim and ctr with `go install`,
@@ -203,18 +235,20 @@ containerd() {
 }
 
 # node builds the test bed's real node (docs/design-notes.md, "Test bed"):
-# kubelet, kube-controller-manager and kube-scheduler like kube-apiserver,
+# kubelet, kube-controller-manager, kube-scheduler and kube-proxy like kube-apiserver,
 # containerd v2, and Debian's runc and CNI plugins, all into $NODE.
 node() {
 	kubebin kubelet "about 80 s on top of kube-apiserver's"
 	kubebin kube-controller-manager "about 130 s on top of kube-apiserver's"
 	kubebin kube-scheduler "about 20 s on top of kube-apiserver's"
+	kubebin kube-proxy "about 40 s on top of kube-apiserver's"
 	local c
 	mkdir -p "$NODE/bin"
-	for c in kubelet kube-controller-manager kube-scheduler; do ln -sfn "$ASSETS/$c" "$NODE/bin/$c"; done
+	for c in kubelet kube-controller-manager kube-scheduler kube-proxy; do ln -sfn "$ASSETS/$c" "$NODE/bin/$c"; done
 	containerd
 	nodedeb runc usr/sbin/runc
 	nodedeb containernetworking-plugins usr/lib/cni/bridge usr/lib/cni/host-local usr/lib/cni/loopback
+	iptables
 }
 
 etcd() {

@@ -35,6 +35,15 @@ const PauseImage = "testbed.local/pause:1"
 // NodeName is the name the node registers with.
 const NodeName = "testbed-node"
 
+// The node's address ranges: Services' ClusterIPs (the `kubernetes`
+// Service takes APIServiceIP, the first) and pods' IPs on the CNI bridge.
+// Both exist only inside the node's network namespace.
+const (
+	ServiceCIDR  = "10.96.0.0/24"
+	APIServiceIP = "10.96.0.1"
+	PodCIDR      = "10.232.0.0/24"
+)
+
 // Node is the test bed's real single-node cluster: etcd, kube-apiserver,
 // kube-controller-manager, kube-scheduler, containerd and the kubelet,
 // all in a network namespace of their own (NetNS: no route out), the
@@ -111,6 +120,39 @@ func (n *Node) wrapper(binary string) (string, error) {
 	return p, os.WriteFile(p, []byte(script), 0o755)
 }
 
+// apiServerCerts writes the API server's serving certificate and service
+// account signer into a folder of the node's and points api at it. envtest
+// would issue one for the listen address only; pods verify the
+// `kubernetes` Service's ClusterIP and DNS names, as on a real cluster.
+func (n *Node) apiServerCerts(api *envtest.APIServer) error {
+	dir := filepath.Join(n.work, "apiserver")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	serving, err := NewTLS([]string{"kubernetes", "kubernetes.default", "kubernetes.default.svc",
+		"kubernetes.default.svc.cluster.local", "localhost", n.NS.NodeIP, APIServiceIP}, 24*time.Hour)
+	if err != nil {
+		return fmt.Errorf("the API server's certificate: %w", err)
+	}
+	signer, err := NewTLS([]string{"service-accounts"}, 24*time.Hour)
+	if err != nil {
+		return fmt.Errorf("the service account signer: %w", err)
+	}
+	// The names envtest looks for (it issues none when apiserver.crt exists).
+	files := map[string][]byte{
+		"apiserver.crt": serving.Cert, "apiserver.key": serving.Key,
+		"sa-signer.crt": signer.Cert, "sa-signer.key": signer.Key,
+	}
+	for f, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o600); err != nil {
+			return err
+		}
+	}
+	api.CertDir = dir
+	api.SecureServing.CA = serving.CACert
+	return nil
+}
+
 func (n *Node) startControlPlane(tools Tools) error {
 	apiserver, err := n.wrapper(filepath.Join(tools.KubebuilderAssets, "kube-apiserver"))
 	if err != nil {
@@ -123,11 +165,14 @@ func (n *Node) startControlPlane(tools Tools) error {
 	n.env = &envtest.Environment{}
 	n.env.ControlPlane.Etcd = &envtest.Etcd{Path: etcd, URL: &url.URL{Scheme: "http", Host: net.JoinHostPort(n.NS.NodeIP, "2379")}}
 	api := &envtest.APIServer{Path: apiserver}
+	if err := n.apiServerCerts(api); err != nil {
+		return err
+	}
 	api.SecureServing.ListenAddr.Address = n.NS.NodeIP
 	api.SecureServing.ListenAddr.Port = "6443"
 	api.Configure().
 		Set("enable-aggregator-routing", "true").
-		Set("service-cluster-ip-range", "10.96.0.0/24").
+		Set("service-cluster-ip-range", ServiceCIDR).
 		Set("advertise-address", n.NS.NodeIP)
 	n.env.ControlPlane.APIServer = api
 	if n.Config, err = n.env.Start(); err != nil {
@@ -184,11 +229,25 @@ state = %q
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
   sandbox = %q
 `, dirs["containerd/root"], dirs["containerd/state"], sock, n.bin, dirs["cni"], filepath.Join(n.bin, "runc"), PauseImage),
-		"cni/10-bridge.conflist": `{"cniVersion": "1.0.0", "name": "testbed", "plugins": [
+		"cni/10-bridge.conflist": fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "testbed", "plugins": [
   {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.232.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},
   {"type": "loopback"}]}
-`,
+`, PodCIDR),
+		// kube-proxy DNATs ClusterIPs to endpoints inside the namespace, as
+		// on a real node; it leaves the host's conntrack sysctls alone
+		// (zeros) and does not route localhost to NodePorts.
+		"kube-proxy.yaml": fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: %q}
+hostnameOverride: %s
+mode: iptables
+clusterCIDR: %s
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+iptables: {localhostNodePorts: false}
+`, n.Kubeconfig, NodeName, PodCIDR),
 		"kubelet.yaml": fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: %s
@@ -231,7 +290,7 @@ podLogsDir: %s
 		return err
 	}
 	if err := waitSocket(ctx, sock); err != nil {
-		return fmt.Errorf("containerd: %w\n%s", err, n.procLog("containerd"))
+		return fmt.Errorf("containerd: %w\n%s", err, n.Log("containerd"))
 	}
 	if err := n.importPause(ctx, sock); err != nil {
 		return err
@@ -253,6 +312,10 @@ podLogsDir: %s
 	if err := n.run("kube-scheduler", nil, filepath.Join(n.bin, "kube-scheduler"),
 		"--kubeconfig", admin, "--authentication-kubeconfig", admin, "--authorization-kubeconfig", admin,
 		"--leader-elect=false", "--bind-address", "127.0.0.1", "--secure-port", "10259"); err != nil {
+		return err
+	}
+	if err := n.run("kube-proxy", []string{"PATH=" + path}, filepath.Join(n.bin, "kube-proxy"),
+		"--config", filepath.Join(n.work, "kube-proxy.yaml")); err != nil {
 		return err
 	}
 	return n.waitReady(ctx)
@@ -279,7 +342,9 @@ func (n *Node) run(name string, env []string, argv ...string) error {
 	return nil
 }
 
-func (n *Node) procLog(name string) string {
+// Log returns the end of the log of one of the node's processes (containerd,
+// kubelet, kube-controller-manager, kube-scheduler, kube-proxy).
+func (n *Node) Log(name string) string {
 	b, _ := os.ReadFile(filepath.Join(n.work, "logs", name+".log"))
 	if len(b) > 4000 {
 		b = b[len(b)-4000:]
@@ -385,13 +450,13 @@ func (n *Node) waitReady(ctx context.Context) error {
 		for _, p := range n.procs {
 			select {
 			case <-p.done:
-				return fmt.Errorf("%s exited:\n%s", p.name, n.procLog(p.name))
+				return fmt.Errorf("%s exited:\n%s", p.name, n.Log(p.name))
 			default:
 			}
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	return fmt.Errorf("node not Ready after 2 minutes; kubelet log:\n%s", n.procLog("kubelet"))
+	return fmt.Errorf("node not Ready after 2 minutes; kubelet log:\n%s", n.Log("kubelet"))
 }
 
 // Stop stops the data plane and the control plane by PID, kills what is
