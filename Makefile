@@ -40,10 +40,9 @@ unit:
 e2e:
 	$(GO) test -count=1 -timeout 30m ./test/e2e/
 
-## e2e-node: (not yet in make test) build the test bed's real node, start it, run a pod, stop it leaving nothing behind
+## e2e-node: only the tests on the test bed's real node (TestNode, TestRealPods); make e2e runs them too
 e2e-node: testbed
-	test/testbed/install.sh node
-	$(GO) test -count=1 -tags node -timeout 15m -run TestNode -v ./test/e2e/
+	$(GO) test -count=1 -timeout 30m -run 'TestNode|TestRealPods' -v ./test/e2e/
 
 # fuzz-short runs each fuzz target for a fixed number of executions (no
 # wall-clock budget to race: see test/fuzz.sh).

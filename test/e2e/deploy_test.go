@@ -328,9 +328,11 @@ func (s *deploySuite) vapWithoutWebhook(t *testing.T) {
 	})
 }
 
-// stream creates Secrets holding the SOPS document in apps until stop is
-// closed, and reports how many were created and the errors.
+// stream creates Secrets holding a SOPS document in one namespace until
+// finish, and reports which were created and the errors.
 type stream struct {
+	c       client.Client
+	ns      string
 	created atomic.Int64
 	mu      sync.Mutex
 	errs    []error
@@ -339,15 +341,13 @@ type stream struct {
 	done    chan struct{}
 }
 
-// startStream runs workers goroutines that create Secrets holding the SOPS
-// document in apps until finish.
-func (s *deploySuite) startStream(prefix string, workers int) *stream {
-	st := &stream{stop: make(chan struct{}), done: make(chan struct{})}
+// startStream runs workers goroutines that create Secrets in ns, each
+// holding doc under app.env, until finish.
+func startStream(c client.Client, ns, prefix string, doc []byte, workers int) *stream {
+	st := &stream{c: c, ns: ns, stop: make(chan struct{}), done: make(chan struct{})}
 	var wg sync.WaitGroup
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for i := 0; ; i++ {
 				select {
 				case <-st.stop:
@@ -356,7 +356,7 @@ func (s *deploySuite) startStream(prefix string, workers int) *stream {
 				}
 				name := fmt.Sprintf("%s-%d-%d", prefix, w, i)
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				err := s.create(ctx, "apps", name, s.doc, nil)
+				err := c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Data: map[string][]byte{"app.env": doc}})
 				cancel()
 				st.mu.Lock()
 				if err != nil {
@@ -367,7 +367,7 @@ func (s *deploySuite) startStream(prefix string, workers int) *stream {
 				}
 				st.mu.Unlock()
 			}
-		}()
+		})
 	}
 	go func() { wg.Wait(); close(st.done) }()
 	return st
@@ -381,13 +381,13 @@ func (st *stream) finish() ([]string, []error) {
 	return st.names, st.errs
 }
 
-// assertDecrypted checks every named Secret holds the plaintext.
-func (s *deploySuite) assertDecrypted(t *testing.T, names []string) {
+// assertDecrypted checks every named Secret holds plain under app.env.
+func (st *stream) assertDecrypted(t *testing.T, names []string, plain []byte) {
 	t.Helper()
 	for _, n := range names {
 		got := &corev1.Secret{}
-		require.NoError(t, s.c.Get(context.Background(), client.ObjectKey{Namespace: "apps", Name: n}, got))
-		assert.Equal(t, string(s.plain), string(got.Data["app.env"]), n)
+		require.NoError(t, st.c.Get(context.Background(), client.ObjectKey{Namespace: st.ns, Name: n}, got))
+		assert.Equal(t, string(plain), string(got.Data["app.env"]), n)
 	}
 }
 
@@ -454,11 +454,11 @@ func (s *deploySuite) selfManaged(t *testing.T) {
 
 	t.Run("decrypts, and the VAP is silent", func(t *testing.T) {
 		require.NoError(t, s.create(ctx, "apps", "self-managed", s.doc, nil))
-		s.assertDecrypted(t, []string{"self-managed"})
+		(&stream{c: s.c, ns: "apps"}).assertDecrypted(t, []string{"self-managed"}, s.plain)
 	})
 
 	t.Run("forced rotation under a stream of creates loses no request", func(t *testing.T) {
-		st := s.startStream("rotation", 4)
+		st := startStream(s.c, "apps", "rotation", s.doc, 4)
 		time.Sleep(time.Second)
 		value := time.Now().UTC().Format(time.RFC3339Nano)
 		require.NoError(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -490,7 +490,7 @@ func (s *deploySuite) selfManaged(t *testing.T) {
 		require.Empty(t, errs, "requests lost during the rotation")
 		require.NotEmpty(t, names)
 		t.Logf("%d Secrets created during the rotation, none lost", len(names))
-		s.assertDecrypted(t, names)
+		st.assertDecrypted(t, names, s.plain)
 		require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(live), live))
 		assert.Len(t, certs.ParseCertificates(live.Webhooks[0].ClientConfig.CABundle), 2, "new and old CA trusted")
 	})
@@ -519,7 +519,7 @@ func (s *deploySuite) twoReplicas(t *testing.T) {
 
 	// Concurrent creates make the API server open several connections,
 	// which the proxy spreads over both replicas.
-	st := s.startStream("ha", 8)
+	st := startStream(s.c, "apps", "ha", s.doc, 8)
 	time.Sleep(time.Second)
 	victim, survivor := 0, 1
 	if proxy.Conns[1].Load() > proxy.Conns[0].Load() {
@@ -532,7 +532,7 @@ func (s *deploySuite) twoReplicas(t *testing.T) {
 	names, errs := st.finish()
 	require.Empty(t, errs, "requests lost while a replica stopped")
 	t.Logf("%d Secrets created, none lost; connections to the replicas: %d and %d", len(names), proxy.Conns[0].Load(), proxy.Conns[1].Load())
-	s.assertDecrypted(t, names)
+	st.assertDecrypted(t, names, s.plain)
 	assert.Greater(t, proxy.Conns[survivor].Load(), before, "the other replica took the stopped one's connections")
 }
 

@@ -1,5 +1,3 @@
-//go:build node
-
 package e2e
 
 import (
@@ -18,9 +16,12 @@ import (
 
 // TestNode starts the test bed's real node and runs a pod on it: the node
 // registers and is Ready, a pod of the sandbox image is scheduled and runs,
-// and Stop leaves no network namespace behind. It is the ground the
-// deployment tests (issue 12) build on; `make e2e-node` runs it.
+// kube-proxy programs the kubernetes Service, and Stop leaves no network
+// namespace, cgroup or process behind. TestRealPods builds on it.
 func TestNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: runs a real node; run without -short")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	n, err := testbed.StartNode(ctx, t.TempDir())

@@ -367,7 +367,7 @@ EOF
 
 what=${1:-all}
 case $what in
-all) etcd; sops; age; apiserver; helm; promtool; crds; flux ;;
+all) etcd; sops; age; apiserver; helm; promtool; crds; flux; node ;;
 apiserver | etcd | sops | helm | age | promtool | crds | flux | node) "$what" ;;
 *) echo "usage: $0 [all|apiserver|etcd|sops|helm|age|promtool|crds|flux|node]" >&2; exit 2 ;;
 esac

@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -89,6 +90,9 @@ func StartNode(ctx context.Context, work string) (*Node, error) {
 	if tools.NodeBin == "" {
 		return nil, errors.New("the node is not in the test bed; run: test/testbed/install.sh node")
 	}
+	if err := cleanStaleNode(); err != nil {
+		return nil, fmt.Errorf("the node of an earlier run is left: %w", err)
+	}
 	n := &Node{work: work, bin: tools.NodeBin, sysctls: map[string]string{}}
 	for _, s := range kernelTunables {
 		if b, err := os.ReadFile(filepath.Join("/proc/sys", s)); err == nil {
@@ -103,10 +107,15 @@ func StartNode(ctx context.Context, work string) (*Node, error) {
 
 func (n *Node) start(ctx context.Context, tools Tools) error {
 	var err error
-	if n.NS, err = NewNetNS(200); err != nil {
+	if n.NS, err = NewNetNS(nodeSubnet); err != nil {
 		return err
 	}
 	if err := n.startControlPlane(tools); err != nil {
+		return err
+	}
+	// The host reaches the pods through the node, so tests can talk to
+	// a pod as the API server does; the route goes with the link.
+	if err := ip("route", "add", PodCIDR, "via", n.NS.NodeIP, "dev", n.NS.hostLink); err != nil {
 		return err
 	}
 	return n.startDataPlane(ctx)
@@ -172,6 +181,11 @@ func (n *Node) startControlPlane(tools Tools) error {
 	api.SecureServing.ListenAddr.Port = "6443"
 	api.Configure().
 		Set("enable-aggregator-routing", "true").
+		// envtest turns the ServiceAccount admission plugin off; pods need
+		// it for their token, and the API server reaches the kubelet by
+		// address, not by a name it would look up.
+		Disable("disable-admission-plugins").
+		Set("kubelet-preferred-address-types", "InternalIP").
 		Set("service-cluster-ip-range", ServiceCIDR).
 		Set("advertise-address", n.NS.NodeIP)
 	n.env.ControlPlane.APIServer = api
@@ -395,6 +409,23 @@ func (n *Node) ImportImage(ctx context.Context, archive string) error {
 	return nil
 }
 
+// ContainerPID returns the host PID of a running container's first
+// process; containerID is a pod status's containerID (containerd://…).
+func (n *Node) ContainerPID(ctx context.Context, containerID string) (int, error) {
+	id := strings.TrimPrefix(containerID, "containerd://")
+	sock := filepath.Join(n.work, "containerd", "containerd.sock")
+	out, err := exec.CommandContext(ctx, filepath.Join(n.bin, "ctr"), "--address", sock, "-n", "k8s.io", "tasks", "ls").CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("ctr tasks ls: %w: %s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == id && f[2] == "RUNNING" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return 0, fmt.Errorf("no running task %s", id)
+}
+
 // WriteBinaryImage writes a docker archive of a one-layer image holding a
 // static binary at path, as its entrypoint, tagged tag.
 func WriteBinaryImage(binary, path, tag, out string) error {
@@ -445,7 +476,12 @@ func (n *Node) waitReady(ctx context.Context) error {
 		out, err := exec.CommandContext(ctx, "kubectl", "--kubeconfig", n.Kubeconfig, "get", "node", NodeName,
 			"-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`).Output()
 		if err == nil && string(out) == "True" {
-			return nil
+			// The ServiceAccount admission plugin refuses pods until the
+			// namespace's default ServiceAccount exists.
+			err := n.Client.Get(ctx, client.ObjectKey{Namespace: "default", Name: "default"}, &corev1.ServiceAccount{})
+			if err == nil {
+				return nil
+			}
 		}
 		for _, p := range n.procs {
 			select {
@@ -495,6 +531,40 @@ func (n *Node) Stop() error {
 		if strings.TrimSpace(string(cur)) != v {
 			errs = append(errs, os.WriteFile(filepath.Join("/proc/sys", s), []byte(v), 0o644))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// nodeSubnet is the third octet of the node's link to the host.
+const nodeSubnet = 200
+
+// cleanStaleNode removes what a node left when its test was killed before
+// Stop: the processes in its network namespace, its cgroups (and the
+// containers in them), and the namespace. It knows the node's namespace by
+// the node's address.
+func cleanStaleNode() error {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return fmt.Errorf("ip netns list: %w", err)
+	}
+	nodeIP := fmt.Sprintf("10.231.%d.2/", nodeSubnet)
+	var errs []error
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		if !strings.HasPrefix(name, "swtb-") {
+			continue
+		}
+		addrs, err := exec.Command("ip", "-n", name, "-o", "addr").Output()
+		if err != nil || !strings.Contains(string(addrs), nodeIP) {
+			continue
+		}
+		pids, _ := exec.Command("ip", "netns", "pids", name).Output()
+		for _, f := range strings.Fields(string(pids)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		errs = append(errs, removeCgroups("/"+name), ip("netns", "del", name))
 	}
 	return errors.Join(errs...)
 }

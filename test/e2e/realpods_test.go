@@ -1,0 +1,630 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+// The image the tests build and import into the node; only the image
+// reference of the shipped manifests and chart is changed to it.
+const (
+	podsImageName = "testbed.local/sops-webhook"
+	podsImageTag  = "e2e"
+	// webhookNS is the namespace the docs install into.
+	webhookNS = "sops-webhook"
+	// The Deployment's uid and gid (manifests/base, the Dockerfile).
+	webhookUID = "65532"
+)
+
+// podsBed is the test bed's real node with the webhook's image imported.
+type podsBed struct {
+	n    *testbed.Node
+	work string
+	// key is the installation's default.agekey; doc its dotenv document
+	// of plain.
+	key        testbed.AgeKey
+	doc, plain []byte
+}
+
+// installation names what one way of installing creates.
+type installation struct {
+	// name names the way of installing in the test's objects.
+	name                                string
+	deployment, service, mwc, tlsSecret string
+	// selector selects the Deployment's pods.
+	selector string
+}
+
+// TestRealPods installs the webhook as a platform team does, as real pods
+// on the test bed's node (a kubelet, containerd, kube-proxy), and checks
+// what only real pods show: the image runs as uid 65532 on a read-only
+// root under Pod Security "restricted", the pods reach the API server
+// through the kubernetes Service, the caBundle they patch is trusted by
+// the API server, rollouts and pod deletions under writers lose no write,
+// a key added through the mounted ConfigMap works without a restart, and
+// a flood leaves the 256 MiB containers running.
+func TestRealPods(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: runs a real node; run without -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	n, err := testbed.StartNode(ctx, t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, n.Stop(), "the node stops cleanly") })
+	b := &podsBed{n: n, work: t.TempDir(), key: testbed.NewAgeKey(t, false)}
+	b.plain = []byte("PASSWORD=real-pods-PLAINTEXT-1\n")
+	b.doc = testbed.SopsEncrypt(t, b.plain, "dotenv", testbed.Recipients{Age: []testbed.AgeKey{b.key}})
+	b.importImage(ctx, t)
+	require.NoError(t, n.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
+
+	t.Run("kustomize self-managed overlay", b.kustomizeSelfManaged)
+	t.Run("chart", b.chart)
+	t.Run("kustomize cert-manager overlay", b.certManager)
+}
+
+func (b *podsBed) kubectl(t *testing.T, stdin []byte, args ...string) string {
+	t.Helper()
+	out, err := b.kubectlErr(stdin, args...)
+	require.NoError(t, err)
+	return out
+}
+
+func (b *podsBed) kubectlErr(stdin []byte, args ...string) (string, error) {
+	cmd := exec.Command("kubectl", append([]string{"--kubeconfig", b.n.Kubeconfig}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out), nil
+}
+
+// importImage builds the image as `make image` does without an engine
+// (the static build command, then tools/image) and imports it.
+func (b *podsBed) importImage(ctx context.Context, t *testing.T) {
+	root, err := testbed.RepoRoot()
+	require.NoError(t, err)
+	bin, archive := filepath.Join(b.work, "webhook"), filepath.Join(b.work, "image.tar")
+	for _, argv := range [][]string{
+		{"go", "build", "-trimpath", "-ldflags=-s", "-o", bin, "./cmd/webhook"},
+		{"go", "run", "./tools/image", "-binary", bin, "-out", archive, "-tag", podsImageName + ":" + podsImageTag},
+	} {
+		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+		cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s: %s", strings.Join(argv, " "), out)
+	}
+	img, err := tarball.ImageFromPath(archive, nil)
+	require.NoError(t, err)
+	digest, err := img.Digest()
+	require.NoError(t, err)
+	fi, err := os.Stat(archive)
+	require.NoError(t, err)
+	t.Logf("image %s:%s: archive %.1f MiB, digest %s", podsImageName, podsImageTag, float64(fi.Size())/(1<<20), digest)
+	require.NoError(t, b.n.ImportImage(ctx, archive))
+}
+
+// overlay writes a kustomization that takes dir of the repository and
+// changes only the image reference, as the docs tell users to.
+func (b *podsBed) overlay(t *testing.T, dir string) string {
+	root, err := testbed.RepoRoot()
+	require.NoError(t, err)
+	out := filepath.Join(b.work, strings.ReplaceAll(dir, "/", "-"))
+	require.NoError(t, os.MkdirAll(out, 0o755))
+	rel, err := filepath.Rel(out, filepath.Join(root, dir))
+	require.NoError(t, err)
+	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [%s]
+images:
+  - name: ghcr.io/sops-webhook/sops-webhook
+    newName: %s
+    newTag: %s
+`, rel, podsImageName, podsImageTag)
+	require.NoError(t, os.WriteFile(filepath.Join(out, "kustomization.yaml"), []byte(k), 0o644))
+	return out
+}
+
+// prepareNamespace follows docs/operations.md, "1. The keys": the
+// namespace, enforcing Pod Security restricted, and the keys Secret.
+func (b *podsBed) prepareNamespace(t *testing.T) {
+	b.kubectl(t, nil, "create", "namespace", webhookNS)
+	b.kubectl(t, nil, "label", "namespace", webhookNS, "pod-security.kubernetes.io/enforce=restricted")
+	b.kubectl(t, nil, "-n", webhookNS, "create", "secret", "generic", "sops-webhook-keys", "--from-file=default.agekey="+b.key.IdentityFile)
+}
+
+// deleteNamespace deletes the webhook's namespace and waits until it is
+// gone with its pods.
+func (b *podsBed) deleteNamespace(t *testing.T) {
+	b.kubectl(t, nil, "delete", "namespace", webhookNS, "--ignore-not-found", "--wait", "--timeout=3m")
+}
+
+// pods lists the Deployment's pods that are not being deleted.
+func (b *podsBed) pods(t *testing.T, in installation) []corev1.Pod {
+	t.Helper()
+	var list corev1.PodList
+	require.NoError(t, b.n.Client.List(context.Background(), &list, client.InNamespace(webhookNS), client.MatchingLabels(labels(in.selector))))
+	var out []corev1.Pod
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func labels(selector string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range strings.Split(selector, ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
+}
+
+// rolledOut waits until the Deployment has rolled out.
+func (b *podsBed) rolledOut(t *testing.T, in installation) {
+	t.Helper()
+	b.kubectl(t, nil, "-n", webhookNS, "rollout", "status", "deploy/"+in.deployment, "--timeout=4m")
+}
+
+// checkInstall checks a fresh installation: two Ready pods admitted under
+// Pod Security restricted, running as uid 65532 on a read-only root, a
+// caBundle that the pods' certificate chains to, and a decrypt through the
+// API server.
+func (b *podsBed) checkInstall(t *testing.T, in installation) {
+	ctx := context.Background()
+	b.rolledOut(t, in)
+	pods := b.pods(t, in)
+	require.Len(t, pods, 2, "two replicas")
+	for _, p := range pods {
+		require.True(t, podReady(&p), "pod %s is Ready", p.Name)
+	}
+
+	t.Run("Pod Security restricted is enforced in its namespace", func(t *testing.T) {
+		var ns corev1.Namespace
+		require.NoError(t, b.n.Client.Get(ctx, client.ObjectKey{Name: webhookNS}, &ns))
+		assert.Equal(t, "restricted", ns.Labels["pod-security.kubernetes.io/enforce"])
+		_, err := b.kubectlErr([]byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"root","namespace":"`+webhookNS+`"},
+"spec":{"containers":[{"name":"c","image":"`+testbed.PauseImage+`"}]}}`), "create", "--dry-run=server", "-f", "-")
+		require.Error(t, err, "a pod that is not restricted is admitted")
+		assert.Contains(t, err.Error(), "violates PodSecurity")
+	})
+
+	t.Run("the container runs as uid 65532 on a read-only root without capabilities", func(t *testing.T) {
+		for _, p := range pods {
+			require.NotEmpty(t, p.Status.ContainerStatuses)
+			pid, err := b.n.ContainerPID(ctx, p.Status.ContainerStatuses[0].ContainerID)
+			require.NoError(t, err)
+			status := procFields(t, pid)
+			assert.Equal(t, strings.Repeat(webhookUID+"\t", 3)+webhookUID, status["Uid"], "%s: real, effective, saved and fs uid", p.Name)
+			assert.Equal(t, strings.Repeat(webhookUID+"\t", 3)+webhookUID, status["Gid"], p.Name)
+			assert.Equal(t, "0000000000000000", status["CapEff"], "%s: no effective capability", p.Name)
+			assert.Equal(t, "1", status["NoNewPrivs"], p.Name)
+			assert.Equal(t, "2", status["Seccomp"], "%s: seccomp filter (RuntimeDefault)", p.Name)
+			root := rootMount(t, pid)
+			assert.Contains(t, strings.Split(root, ","), "ro", "%s: the root file system is mounted %s", p.Name, root)
+		}
+	})
+
+	t.Run("the pods' certificate is trusted through the caBundle they patched", func(t *testing.T) {
+		var mwc admissionregistrationv1.MutatingWebhookConfiguration
+		require.Eventually(t, func() bool {
+			if b.n.Client.Get(ctx, client.ObjectKey{Name: in.mwc}, &mwc) != nil {
+				return false
+			}
+			for _, p := range pods {
+				if b.dialPod(p, mwc.Webhooks[0].ClientConfig.CABundle, in.service) != nil {
+					return false
+				}
+			}
+			return true
+		}, time.Minute, time.Second, "every pod serves a certificate the caBundle trusts, for the Service's name")
+		var sec corev1.Secret
+		require.NoError(t, b.n.Client.Get(ctx, client.ObjectKey{Namespace: webhookNS, Name: in.tlsSecret}, &sec))
+		assert.Equal(t, string(sec.Data["ca.crt"]), string(mwc.Webhooks[0].ClientConfig.CABundle), "the caBundle is the Secret's CA")
+	})
+
+	t.Run("a Secret created with kubectl is stored decrypted", func(t *testing.T) {
+		b.createDecrypted(t, "kubectl-"+in.name, b.doc, b.plain)
+	})
+}
+
+// createDecrypted creates a Secret holding doc with kubectl in the
+// opted-in namespace and checks it is stored as plain.
+func (b *podsBed) createDecrypted(t *testing.T, name string, doc, plain []byte) {
+	t.Helper()
+	file := filepath.Join(b.work, name+".env")
+	require.NoError(t, os.WriteFile(file, doc, 0o600))
+	b.kubectl(t, nil, "-n", "apps", "create", "secret", "generic", name, "--from-file=app.env="+file)
+	var got corev1.Secret
+	require.NoError(t, b.n.Client.Get(context.Background(), client.ObjectKey{Namespace: "apps", Name: name}, &got))
+	assert.Equal(t, string(plain), string(got.Data["app.env"]))
+}
+
+// dialPod opens TLS to a pod's webhook port as the API server does:
+// trusting caBundle, for the Service's DNS name.
+func (b *podsBed) dialPod(p corev1.Pod, caBundle []byte, service string) error {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caBundle) {
+		return fmt.Errorf("no certificate in the caBundle")
+	}
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	conn, err := tls.DialWithDialer(d, "tcp", net.JoinHostPort(p.Status.PodIP, "9443"),
+		&tls.Config{RootCAs: pool, ServerName: service + "." + webhookNS + ".svc", MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// procFields reads /proc/pid/status.
+func procFields(t *testing.T, pid int) map[string]string {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	out := map[string]string{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			out[k] = strings.TrimSpace(v)
+		}
+	}
+	return out
+}
+
+// rootMount returns the mount options of the root file system pid sees.
+func rootMount(t *testing.T, pid int) string {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	require.NoError(t, err)
+	for _, line := range strings.Split(string(raw), "\n") {
+		// id parent major:minor root mountpoint options ...
+		if f := strings.Fields(line); len(f) > 5 && f[4] == "/" {
+			return f[5]
+		}
+	}
+	t.Fatalf("no root mount for pid %d", pid)
+	return ""
+}
+
+// restarts sums the restart counts of the installation's pods and lists
+// any container that was OOM-killed.
+func (b *podsBed) restarts(t *testing.T, in installation) (int32, []string) {
+	t.Helper()
+	var n int32
+	var oom []string
+	for _, p := range b.pods(t, in) {
+		for _, c := range p.Status.ContainerStatuses {
+			n += c.RestartCount
+			if term := c.LastTerminationState.Terminated; term != nil && term.Reason == "OOMKilled" {
+				oom = append(oom, p.Name)
+			}
+		}
+	}
+	return n, oom
+}
+
+var kustomizeInstall = installation{
+	name:       "kustomize",
+	deployment: "sops-webhook", service: "sops-webhook", mwc: "sops-webhook", tlsSecret: "sops-webhook-tls",
+	selector: "app.kubernetes.io/name=sops-webhook",
+}
+
+func (b *podsBed) kustomizeSelfManaged(t *testing.T) {
+	in := kustomizeInstall
+	b.prepareNamespace(t)
+	dir := b.overlay(t, "manifests/overlays/self-managed")
+	b.kubectl(t, nil, "apply", "-k", dir)
+	b.checkInstall(t, in)
+	var keys corev1.Secret
+	require.NoError(t, b.n.Client.Get(context.Background(), client.ObjectKey{Namespace: webhookNS, Name: "sops-webhook-keys"}, &keys))
+	assert.Contains(t, keys.Data, "default.agekey", "applying the base's empty keys Secret kept the key")
+
+	t.Run("rollout restart under writers loses no write", func(t *testing.T) {
+		before := podNames(b.pods(t, in))
+		st := startStream(b.n.Client, "apps", "rollout", b.doc, 4)
+		time.Sleep(2 * time.Second)
+		b.kubectl(t, nil, "-n", webhookNS, "rollout", "restart", "deploy/"+in.deployment)
+		b.rolledOut(t, in)
+		time.Sleep(2 * time.Second)
+		names, errs := st.finish()
+		t.Logf("rollout restart: %d writes sent, %d failed", len(names)+len(errs), len(errs))
+		require.Empty(t, errs, "writes failed during the rollout")
+		require.NotEmpty(t, names)
+		st.assertDecrypted(t, names, b.plain)
+		for _, p := range podNames(b.pods(t, in)) {
+			assert.NotContains(t, before, p, "the pods were replaced")
+		}
+	})
+
+	t.Run("a pod deleted under writers loses no write", func(t *testing.T) {
+		pods := b.pods(t, in)
+		require.Len(t, pods, 2)
+		st := startStream(b.n.Client, "apps", "podkill", b.doc, 4)
+		time.Sleep(2 * time.Second)
+		b.kubectl(t, nil, "-n", webhookNS, "delete", "pod", pods[0].Name, "--wait=false")
+		b.kubectl(t, nil, "-n", webhookNS, "wait", "--for=delete", "pod/"+pods[0].Name, "--timeout=2m")
+		b.rolledOut(t, in)
+		require.Eventually(t, func() bool {
+			ready := 0
+			for _, p := range b.pods(t, in) {
+				if podReady(&p) {
+					ready++
+				}
+			}
+			return ready == 2
+		}, 2*time.Minute, time.Second, "a replacement pod becomes Ready")
+		time.Sleep(2 * time.Second)
+		names, errs := st.finish()
+		t.Logf("pod deletion: %d writes sent, %d failed", len(names)+len(errs), len(errs))
+		require.Empty(t, errs, "writes failed while a pod was deleted")
+		require.NotEmpty(t, names)
+		st.assertDecrypted(t, names, b.plain)
+	})
+
+	t.Run("a key added through the mounted ConfigMap works without a restart", func(t *testing.T) {
+		b.configReload(t, in)
+	})
+
+	t.Run("a flood leaves the containers running under their memory limit", func(t *testing.T) {
+		b.flood(t, in)
+	})
+
+	b.kubectl(t, nil, "delete", "-k", dir, "--wait", "--timeout=3m")
+	b.gone(t, in)
+}
+
+func podNames(pods []corev1.Pod) []string {
+	var out []string
+	for _, p := range pods {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+// gone checks nothing of the installation is left.
+func (b *podsBed) gone(t *testing.T, in installation) {
+	t.Helper()
+	err := b.n.Client.Get(context.Background(), client.ObjectKey{Name: in.mwc}, &admissionregistrationv1.MutatingWebhookConfiguration{})
+	assert.True(t, apierrors.IsNotFound(err), "the webhook is still registered: %v", err)
+	require.Eventually(t, func() bool { return len(b.pods(t, in)) == 0 }, 2*time.Minute, time.Second, "pods are left")
+}
+
+// configReload adds a second key: its file to the keys Secret and its
+// entry to the config, as an operator edits them, and waits until each pod
+// decrypts a document only that key opens, then checks no pod restarted.
+func (b *podsBed) configReload(t *testing.T, in installation) {
+	ctx := context.Background()
+	before := podNames(b.pods(t, in))
+	second := testbed.NewAgeKey(t, false)
+	plain := []byte("PASSWORD=second-key-PLAINTEXT\n")
+	doc := testbed.SopsEncrypt(t, plain, "dotenv", testbed.Recipients{Age: []testbed.AgeKey{second}})
+	fd := testbed.FloodDoc{File: "app.env", Enc: doc, Plain: plain}
+	review := testbed.SecretReview("reload", fd)
+	clients := b.podClients(t, in)
+	for pod, c := range clients {
+		r, err := testbed.SendReview(ctx, c.client, c.url, review)
+		require.NoError(t, err)
+		require.EqualValues(t, http.StatusForbidden, r.Code, "%s: before the change, the second key is unknown: %s", pod, r.Message)
+	}
+
+	keys := b.kubectl(t, nil, "-n", webhookNS, "create", "secret", "generic", "sops-webhook-keys",
+		"--from-file=default.agekey="+b.key.IdentityFile, "--from-file=second.agekey="+second.IdentityFile, "--dry-run=client", "-o", "yaml")
+	b.kubectl(t, []byte(keys), "apply", "-f", "-")
+	var cm corev1.ConfigMap
+	require.NoError(t, b.n.Client.Get(ctx, client.ObjectKey{Namespace: webhookNS, Name: "sops-webhook-config"}, &cm))
+	config := cm.Data["config.yaml"]
+	require.Contains(t, config, "keys:\n")
+	cm.Data["config.yaml"] = strings.Replace(config, "keys:\n", "keys:\n  - name: second\n    age: {identityFile: /etc/sops-webhook/keys/second.agekey}\n", 1)
+	require.NoError(t, b.n.Client.Update(ctx, &cm))
+	changed := time.Now()
+
+	for pod, c := range clients {
+		require.Eventually(t, func() bool {
+			r, err := testbed.SendReview(ctx, c.client, c.url, review)
+			return err == nil && fd.Check(r) == nil
+		}, 3*time.Minute, time.Second, "%s never decrypted with the new key", pod)
+	}
+	t.Logf("both pods decrypt with the new key %s after the ConfigMap and Secret changed", time.Since(changed).Round(time.Second))
+	b.createDecrypted(t, "second-key", doc, plain)
+	assert.ElementsMatch(t, before, podNames(b.pods(t, in)), "the pods were not replaced")
+	restarts, _ := b.restarts(t, in)
+	assert.Zero(t, restarts, "no container restarted")
+}
+
+type podClient struct {
+	url    string
+	client *http.Client
+}
+
+// podClients returns, for each pod, its /mutate URL and an HTTPS client that
+// trusts the caBundle and names the Service, as the API server does.
+func (b *podsBed) podClients(t *testing.T, in installation) map[string]podClient {
+	t.Helper()
+	var mwc admissionregistrationv1.MutatingWebhookConfiguration
+	require.NoError(t, b.n.Client.Get(context.Background(), client.ObjectKey{Name: in.mwc}, &mwc))
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(mwc.Webhooks[0].ClientConfig.CABundle))
+	out := map[string]podClient{}
+	for _, p := range b.pods(t, in) {
+		out[p.Name] = podClient{
+			url: "https://" + net.JoinHostPort(p.Status.PodIP, "9443") + "/mutate",
+			client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+				RootCAs: pool, ServerName: in.service + "." + webhookNS + ".svc", MinVersion: tls.VersionTLS12,
+			}}},
+		}
+	}
+	return out
+}
+
+// flood sends the load-safety flood (TestFlood's payloads) to both pods at
+// once, then checks every valid document was decrypted, no pod restarted
+// or was OOM-killed, and reports each container's memory peak against its
+// limit.
+func (b *podsBed) flood(t *testing.T, in installation) {
+	ctx := context.Background()
+	other := testbed.NewAgeKey(t, false)
+	mine := testbed.Recipients{Age: []testbed.AgeKey{b.key}}
+	start := time.Now()
+	payloads := testbed.NewFloodPayloads(t, mine, testbed.Recipients{Age: []testbed.AgeKey{other}}, floodHeavySenders, floodDocsPerSender)
+	t.Logf("payloads encrypted with the sops CLI in %s", time.Since(start).Round(time.Second))
+	clients := b.podClients(t, in)
+	results := map[string]testbed.FloodResult{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for pod, c := range clients {
+		wg.Go(func() {
+			res := testbed.Flood{URL: c.url, Client: func() *http.Client { return c.client }, Payloads: payloads,
+				BusyRetries: floodBusyRetries, DeniedSends: floodDeniedSends}.Run(ctx, nil)
+			mu.Lock()
+			results[pod] = res
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	for pod, res := range results {
+		t.Logf("flood of %s: %s: %v", pod, res.Took.Round(time.Millisecond), res.Tally)
+		assert.Empty(t, res.Failures, pod)
+		assert.Equal(t, floodHeavySenders*floodDocsPerSender, res.Tally[testbed.FloodDecrypted], "%s: every valid document is decrypted in the end", pod)
+	}
+	restarts, oom := b.restarts(t, in)
+	assert.Zero(t, restarts, "no container restarted")
+	assert.Empty(t, oom, "OOM-killed containers")
+	for _, p := range b.pods(t, in) {
+		require.True(t, podReady(&p), "%s is Ready after the flood", p.Name)
+		pid, err := b.n.ContainerPID(ctx, p.Status.ContainerStatuses[0].ContainerID)
+		require.NoError(t, err)
+		limit, peak := memoryCgroup(t, pid)
+		assert.Equal(t, int64(floodLimit), limit, "%s: the container's memory limit is the Deployment's", p.Name)
+		t.Logf("%s: memory peak %.1f MiB of its %.0f MiB limit", p.Name, float64(peak)/(1<<20), float64(limit)/(1<<20))
+	}
+}
+
+// memoryCgroup reads the memory limit and peak usage of pid's cgroup (v1
+// or v2).
+func memoryCgroup(t *testing.T, pid int) (limit, peak int64) {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	require.NoError(t, err)
+	read := func(p string) int64 {
+		b, err := os.ReadFile(p)
+		require.NoError(t, err)
+		v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		require.NoError(t, err, p)
+		return v
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		switch {
+		case f[0] == "0" && f[1] == "":
+			dir := filepath.Join("/sys/fs/cgroup", f[2])
+			if _, err := os.Stat(filepath.Join(dir, "memory.max")); err == nil {
+				return read(filepath.Join(dir, "memory.max")), read(filepath.Join(dir, "memory.peak"))
+			}
+		case strings.Contains(","+f[1]+",", ",memory,"):
+			dir := filepath.Join("/sys/fs/cgroup/memory", f[2])
+			return read(filepath.Join(dir, "memory.limit_in_bytes")), read(filepath.Join(dir, "memory.max_usage_in_bytes"))
+		}
+	}
+	t.Fatalf("no memory cgroup for pid %d", pid)
+	return 0, 0
+}
+
+func (b *podsBed) chart(t *testing.T) {
+	root, err := testbed.RepoRoot()
+	require.NoError(t, err)
+	chartInstall := installation{deployment: "sw-sops-webhook", service: "sw-sops-webhook", mwc: "sw-sops-webhook", tlsSecret: "sw-sops-webhook-tls",
+		selector: "app.kubernetes.io/name=sops-webhook,app.kubernetes.io/instance=sw"}
+	for _, h := range testbed.HelmCLIs(t, b.n.Kubeconfig) {
+		t.Run(h.Name, func(t *testing.T) {
+			in := chartInstall
+			in.name = h.Name
+			b.prepareNamespace(t)
+			h.MustRun(t, "install", "sw", filepath.Join(root, "charts/sops-webhook"), "-n", webhookNS,
+				"--set", "certificates.mode=self-managed", "--set", "image.repository="+podsImageName, "--set", "image.tag="+podsImageTag)
+			b.checkInstall(t, in)
+			h.MustRun(t, "uninstall", "sw", "-n", webhookNS, "--wait", "--timeout=3m")
+			b.gone(t, in)
+			b.deleteNamespace(t)
+		})
+	}
+}
+
+func (b *podsBed) certManager(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tools, err := testbed.Load()
+	require.NoError(t, err)
+	require.NotEmpty(t, tools.CRDDirs, "run make testbed: CRDs missing")
+	for _, dir := range tools.CRDDirs {
+		b.kubectl(t, nil, "apply", "--server-side", "-f", dir)
+	}
+	cm, err := testbed.NewCertManagerStandIn(b.n.Config)
+	require.NoError(t, err)
+	standIn := make(chan error, 1)
+	go func() { standIn <- cm.Run(ctx) }()
+
+	b.prepareNamespace(t)
+	dir := b.overlay(t, "manifests/overlays/cert-manager")
+	b.kubectl(t, nil, "apply", "-k", dir)
+	in := kustomizeInstall
+	in.name = "cert-manager"
+	b.checkInstall(t, in)
+	var sec corev1.Secret
+	require.NoError(t, b.n.Client.Get(ctx, client.ObjectKey{Namespace: webhookNS, Name: kustomizeInstall.tlsSecret}, &sec))
+	assert.Equal(t, "sops-webhook", sec.Annotations["cert-manager.io/certificate-name"], "the Secret is the stand-in's, issued for the Certificate")
+	var dep appsv1.Deployment
+	require.NoError(t, b.n.Client.Get(ctx, client.ObjectKey{Namespace: webhookNS, Name: kustomizeInstall.deployment}, &dep))
+	raw, err := json.Marshal(dep.Spec.Template.Spec.Volumes)
+	require.NoError(t, err)
+	assert.Contains(t, string(raw), `"secretName":"sops-webhook-tls"`, "the pods serve the Secret cert-manager issues")
+
+	b.kubectl(t, nil, "delete", "-k", dir, "--wait", "--timeout=3m")
+	b.gone(t, kustomizeInstall)
+	cancel()
+	assert.NoError(t, <-standIn, "the cert-manager stand-in's last reconcile")
+}
