@@ -6,5 +6,6 @@
 // TestBodyGateOverTLS checks the body budget's refusals over TLS, and
 // TestGitOps applies and diffs rendered manifests as kubectl, Argo CD (its
 // server-side diff emulated) and a real Flux kustomize-controller do.
-// Skipped with -short.
+// TestRealPods installs the manifests and the chart as real pods on the
+// test bed's node (kubelet, containerd, kube-proxy). Skipped with -short.
 package e2e

@@ -12,12 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
@@ -45,6 +47,14 @@ type suite struct {
 	age        testbed.AgeKey
 	pgp        testbed.PGPKey
 	other      testbed.AgeKey
+}
+
+// TestMain gives controller-runtime's clients a logger that discards: the
+// tests read the webhook's own logs, and controller-runtime otherwise
+// prints a stack trace to say none was set.
+func TestMain(m *testing.M) {
+	ctrllog.SetLogger(logr.Discard())
+	os.Exit(m.Run())
 }
 
 func TestE2E(t *testing.T) {

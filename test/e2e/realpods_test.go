@@ -112,20 +112,17 @@ func (b *podsBed) kubectlErr(stdin []byte, args ...string) (string, error) {
 }
 
 // importImage builds the image as `make image` does without an engine
-// (the static build command, then tools/image) and imports it.
+// (the build command of `make build`, then tools/image) and imports it.
 func (b *podsBed) importImage(ctx context.Context, t *testing.T) {
 	root, err := testbed.RepoRoot()
 	require.NoError(t, err)
-	bin, archive := filepath.Join(b.work, "webhook"), filepath.Join(b.work, "image.tar")
-	for _, argv := range [][]string{
-		{"go", "build", "-trimpath", "-ldflags=-s", "-o", bin, "./cmd/webhook"},
-		{"go", "run", "./tools/image", "-binary", bin, "-out", archive, "-tag", podsImageName + ":" + podsImageTag},
-	} {
-		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-		cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "%s: %s", strings.Join(argv, " "), out)
-	}
+	bin, err := testbed.BuildWebhook(b.work)
+	require.NoError(t, err)
+	archive := filepath.Join(b.work, "image.tar")
+	cmd := exec.CommandContext(ctx, "go", "run", "./tools/image", "-binary", bin, "-out", archive, "-tag", podsImageName+":"+podsImageTag)
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "tools/image: %s", out)
 	img, err := tarball.ImageFromPath(archive, nil)
 	require.NoError(t, err)
 	digest, err := img.Digest()
@@ -589,6 +586,14 @@ func (b *podsBed) chart(t *testing.T) {
 			b.checkInstall(t, in)
 			h.MustRun(t, "uninstall", "sw", "-n", webhookNS, "--wait", "--timeout=3m")
 			b.gone(t, in)
+			var left corev1.SecretList
+			require.NoError(t, b.n.Client.List(context.Background(), &left, client.InNamespace(webhookNS)))
+			var names []string
+			for _, s := range left.Items {
+				names = append(names, s.Name)
+			}
+			assert.ElementsMatch(t, []string{"sops-webhook-keys", in.tlsSecret}, names,
+				"left after uninstall, as docs/operations.md says: the keys and the certificate the pods created")
 			b.deleteNamespace(t)
 		})
 	}

@@ -21,15 +21,18 @@ import (
 	"github.com/sops-webhook/sops-webhook/certs"
 )
 
-// BuildWebhook builds ./cmd/webhook into dir and returns the binary's path.
+// BuildWebhook builds ./cmd/webhook into dir with the build command of
+// `make build` and the Dockerfile (static, -trimpath), and returns the
+// binary's path. The tests run the binary that ships, and the image the
+// node imports shares its build cache.
 func BuildWebhook(dir string) (string, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
 	out := filepath.Join(dir, "webhook")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/webhook")
-	cmd.Dir = root
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s", "-o", out, "./cmd/webhook")
+	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/webhook: %v: %s", err, b)
 	}
