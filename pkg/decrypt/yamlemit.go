@@ -22,7 +22,19 @@ import (
 type yamlStore struct {
 	*sopsyaml.Store
 	indent int
+	// chunk is how many top-level entries of a document yaml encodes in
+	// one call (yamlChunk; tests lower it to cut everywhere).
+	chunk int
 }
+
+// yamlChunk is how many top-level entries of a one-document file are
+// encoded in one call. yaml's encoder keeps every event of a call in one
+// growing slice that it never trims, so encoding a large document at once
+// costs far more than the document. A top-level entry is written the same
+// whether it comes first in a call or after others: it starts on a new line
+// at column 0, and the comments left inside the entry before it are written
+// at that entry's depth either way (TestEmitYAMLChunks, FuzzEmitYAML).
+const yamlChunk = 128
 
 // newYAMLStore returns the YAML store with c's settings, as `sops decrypt`
 // configures it.
@@ -34,7 +46,7 @@ func newYAMLStore(c *config.YAMLStoreConfig) (yamlStore, error) {
 	case indent == 0:
 		indent = sopsyaml.IndentDefault
 	}
-	return yamlStore{Store: sopsyaml.NewStore(c), indent: indent}, nil
+	return yamlStore{Store: sopsyaml.NewStore(c), indent: indent, chunk: yamlChunk}, nil
 }
 
 // EmitPlainFile returns exactly what sops' YAML store returns for in: one
@@ -46,20 +58,66 @@ func (s yamlStore) EmitPlainFile(in sops.TreeBranches) ([]byte, error) {
 		return nil, nil
 	}
 	var b bytes.Buffer
-	enc := yaml.NewEncoder(&b)
+	if len(in) == 1 {
+		// The usual case, one document: encoded in chunks.
+		for _, part := range s.chunks(mappingOf(in[0])) {
+			if err := s.encode(&b, part); err != nil {
+				return nil, err
+			}
+		}
+		return b.Bytes(), nil
+	}
+	docs := make([]*yaml.Node, len(in))
+	for i, branch := range in {
+		docs[i] = mappingOf(branch)
+	}
+	if err := s.encode(&b, docs...); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// mappingOf builds the mapping node of a document.
+func mappingOf(branch sops.TreeBranch) *yaml.Node {
+	mapping := &yaml.Node{Kind: yaml.MappingNode}
+	appendMapping(mapping, branch, encodeScalars(branch))
+	return mapping
+}
+
+// encode writes each mapping as a YAML document with one encoder.
+func (s yamlStore) encode(b *bytes.Buffer, mappings ...*yaml.Node) error {
+	enc := yaml.NewEncoder(b)
 	enc.SetIndent(s.indent)
-	for _, branch := range in {
-		scalars := encodeScalars(branch)
-		mapping := &yaml.Node{Kind: yaml.MappingNode}
-		appendMapping(mapping, branch, scalars)
-		if err := enc.Encode(&yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{mapping}}); err != nil {
-			return nil, fmt.Errorf("write YAML: %w", err)
+	for _, m := range mappings {
+		if err := enc.Encode(&yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{m}}); err != nil {
+			return fmt.Errorf("write YAML: %w", err)
 		}
 	}
 	if err := enc.Close(); err != nil {
-		return nil, fmt.Errorf("write YAML: %w", err)
+		return fmt.Errorf("write YAML: %w", err)
 	}
-	return b.Bytes(), nil
+	return nil
+}
+
+// chunks splits a document's mapping into mappings of about s.chunk
+// entries each, which written one after the other as documents of their
+// own make the same bytes as the whole. The mapping's own comments stay on
+// the first part; a mapping that has more is not split.
+func (s yamlStore) chunks(m *yaml.Node) []*yaml.Node {
+	if m.LineComment != "" || m.FootComment != "" || len(m.Content) <= 2*s.chunk {
+		return []*yaml.Node{m}
+	}
+	var parts []*yaml.Node
+	start := 0
+	for i := 2; i < len(m.Content); i += 2 {
+		if i-start >= 2*s.chunk {
+			parts = append(parts, &yaml.Node{Kind: yaml.MappingNode, Content: m.Content[start:i]})
+			start = i
+		}
+	}
+	parts = append(parts, &yaml.Node{Kind: yaml.MappingNode, Content: m.Content[start:]})
+	parts[0].HeadComment = m.HeadComment
+	return parts
 }
 
 // scalarNodes hands out, in tree order, the nodes of a branch's keys and

@@ -43,14 +43,48 @@ func FuzzEmitYAML(f *testing.F) {
 			branches[i] = decorate(branches[i], &seed).(sops.TreeBranch)
 		}
 		want, wantErr := emitSafely(sopsYAML.EmitPlainFile, branches)
-		got, gotErr := emitSafely(stores[FormatYAML].EmitPlainFile, branches)
-		if (wantErr != nil) != (gotErr != nil) {
-			t.Fatalf("sops error %v, yamlStore error %v", wantErr, gotErr)
-		}
-		if !bytes.Equal(got, want) {
-			t.Fatalf("yamlStore differs from sops:\n got %q\nwant %q", got, want)
+		// The shipped store, and one that cuts a document after every
+		// top-level entry it may.
+		everyEntry := stores[FormatYAML].(yamlStore)
+		everyEntry.chunk = 1
+		for name, ours := range map[string]store{"yamlStore": stores[FormatYAML], "yamlStore in chunks of 1": everyEntry} {
+			got, gotErr := emitSafely(ours.EmitPlainFile, branches)
+			if (wantErr != nil) != (gotErr != nil) {
+				t.Fatalf("sops error %v, %s error %v", wantErr, name, gotErr)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("%s differs from sops:\n got %q\nwant %q", name, got, want)
+			}
 		}
 	})
+}
+
+// TestEmitYAMLChunks checks that a document written in chunks of one
+// top-level entry is what sops writes, for comments at every place one
+// could leak into the next entry.
+func TestEmitYAMLChunks(t *testing.T) {
+	everyEntry := stores[FormatYAML].(yamlStore)
+	everyEntry.chunk = 1
+	for name, in := range map[string]string{
+		"foot comment in a nested mapping":   "a:\n  x: 1\n  # foot of x\nb: 2\n",
+		"foot comment in a nested sequence":  "a:\n  - 1\n  # foot\nb: 2\n",
+		"comment between top-level entries":  "a: 1\n# c\nb: 2\n",
+		"foot comment two levels deep":       "a:\n  x:\n    y: 1\n    # deep\nb: 2\n",
+		"nested foot, then a head comment":   "a:\n  x: 1\n  # foot\n# head b\nb: 2\n",
+		"sequence of mappings with comments": "a:\n  - x: 1\n    # f\n  # g\nb: 2\nc: 3\n",
+		"empty value, head comment inside":   "a: {}\n# f\nb:\n  # h\n  c: 1\n",
+		"head, inline and foot comments":     "# head\na: 1 # inline\nb: 2\n# foot\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			tree, err := sopsYAML.LoadPlainFile([]byte(in))
+			require.NoError(t, err)
+			want, err := sopsYAML.EmitPlainFile(tree)
+			require.NoError(t, err)
+			got, err := everyEntry.EmitPlainFile(tree)
+			require.NoError(t, err)
+			require.Equal(t, string(want), string(got))
+		})
+	}
 }
 
 // emitSafely calls emit and turns a panic into an error: sops' emitter
@@ -78,9 +112,10 @@ func flatYAMLTree(n int) sops.TreeBranches {
 }
 
 // TestEmitYAMLIsLinear checks that yamlStore writes what sops writes, that
-// its allocations grow linearly, and that it allocates a third or less of
-// what sops' own emitter does. What is left is yaml's encoder, which keeps
-// every event of the document in one growing slice.
+// its allocations grow linearly, and that it allocates a fifth or less of
+// what sops' own emitter does (without chunks it was 22 %). What is left is
+// yaml's encoder and parser: every event of a call goes into one growing
+// slice of large structs.
 func TestEmitYAMLIsLinear(t *testing.T) {
 	emit := func(tree sops.TreeBranches) (ours, theirs uint64, size int) {
 		var want, got []byte
@@ -97,5 +132,5 @@ func TestEmitYAMLIsLinear(t *testing.T) {
 	t.Logf("1,000 keys: %d bytes allocated; 8,000 keys: %d bytes (%.1f×), %.1f× the encrypted size; sops: %.1f×",
 		a, b, float64(b)/float64(a), float64(b)/float64(size), float64(sops)/float64(size))
 	require.Less(t, float64(b)/float64(a), 12.0, "allocations grow faster than the input")
-	require.Less(t, float64(b), float64(sops)/3, "allocations are not a third of sops' own")
+	require.Less(t, float64(b), float64(sops)/5, "allocations are not a fifth of sops' own")
 }

@@ -46,15 +46,19 @@ const (
 )
 
 // Node is the test bed's real single-node cluster: etcd, kube-apiserver,
-// kube-controller-manager, kube-scheduler, containerd and the kubelet,
-// all in a network namespace of their own (NetNS: no route out), the
-// containers on a CNI bridge inside it. The API server serves the host on
-// the namespace's address, and reaches Services through their endpoints
-// (--enable-aggregator-routing), webhooks included: no component dials a
-// ClusterIP. Authorization is RBAC; the kubelet's user is also in
-// system:masters (a test bed, not a hardened node). The data plane shares one private mount namespace, so the
-// kubelet's mounts vanish with it; Stop stops everything by PID and puts
-// back what the kubelet changes on the host (cgroups, sysctls).
+// kube-controller-manager, kube-scheduler, containerd, the kubelet and
+// kube-proxy, all in a network namespace of their own (NetNS: no route
+// out), the containers on a CNI bridge inside it. The API server serves the
+// host on the namespace's address and reaches Services through their
+// endpoints (--enable-aggregator-routing), webhooks included; pods reach it
+// through the kubernetes Service, which kube-proxy DNATs inside the
+// namespace. No component dials an address outside the namespace. The host
+// reaches the pods through a route to PodCIDR over the namespace's link.
+// Authorization is RBAC; the kubelet's user is also in system:masters (a
+// test bed, not a hardened node). The data plane shares one private mount
+// namespace, so the kubelet's mounts vanish with it; Stop stops everything
+// by PID and puts back what the kubelet changes on the host (cgroups,
+// sysctls); iptables rules live and die with the namespace.
 type Node struct {
 	NS         *NetNS
 	Config     *rest.Config
