@@ -19,6 +19,7 @@ cache=$(go env GOCACHE)/fuzz
 
 targets=(
 	"./pkg/decrypt FuzzDetect"
+	"./pkg/decrypt FuzzDocCipher"
 	"./pkg/decrypt FuzzDocument"
 	"./pkg/decrypt FuzzEmitJSON"
 	"./pkg/decrypt FuzzEmitYAML"

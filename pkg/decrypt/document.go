@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/getsops/sops/v3"
-	"github.com/getsops/sops/v3/aes"
 	"github.com/getsops/sops/v3/config"
 	"github.com/getsops/sops/v3/keyservice"
 	"github.com/getsops/sops/v3/logging"
@@ -137,8 +136,8 @@ func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access
 		return Result{}, err
 	}
 
-	// A fresh cipher per document: sops' cipher is not safe for concurrent use.
-	cipher := aes.NewCipher()
+	// A cipher per document: it holds the document's AES-GCM.
+	cipher := newDocCipher(dataKey)
 	computed, err := tree.Decrypt(dataKey, cipher)
 	if err != nil {
 		return Result{}, fail(ReasonCorrupt, hintReencrypt)
