@@ -141,25 +141,64 @@ const scalarBatch = 256
 // one parser per batch instead of per scalar; should a batch fail, each of
 // its scalars is encoded alone, as sops does (which keeps sops' handling of
 // a value yaml cannot encode: an empty node).
+//
+// A word (see isWord) needs no encoding: its node is the one
+// yaml.Node.Encode returns for it, built directly.
 func encodeScalars(branch sops.TreeBranch) *scalarNodes {
 	var values []any
 	collectScalars(branch, &values)
-	nodes := make([]*yaml.Node, 0, len(values))
-	for len(values) > 0 {
-		batch := values[:min(len(values), scalarBatch)]
-		values = values[len(batch):]
-		var seq yaml.Node
-		if err := seq.Encode(batch); err == nil && seq.Kind == yaml.SequenceNode && len(seq.Content) == len(batch) {
-			nodes = append(nodes, seq.Content...)
+	nodes := make([]*yaml.Node, len(values))
+	// The values to encode, and where their nodes go.
+	var rest []any
+	var at []int
+	for i, v := range values {
+		if s, ok := v.(string); ok && isWord(s) {
+			nodes[i] = &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s}
 			continue
 		}
-		for _, v := range batch {
+		rest, at = append(rest, v), append(at, i)
+	}
+	for len(rest) > 0 {
+		batch := rest[:min(len(rest), scalarBatch)]
+		rest = rest[len(batch):]
+		var seq yaml.Node
+		if err := seq.Encode(batch); err == nil && seq.Kind == yaml.SequenceNode && len(seq.Content) == len(batch) {
+			for _, n := range seq.Content {
+				nodes[at[0]], at = n, at[1:]
+			}
+			continue
+		}
+		for range batch {
 			n := &yaml.Node{}
-			_ = n.Encode(v) // sops ignores this error too: the node stays empty
-			nodes = append(nodes, n)
+			_ = n.Encode(values[at[0]]) // sops ignores this error too: the node stays empty
+			nodes[at[0]], at = n, at[1:]
 		}
 	}
 	return &scalarNodes{nodes: nodes}
+}
+
+// isWord reports whether s is a plain YAML string that yaml writes as it
+// is: an ASCII letter, then letters, digits, '-' and '_', and none of the
+// words YAML 1.1 or 1.2 reads as a boolean or null. Such a string resolves
+// to !!str, needs no quotes, and is never folded.
+func isWord(s string) bool {
+	if s == "" || !('a' <= s[0]|0x20 && s[0]|0x20 <= 'z') {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c|0x20 && c|0x20 <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	if len(s) > 5 {
+		return true
+	}
+	switch strings.ToLower(s) {
+	case "y", "n", "yes", "no", "on", "off", "true", "false", "null":
+		return false
+	}
+	return true
 }
 
 // collectScalars appends the keys and scalar values of v in the order

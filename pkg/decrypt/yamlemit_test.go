@@ -10,6 +10,7 @@ import (
 	"github.com/getsops/sops/v3/config"
 	sopsyaml "github.com/getsops/sops/v3/stores/yaml"
 	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
 )
 
 // sopsYAML is sops' own YAML store, the reference yamlStore must match.
@@ -133,4 +134,34 @@ func TestEmitYAMLIsLinear(t *testing.T) {
 		a, b, float64(b)/float64(a), float64(b)/float64(size), float64(sops)/float64(size))
 	require.Less(t, float64(b)/float64(a), 12.0, "allocations grow faster than the input")
 	require.Less(t, float64(b), float64(sops)/5, "allocations are not a fifth of sops' own")
+}
+
+// TestIsWord checks, for every string of one or two characters of the
+// word alphabet and for the words YAML reads as something else, that a
+// string isWord accepts gets exactly the node yaml.Node.Encode makes.
+func TestIsWord(t *testing.T) {
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~ "
+	candidates := []string{"y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF",
+		"true", "True", "TRUE", "false", "False", "FALSE", "null", "Null", "NULL", "inf", "Inf", "nan", "NaN", "Infinity",
+		"e5", "x1", "key000001", "value-000001-xxx", "a-b_c", "yess", "nulls", "_x", "-x", "0x1F"}
+	for _, a := range alphabet {
+		candidates = append(candidates, string(a))
+		for _, b := range alphabet {
+			candidates = append(candidates, string(a)+string(b))
+		}
+	}
+	accepted := 0
+	for _, s := range candidates {
+		if !isWord(s) {
+			continue
+		}
+		accepted++
+		var want yaml.Node
+		require.NoError(t, want.Encode(s))
+		require.Equal(t, yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s}, want, "%q", s)
+	}
+	for _, s := range []string{"y", "No", "ON", "off", "True", "FALSE", "null", "-x", "_x", "0x1F", "a.b", ""} {
+		require.False(t, isWord(s), "%q", s)
+	}
+	t.Logf("%d of %d strings are words", accepted, len(candidates))
 }
