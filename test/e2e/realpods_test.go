@@ -364,12 +364,7 @@ func (b *podsBed) kustomizeSelfManaged(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		b.kubectl(t, nil, "-n", webhookNS, "rollout", "restart", "deploy/"+in.deployment)
 		b.rolledOut(t, in)
-		time.Sleep(2 * time.Second)
-		names, errs := st.finish()
-		t.Logf("rollout restart: %d writes sent, %d failed", len(names)+len(errs), len(errs))
-		require.Empty(t, errs, "writes failed during the rollout")
-		require.NotEmpty(t, names)
-		st.assertDecrypted(t, names, b.plain)
+		b.noWriteLost(t, st, "rollout restart")
 		for _, p := range podNames(b.pods(t, in)) {
 			assert.NotContains(t, before, p, "the pods were replaced")
 		}
@@ -392,12 +387,7 @@ func (b *podsBed) kustomizeSelfManaged(t *testing.T) {
 			}
 			return ready == 2
 		}, 2*time.Minute, time.Second, "a replacement pod becomes Ready")
-		time.Sleep(2 * time.Second)
-		names, errs := st.finish()
-		t.Logf("pod deletion: %d writes sent, %d failed", len(names)+len(errs), len(errs))
-		require.Empty(t, errs, "writes failed while a pod was deleted")
-		require.NotEmpty(t, names)
-		st.assertDecrypted(t, names, b.plain)
+		b.noWriteLost(t, st, "pod deletion")
 	})
 
 	t.Run("a key added through the mounted ConfigMap works without a restart", func(t *testing.T) {
@@ -410,6 +400,18 @@ func (b *podsBed) kustomizeSelfManaged(t *testing.T) {
 
 	b.kubectl(t, nil, "delete", "-k", dir, "--wait", "--timeout=3m")
 	b.gone(t, in)
+}
+
+// noWriteLost lets the writers of st run two more seconds, stops them, and
+// checks that every write during what succeeded and is stored decrypted.
+func (b *podsBed) noWriteLost(t *testing.T, st *stream, what string) {
+	t.Helper()
+	time.Sleep(2 * time.Second)
+	names, errs := st.finish()
+	t.Logf("%s: %d writes sent, %d failed", what, len(names)+len(errs), len(errs))
+	require.Empty(t, errs, "writes failed during the %s", what)
+	require.NotEmpty(t, names)
+	st.assertDecrypted(t, names, b.plain)
 }
 
 func podNames(pods []corev1.Pod) []string {
