@@ -17,7 +17,7 @@ all: build
 build:
 	$(BUILD_CMD)
 
-## testbed: build or install kube-apiserver, etcd, sops, helm, age-keygen (cached)
+## testbed: build or install kube-apiserver, etcd, sops, helm, age-keygen, promtool, Flux, and the real node (cached)
 testbed:
 	test/testbed/install.sh all
 
