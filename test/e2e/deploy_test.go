@@ -83,15 +83,25 @@ func TestDeployment(t *testing.T) {
 // kubectl runs the machine's kubectl against the control plane.
 func (s *deploySuite) kubectl(t *testing.T, stdin []byte, args ...string) string {
 	t.Helper()
-	cmd := exec.Command("kubectl", append([]string{"--kubeconfig", s.kubeconfig}, args...)...)
+	out, err := runKubectl(s.kubeconfig, stdin, args...)
+	require.NoError(t, err)
+	return out
+}
+
+// runKubectl runs the machine's kubectl with kubeconfig, stdin (when not
+// nil) and args, and returns its output; the error carries its stderr.
+func runKubectl(kubeconfig string, stdin []byte, args ...string) (string, error) {
+	cmd := exec.Command("kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
-	require.NoError(t, err, "kubectl %s: %s", strings.Join(args, " "), stderr.String())
-	return string(out)
+	if err != nil {
+		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out), nil
 }
 
 // render builds a kustomization of the repository with kubectl.

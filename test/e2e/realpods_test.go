@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -59,7 +58,7 @@ type installation struct {
 	name                                string
 	deployment, service, mwc, tlsSecret string
 	// selector selects the Deployment's pods.
-	selector string
+	selector map[string]string
 }
 
 // TestRealPods installs the webhook as a platform team does, as real pods
@@ -92,23 +91,9 @@ func TestRealPods(t *testing.T) {
 
 func (b *podsBed) kubectl(t *testing.T, stdin []byte, args ...string) string {
 	t.Helper()
-	out, err := b.kubectlErr(stdin, args...)
+	out, err := runKubectl(b.n.Kubeconfig, stdin, args...)
 	require.NoError(t, err)
 	return out
-}
-
-func (b *podsBed) kubectlErr(stdin []byte, args ...string) (string, error) {
-	cmd := exec.Command("kubectl", append([]string{"--kubeconfig", b.n.Kubeconfig}, args...)...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return string(out), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, stderr.String())
-	}
-	return string(out), nil
 }
 
 // importImage builds the image as `make image` does without an engine
@@ -172,7 +157,7 @@ func (b *podsBed) deleteNamespace(t *testing.T) {
 func (b *podsBed) pods(t *testing.T, in installation) []corev1.Pod {
 	t.Helper()
 	var list corev1.PodList
-	require.NoError(t, b.n.Client.List(context.Background(), &list, client.InNamespace(webhookNS), client.MatchingLabels(labels(in.selector))))
+	require.NoError(t, b.n.Client.List(context.Background(), &list, client.InNamespace(webhookNS), client.MatchingLabels(in.selector)))
 	var out []corev1.Pod
 	for _, p := range list.Items {
 		if p.DeletionTimestamp == nil {
@@ -180,15 +165,6 @@ func (b *podsBed) pods(t *testing.T, in installation) []corev1.Pod {
 		}
 	}
 	return out
-}
-
-func labels(selector string) map[string]string {
-	m := map[string]string{}
-	for _, kv := range strings.Split(selector, ",") {
-		k, v, _ := strings.Cut(kv, "=")
-		m[k] = v
-	}
-	return m
 }
 
 // rolledOut waits until the Deployment has rolled out.
@@ -214,7 +190,7 @@ func (b *podsBed) checkInstall(t *testing.T, in installation) {
 		var ns corev1.Namespace
 		require.NoError(t, b.n.Client.Get(ctx, client.ObjectKey{Name: webhookNS}, &ns))
 		assert.Equal(t, "restricted", ns.Labels["pod-security.kubernetes.io/enforce"])
-		_, err := b.kubectlErr([]byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"root","namespace":"`+webhookNS+`"},
+		_, err := runKubectl(b.n.Kubeconfig, []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"root","namespace":"`+webhookNS+`"},
 "spec":{"containers":[{"name":"c","image":"`+testbed.PauseImage+`"}]}}`), "create", "--dry-run=server", "-f", "-")
 		require.Error(t, err, "a pod that is not restricted is admitted")
 		assert.Contains(t, err.Error(), "violates PodSecurity")
@@ -345,7 +321,7 @@ func (b *podsBed) restarts(t *testing.T, in installation) (int32, []string) {
 var kustomizeInstall = installation{
 	name:       "kustomize",
 	deployment: "sops-webhook", service: "sops-webhook", mwc: "sops-webhook", tlsSecret: "sops-webhook-tls",
-	selector: "app.kubernetes.io/name=sops-webhook",
+	selector: map[string]string{"app.kubernetes.io/name": "sops-webhook"},
 }
 
 func (b *podsBed) kustomizeSelfManaged(t *testing.T) {
@@ -577,7 +553,7 @@ func (b *podsBed) chart(t *testing.T) {
 	root, err := testbed.RepoRoot()
 	require.NoError(t, err)
 	chartInstall := installation{deployment: "sw-sops-webhook", service: "sw-sops-webhook", mwc: "sw-sops-webhook", tlsSecret: "sw-sops-webhook-tls",
-		selector: "app.kubernetes.io/name=sops-webhook,app.kubernetes.io/instance=sw"}
+		selector: map[string]string{"app.kubernetes.io/name": "sops-webhook", "app.kubernetes.io/instance": "sw"}}
 	for _, h := range testbed.HelmCLIs(t, b.n.Kubeconfig) {
 		t.Run(h.Name, func(t *testing.T) {
 			in := chartInstall

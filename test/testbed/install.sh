@@ -235,8 +235,9 @@ containerd() {
 }
 
 # node builds the test bed's real node (docs/design-notes.md, "Test bed"):
-# kubelet, kube-controller-manager, kube-scheduler and kube-proxy like kube-apiserver,
-# containerd v2, and Debian's runc and CNI plugins, all into $NODE.
+# kubelet, kube-controller-manager, kube-scheduler and kube-proxy like
+# kube-apiserver, containerd v2, and Debian's runc, CNI plugins and iptables,
+# all into $NODE.
 node() {
 	kubebin kubelet "about 80 s on top of kube-apiserver's"
 	kubebin kube-controller-manager "about 130 s on top of kube-apiserver's"

@@ -29,12 +29,8 @@ func NewNetNS(subnet int) (*NetNS, error) {
 	suffix := make([]byte, 3)
 	_, _ = rand.Read(suffix)
 	id := hex.EncodeToString(suffix)
-	n := &NetNS{
-		Name:     "swtb-" + id,
-		HostIP:   fmt.Sprintf("10.231.%d.1", subnet),
-		NodeIP:   fmt.Sprintf("10.231.%d.2", subnet),
-		hostLink: "swtb" + id,
-	}
+	n := &NetNS{Name: "swtb-" + id, hostLink: "swtb" + id}
+	n.HostIP, n.NodeIP = netnsAddrs(subnet)
 	steps := [][]string{
 		{"netns", "add", n.Name},
 		{"-n", n.Name, "link", "set", "lo", "up"},
@@ -50,6 +46,12 @@ func NewNetNS(subnet int) (*NetNS, error) {
 		}
 	}
 	return n, nil
+}
+
+// netnsAddrs are the host's and the namespace's addresses on the link of
+// subnet.
+func netnsAddrs(subnet int) (host, node string) {
+	return fmt.Sprintf("10.231.%d.1", subnet), fmt.Sprintf("10.231.%d.2", subnet)
 }
 
 // Wrap returns argv run inside the namespace.

@@ -226,7 +226,7 @@ func (n *Node) startDataPlane(ctx context.Context) error {
 	if err := makeCgroups(n.cgroup); err != nil {
 		return err
 	}
-	sock := filepath.Join(n.work, "containerd", "containerd.sock")
+	sock := n.containerdSock()
 
 	files := map[string]string{
 		"containerd.toml": fmt.Sprintf(`version = 3
@@ -403,26 +403,34 @@ func (n *Node) importPause(ctx context.Context, sock string) error {
 	return n.ImportImage(ctx, archive)
 }
 
+// containerdSock is the node's containerd socket.
+func (n *Node) containerdSock() string { return filepath.Join(n.work, "containerd", "containerd.sock") }
+
+// ctr runs containerd's CLI on the kubelet's namespace and returns its
+// output; the error carries it.
+func (n *Node) ctr(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, filepath.Join(n.bin, "ctr"), append([]string{"--address", n.containerdSock(), "-n", "k8s.io"}, args...)...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
 // ImportImage imports a docker or OCI archive into the node's containerd.
 func (n *Node) ImportImage(ctx context.Context, archive string) error {
-	sock := filepath.Join(n.work, "containerd", "containerd.sock")
-	out, err := exec.CommandContext(ctx, filepath.Join(n.bin, "ctr"), "--address", sock, "-n", "k8s.io", "images", "import", archive).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("ctr images import %s: %w: %s", archive, err, out)
-	}
-	return nil
+	_, err := n.ctr(ctx, "images", "import", archive)
+	return err
 }
 
 // ContainerPID returns the host PID of a running container's first
 // process; containerID is a pod status's containerID (containerd://…).
 func (n *Node) ContainerPID(ctx context.Context, containerID string) (int, error) {
 	id := strings.TrimPrefix(containerID, "containerd://")
-	sock := filepath.Join(n.work, "containerd", "containerd.sock")
-	out, err := exec.CommandContext(ctx, filepath.Join(n.bin, "ctr"), "--address", sock, "-n", "k8s.io", "tasks", "ls").CombinedOutput()
+	out, err := n.ctr(ctx, "tasks", "ls")
 	if err != nil {
-		return 0, fmt.Errorf("ctr tasks ls: %w: %s", err, out)
+		return 0, err
 	}
-	for _, line := range strings.Split(string(out), "\n") {
+	for _, line := range strings.Split(out, "\n") {
 		if f := strings.Fields(line); len(f) >= 3 && f[0] == id && f[2] == "RUNNING" {
 			return strconv.Atoi(f[1])
 		}
@@ -551,7 +559,7 @@ func cleanStaleNode() error {
 	if err != nil {
 		return fmt.Errorf("ip netns list: %w", err)
 	}
-	nodeIP := fmt.Sprintf("10.231.%d.2/", nodeSubnet)
+	_, nodeIP := netnsAddrs(nodeSubnet)
 	var errs []error
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
@@ -559,7 +567,7 @@ func cleanStaleNode() error {
 			continue
 		}
 		addrs, err := exec.Command("ip", "-n", name, "-o", "addr").Output()
-		if err != nil || !strings.Contains(string(addrs), nodeIP) {
+		if err != nil || !strings.Contains(string(addrs), " "+nodeIP+"/") {
 			continue
 		}
 		pids, _ := exec.Command("ip", "netns", "pids", name).Output()
