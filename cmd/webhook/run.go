@@ -63,7 +63,8 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 	log.Info("keys loaded", "keys", names)
 	decryptBudget := budget.New(budget.Config{Bytes: mem.Decrypt, Wait: o.budgetWait})
 	bodies := budget.NewLane("bodies", "reading", mem.Bodies, 0, o.budgetWait)
-	if err := metrics.WatchLanes(append(decryptBudget.Lanes(), bodies)...); err != nil {
+	heavy := budget.NewLane("heavy", "handling", mem.Bodies, budget.HeavySlots(), o.budgetWait)
+	if err := metrics.WatchLanes(append(decryptBudget.Lanes(), bodies, heavy)...); err != nil {
 		return err
 	}
 	handler := mutate.NewHandler(engines.Engine, mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout), mutate.WithBudget(decryptBudget))
@@ -89,7 +90,7 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		TLSOpts: []func(*tls.Config){hardenTLS},
 	})
 	var stopping atomic.Bool
-	server.Register(mutatePath, closeWhen(&stopping, mutate.BodyGate(bodies, metrics, &webhook.Admission{Handler: handler})))
+	server.Register(mutatePath, closeWhen(&stopping, mutate.BodyGate(bodies, heavy, metrics, &webhook.Admission{Handler: handler})))
 
 	// On SIGTERM: report not ready and ask clients to reconnect elsewhere
 	// for --shutdown-delay while still serving, then stop the servers.

@@ -29,9 +29,8 @@ type Config struct {
 	// Bytes is the whole budget. The small lane gets an eighth of it, and
 	// at least 16 × SmallWeight; the large lane the rest.
 	Bytes int64
-	// LargeSlots caps the heavy admissions running at once; 0 means one
-	// fewer than GOMAXPROCS, at least one, so heavy work always leaves a
-	// processor to light work.
+	// LargeSlots caps the heavy admissions running at once; 0 means
+	// HeavySlots().
 	LargeSlots int
 	// Wait is how long work may wait to be admitted; 0 means DefaultWait.
 	Wait time.Duration
@@ -43,7 +42,7 @@ func New(c Config) *Budget {
 		c.Wait = DefaultWait
 	}
 	if c.LargeSlots <= 0 {
-		c.LargeSlots = max(1, runtime.GOMAXPROCS(0)-1)
+		c.LargeSlots = HeavySlots()
 	}
 	small := max(c.Bytes/8, 16*SmallWeight)
 	large := max(c.Bytes-small, SmallWeight)
@@ -52,6 +51,11 @@ func New(c Config) *Budget {
 		large: NewLane("large", "decrypting", large, c.LargeSlots, c.Wait),
 	}
 }
+
+// HeavySlots is how many heavy pieces of work may run at once: one fewer
+// than GOMAXPROCS, at least one, so heavy work always leaves a processor to
+// light work.
+func HeavySlots() int { return max(1, runtime.GOMAXPROCS(0)-1) }
 
 // Acquire admits weight bytes of decryption work in the lane its weight
 // belongs to, and returns the function that gives them back. The error is

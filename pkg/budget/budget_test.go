@@ -82,6 +82,16 @@ func TestLane(t *testing.T) {
 		require.Error(t, err)
 		require.Less(t, time.Since(start), 30*time.Second, "waited for the lane's wait, not the deadline")
 	})
+	t.Run("room is admitted at once, even past the deadline", func(t *testing.T) {
+		l := NewLane("test", "decrypting", 100, 1, time.Minute)
+		done, cancel := context.WithCancel(ctx)
+		cancel()
+		r, err := l.Acquire(done, 100)
+		require.NoError(t, err, "a request that spent its wait elsewhere still takes free room")
+		_, err = l.Acquire(done, 1)
+		require.Error(t, err, "but does not wait for it")
+		r()
+	})
 	t.Run("the message says how much is in flight", func(t *testing.T) {
 		err := &BusyError{Doing: "decrypting", InFlight: 3 << 20}
 		require.Equal(t, "the webhook is busy decrypting 3.0 MiB", err.Error())

@@ -58,20 +58,21 @@ func NewLane(name, doing string, capacity int64, slots int, wait time.Duration) 
 	return l
 }
 
-// Acquire admits weight bytes of work, waiting at most the lane's wait and
-// never past ctx's deadline, and returns the function that gives them back.
-// A weight above the lane's capacity is admitted as the whole capacity: it
+// Acquire admits weight bytes of work, at once when the lane has room and
+// no one waits before it, else waiting at most the lane's wait and never
+// past ctx's deadline, and returns the function that gives them back. A
+// weight above the lane's capacity is admitted as the whole capacity: it
 // runs alone rather than never. The error is always a *BusyError.
 func (l *Lane) Acquire(ctx context.Context, weight int64) (release func(), err error) {
 	w := min(max(weight, 1), l.capacity)
 	ctx, cancel := context.WithTimeout(ctx, l.wait)
 	defer cancel()
 	if l.slots != nil {
-		if err := l.slots.Acquire(ctx, 1); err != nil {
+		if !l.slots.TryAcquire(1) && l.slots.Acquire(ctx, 1) != nil {
 			return nil, l.busy(weight)
 		}
 	}
-	if err := l.bytes.Acquire(ctx, w); err != nil {
+	if !l.bytes.TryAcquire(w) && l.bytes.Acquire(ctx, w) != nil {
 		if l.slots != nil {
 			l.slots.Release(1)
 		}
@@ -101,6 +102,9 @@ func (l *Lane) Name() string { return l.name }
 
 // Capacity returns how many bytes the lane admits at once.
 func (l *Lane) Capacity() int64 { return l.capacity }
+
+// Wait returns how long work may wait to be admitted.
+func (l *Lane) Wait() time.Duration { return l.wait }
 
 // InFlight returns how many bytes the lane has admitted and not released.
 func (l *Lane) InFlight() int64 { return l.inFlight.Load() }

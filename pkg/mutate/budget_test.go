@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -96,15 +97,17 @@ func TestBudget(t *testing.T) {
 	})
 }
 
-// TestBodyGate holds the body lane: a large body is answered at once,
-// unread, with a retryable Kubernetes Status; a small body passes.
+// TestBodyGate holds the body lane, then the handling lane: a large body is
+// answered at once, unread, with a retryable Kubernetes Status; a small body
+// passes both.
 func TestBodyGate(t *testing.T) {
 	lane := budget.NewLane("bodies", "reading", 1<<20, 0, 50*time.Millisecond)
+	handling := budget.NewLane("heavy", "handling", 1<<20, 1, 50*time.Millisecond)
 	reg := prometheus.NewRegistry()
 	m, err := mutate.NewMetrics(reg)
 	require.NoError(t, err)
 	var served atomic.Int64
-	srv := httptest.NewServer(mutate.BodyGate(lane, m, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(mutate.BodyGate(lane, handling, m, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		served.Add(1)
 		_, _ = io.Copy(io.Discard, r.Body)
 	})))
@@ -115,22 +118,97 @@ func TestBodyGate(t *testing.T) {
 		t.Cleanup(func() { resp.Body.Close() })
 		return resp
 	}
+	refusal := func(resp *http.Response) string {
+		t.Helper()
+		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		var st metav1.Status
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+		assert.Equal(t, "Status", st.Kind)
+		assert.Equal(t, metav1.StatusReasonServiceUnavailable, st.Reason)
+		return st.Message
+	}
 
 	hold, err := lane.Acquire(context.Background(), lane.Capacity())
 	require.NoError(t, err)
-	resp := post(256 << 10)
-	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
-	var st metav1.Status
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
-	assert.Equal(t, "Status", st.Kind)
-	assert.Equal(t, metav1.StatusReasonServiceUnavailable, st.Reason)
-	assert.Contains(t, st.Message, "sops-webhook: the webhook is busy reading 1.0 MiB; the request is not at fault: retry it")
+	assert.Contains(t, refusal(post(256<<10)), "sops-webhook: the webhook is busy reading 1.0 MiB; the request is not at fault: retry it")
 	assert.Zero(t, served.Load(), "a refused body is never handed on")
 	assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "bodies"}))
-
 	require.Equal(t, http.StatusOK, post(4<<10).StatusCode, "a small body passes a full lane")
 	hold()
+
+	hold, err = handling.Acquire(context.Background(), 512<<10)
+	require.NoError(t, err)
+	assert.Contains(t, refusal(post(256<<10)), "sops-webhook: the webhook is busy handling 0.5 MiB; the request is not at fault: retry it")
+	assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "heavy"}))
+	require.Equal(t, http.StatusOK, post(4<<10).StatusCode, "a small body passes while every handling slot is taken")
+	hold()
+
 	require.Equal(t, http.StatusOK, post(256<<10).StatusCode)
-	assert.EqualValues(t, 2, served.Load())
+	assert.EqualValues(t, 3, served.Load())
 	assert.Zero(t, lane.InFlight())
+	assert.Zero(t, handling.InFlight())
+}
+
+// TestBodyGateHandlesLargeRequestsInSlots sends large requests at once
+// through a gate with two handling slots: never more than two are handled
+// together, every one is answered; and a client that does not read its
+// answer holds no slot.
+func TestBodyGateHandlesLargeRequestsInSlots(t *testing.T) {
+	const slots, senders = 2, 8
+	bodies := budget.NewLane("bodies", "reading", 64<<20, 0, 10*time.Second)
+	handling := budget.NewLane("heavy", "handling", 64<<20, slots, 10*time.Second)
+	m, err := mutate.NewMetrics(prometheus.NewRegistry())
+	require.NoError(t, err)
+	var running, most atomic.Int64
+	answer := bytes.Repeat([]byte("x"), 16<<20) // more than the sockets buffer
+	srv := httptest.NewServer(mutate.BodyGate(bodies, handling, m, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for old := most.Load(); n > old && !most.CompareAndSwap(old, n); old = most.Load() {
+		}
+		body, _ := io.ReadAll(r.Body)
+		time.Sleep(20 * time.Millisecond)
+		if r.URL.Path == "/big" {
+			_, _ = w.Write(answer)
+			return
+		}
+		_, _ = w.Write(body[:1])
+	})))
+	defer srv.Close()
+	post := func(path string) (*http.Response, error) {
+		return http.Post(srv.URL+path, "application/json", bytes.NewReader(make([]byte, 256<<10)))
+	}
+
+	errs := make(chan error, senders)
+	for range senders {
+		go func() {
+			resp, err := post("/")
+			if err == nil {
+				defer resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					err = fmt.Errorf("HTTP %d", resp.StatusCode)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range senders {
+		require.NoError(t, <-errs)
+	}
+	assert.EqualValues(t, slots, most.Load(), "large requests are handled at most a slot each at once")
+
+	unread, err := post("/big")
+	require.NoError(t, err)
+	defer unread.Body.Close()
+	require.Eventually(t, func() bool { return handling.InFlight() == 0 }, 5*time.Second, 10*time.Millisecond,
+		"an answer not yet read holds its handling slot")
+	for range slots {
+		resp, err := post("/")
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+	}
+	n, err := io.Copy(io.Discard, unread.Body)
+	require.NoError(t, err)
+	assert.EqualValues(t, len(answer), n, "the buffered answer arrives whole")
 }

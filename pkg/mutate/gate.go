@@ -1,7 +1,11 @@
 package mutate
 
 import (
+	"bytes"
+	"cmp"
+	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -15,14 +19,25 @@ import (
 // weighed as this much.
 const MaxReviewSize = 7 << 20
 
-// BodyGate admits each request body heavier than budget.SmallWeight through
-// lane before next reads it, weighed by its Content-Length, so the bodies a
-// replica holds at once stay within the lane whatever the API server sends.
-// A body not admitted in time is answered at once, unread, with 503 and a
+// BodyGate holds back requests whose body is heavier than
+// budget.SmallWeight, weighed by their Content-Length, in two steps before
+// next sees them:
+//
+//   - bodies admits the body before it is read, so the bodies a replica
+//     holds at once stay within that lane whatever the API server sends;
+//   - handling admits the read request to be handled: its slots are how many
+//     large requests are decoded, decrypted and encoded at once. With one
+//     fewer slot than processors, a processor is always left to the light
+//     requests, which the Go scheduler would otherwise leave waiting behind
+//     a large request's decoding for up to its 10 ms time slice.
+//
+// Both steps share one wait. The answer is buffered and written after the
+// handling slot is given back, so a client slow to read it holds no slot.
+// A request not admitted in time is answered at once with 503 and a
 // Kubernetes Status that says the webhook is busy and the request may be
 // retried; the API server passes its message on. Light bodies, which are
 // almost every request, pass straight through.
-func BodyGate(lane *budget.Lane, m *Metrics, next http.Handler) http.Handler {
+func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := r.ContentLength
 		if n < 0 || n > MaxReviewSize {
@@ -32,16 +47,69 @@ func BodyGate(lane *budget.Lane, m *Metrics, next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		release, err := lane.Acquire(r.Context(), n)
-		if err != nil {
+		busy := func(err error) {
 			m.observeBusy(err)
 			writeStatus(w, http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable,
 				"sops-webhook: "+err.Error()+"; the request is not at fault: retry it")
+		}
+		// One deadline for both steps: the request's wait for admission is
+		// the lanes' wait, not twice that.
+		ctx, cancel := context.WithTimeout(r.Context(), max(bodies.Wait(), handling.Wait()))
+		defer cancel()
+		releaseBody, err := bodies.Acquire(ctx, n)
+		if err != nil {
+			busy(err)
 			return
 		}
-		defer release()
-		next.ServeHTTP(w, r)
+		defer releaseBody()
+		// One byte past the limit, so that next still sees a body that is
+		// too large as such.
+		body, err := io.ReadAll(io.LimitReader(r.Body, MaxReviewSize+1))
+		if err != nil {
+			writeStatus(w, http.StatusBadRequest, metav1.StatusReasonBadRequest, "sops-webhook: reading the request body: "+err.Error())
+			return
+		}
+		releaseHandling, err := handling.Acquire(ctx, n)
+		if err != nil {
+			busy(err)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		answer := &bufferedResponse{header: http.Header{}}
+		next.ServeHTTP(answer, r)
+		releaseHandling()
+		answer.writeTo(w)
 	})
+}
+
+// bufferedResponse keeps an answer in memory until it is written.
+type bufferedResponse struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (b *bufferedResponse) Header() http.Header { return b.header }
+
+func (b *bufferedResponse) WriteHeader(code int) {
+	if b.code == 0 {
+		b.code = code
+	}
+}
+
+func (b *bufferedResponse) Write(p []byte) (int, error) {
+	b.WriteHeader(http.StatusOK)
+	return b.body.Write(p)
+}
+
+// writeTo sends the kept answer to w; a client that went away is no
+// longer ours to answer.
+func (b *bufferedResponse) writeTo(w http.ResponseWriter) {
+	for k, v := range b.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(cmp.Or(b.code, http.StatusOK))
+	_, _ = w.Write(b.body.Bytes())
 }
 
 // writeStatus answers with a Kubernetes Status, which the API server's

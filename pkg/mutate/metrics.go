@@ -65,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"key", "result"}),
 		busy: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sops_webhook_budget_refusals_total",
-			Help: "Requests refused, retryably, because their lane of the memory budget had no room in time: small and large (decryption), bodies (reading large request bodies).",
+			Help: "Requests refused, retryably, because their lane of the memory budget had no room in time: small and large (decryption), bodies (reading large request bodies), heavy (handling large requests once read).",
 		}, []string{"lane"}),
 		reg: reg,
 	}

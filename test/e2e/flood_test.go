@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -26,7 +27,7 @@ const (
 	floodDocsPerSender = 3  // distinct valid documents each heavy sender sends
 	floodDeniedSends   = 10 // sends of each document that must be denied
 	floodBusyRetries   = 30 // a valid document refused as busy is sent again, at most this often
-	floodVictimWarm    = 200
+	floodVictimWarm    = 1000
 )
 
 // TestFlood runs the real webhook binary in a memory cgroup at the
@@ -99,8 +100,13 @@ func TestFlood(t *testing.T) {
 	peak, err := cg.Peak()
 	require.NoError(t, err)
 	assert.Less(t, peak, int64(floodLimit/10*9), "memory stays under GOMEMLIMIT, 90 %% of the limit: the budgets hold it")
-	busy, err := wh.Metric(`sops_webhook_budget_refusals_total{lane="large"}`)
-	require.NoError(t, err)
+	var busy float64
+	for _, lane := range []string{"bodies", "heavy", "large"} {
+		n, err := wh.Metric(`sops_webhook_budget_refusals_total{lane="` + lane + `"}`)
+		require.NoError(t, err)
+		busy += n
+		t.Logf("busy refusals by the %s lane: %.0f", lane, n)
+	}
 	assert.Equal(t, float64(res.Tally[testbed.FloodValidBusy]+res.Tally[testbed.FloodInvalidBusy]), busy, "every busy refusal is counted")
 	smallBusy, err := wh.Metric(`sops_webhook_budget_refusals_total{lane="small"}`)
 	require.NoError(t, err)
@@ -137,9 +143,10 @@ func samplePeak(cg *testbed.MemoryCgroup, done <-chan struct{}) int64 {
 
 // TestBodyGateOverTLS gives the real binary a body budget smaller than one
 // large review and a 1 ms budget wait, and sends large reviews four at a
-// time over TLS: each is either decrypted or answered, unread, with the
-// body gate's Status (503, "busy reading", retryable), never a connection
-// error, and at least one is refused that way.
+// time over TLS: each is either decrypted or answered with the body gate's
+// Status (503, retryable: "busy reading", unread, or "busy handling", read
+// while every handling slot was taken), never a connection error; at least
+// one is refused unread.
 func TestBodyGateOverTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: runs the real webhook binary; run without -short")
@@ -159,8 +166,8 @@ func TestBodyGateOverTLS(t *testing.T) {
 	t.Cleanup(func() { _ = wh.Stop() })
 
 	c := caClient(t, wh.CABundle)
-	refused := 0
-	for burst := 0; burst < 10 && refused == 0; burst++ {
+	refused := map[string]int{}
+	for burst := 0; burst < 10 && refused["bodies"] == 0; burst++ {
 		results := make(chan error, 4)
 		for i := range 4 {
 			go func() {
@@ -169,26 +176,35 @@ func TestBodyGateOverTLS(t *testing.T) {
 				case err != nil:
 					results <- fmt.Errorf("connection error: %w", err)
 				case res.Busy() && strings.Contains(res.Message, "the webhook is busy reading"):
-					results <- errBusy
+					results <- errBusyReading
+				case res.Busy() && strings.Contains(res.Message, "the webhook is busy handling"):
+					results <- errBusyHandling
 				default:
 					results <- doc.Check(res)
 				}
 			}()
 		}
 		for range 4 {
-			switch err := <-results; {
-			case err == errBusy:
-				refused++
+			switch err := <-results; err {
+			case errBusyReading:
+				refused["bodies"]++
+			case errBusyHandling:
+				refused["heavy"]++
 			default:
 				require.NoError(t, err)
 			}
 		}
 	}
-	require.Positive(t, refused, "no large body was refused by the gate")
-	n, err := wh.Metric(`sops_webhook_budget_refusals_total{lane="bodies"}`)
-	require.NoError(t, err)
-	assert.EqualValues(t, refused, n, "every refusal is counted")
+	require.Positive(t, refused["bodies"], "no large body was refused unread by the gate")
+	for _, lane := range []string{"bodies", "heavy"} {
+		n, err := wh.Metric(`sops_webhook_budget_refusals_total{lane="` + lane + `"}`)
+		require.NoError(t, err)
+		assert.EqualValues(t, refused[lane], n, "every refusal by the %s lane is counted", lane)
+	}
 }
 
-// errBusy marks a budget's refusal among results.
-var errBusy = fmt.Errorf("busy")
+// errBusyReading and errBusyHandling mark the gate's refusals among results.
+var (
+	errBusyReading  = errors.New("busy reading")
+	errBusyHandling = errors.New("busy handling")
+)
