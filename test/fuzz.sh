@@ -25,6 +25,7 @@ targets=(
 	"./pkg/decrypt FuzzEmitYAML"
 	"./pkg/decrypt FuzzTokens"
 	"./pkg/mutate FuzzHandler"
+	"./pkg/mutate FuzzPeekReview"
 )
 failed=0
 for t in "${targets[@]}"; do

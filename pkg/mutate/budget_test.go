@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
@@ -138,8 +140,34 @@ func TestBodyGate(t *testing.T) {
 
 	hold, err = handling.Acquire(context.Background(), 512<<10)
 	require.NoError(t, err)
-	assert.Contains(t, refusal(post(256<<10)), "sops-webhook: the webhook is busy handling 0.5 MiB; the request is not at fault: retry it")
+	assert.Contains(t, refusal(post(256<<10)), "sops-webhook: the webhook is busy handling 0.5 MiB; the request is not at fault: retry it",
+		"a body that is no review is refused with a Status")
 	assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "heavy"}))
+	// A review is refused as a review, so that the API server passes on a
+	// 503 rather than a failed call.
+	review, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID: "big-1", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Secret"}, Operation: admissionv1.Create,
+			Namespace: "team-a", Name: "big", Object: runtime.RawExtension{Raw: []byte(`{"data":{"a":"` + strings.Repeat("A", 256<<10) + `"}}`)},
+		},
+	})
+	require.NoError(t, err)
+	resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(review))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var answer admissionv1.AdmissionReview
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&answer))
+	assert.Equal(t, "admission.k8s.io/v1", answer.APIVersion)
+	require.NotNil(t, answer.Response)
+	assert.EqualValues(t, "big-1", answer.Response.UID)
+	assert.False(t, answer.Response.Allowed)
+	require.NotNil(t, answer.Response.Result)
+	assert.EqualValues(t, http.StatusServiceUnavailable, answer.Response.Result.Code)
+	assert.Equal(t, "sops-webhook: could not decrypt Secret team-a/big: the webhook is busy handling 0.5 MiB; the request is not at fault: retry it", answer.Response.Result.Message)
+	assert.Equal(t, 2.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "heavy"}))
+	assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_admission_requests_total", map[string]string{"kind": "Secret", "operation": "CREATE", "outcome": "errored"}))
 	require.Equal(t, http.StatusOK, post(4<<10).StatusCode, "a small body passes while every handling slot is taken")
 	hold()
 

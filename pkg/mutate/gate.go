@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"time"
 
+	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
@@ -33,12 +35,16 @@ const MaxReviewSize = 7 << 20
 //
 // Both steps share one wait. The answer is buffered and written after the
 // handling slot is given back, so a client slow to read it holds no slot.
-// A request not admitted in time is answered at once with 503 and a
+// A body not admitted in time is answered at once, unread, with 503 and a
 // Kubernetes Status that says the webhook is busy and the request may be
-// retried; the API server passes its message on. Light bodies, which are
-// almost every request, pass straight through.
+// retried; the API server passes its message on inside a failed call. A
+// read request not admitted in time is answered as a review, with the
+// same retryable refusal the decryption budget gives (a 503 result),
+// found from the review's head without decoding its objects. Light bodies,
+// which are almost every request, pass straight through.
 func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		n := r.ContentLength
 		if n < 0 || n > MaxReviewSize {
 			n = MaxReviewSize
@@ -71,7 +77,16 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 		}
 		releaseHandling, err := handling.Acquire(ctx, n)
 		if err != nil {
-			busy(err)
+			// Read, so it can be answered as a review: the API server
+			// then passes the refusal on as the webhook's 503, where a
+			// Status would make it a failed call.
+			head, ok := peekReview(body)
+			if !ok {
+				busy(err)
+				return
+			}
+			m.observeBusy(err)
+			writeBusyReview(w, head, err, m, start)
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
@@ -80,6 +95,25 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 		releaseHandling()
 		answer.writeTo(w)
 	})
+}
+
+// writeBusyReview answers the review head belongs to with the retryable
+// refusal of a budget's busy error, as the handler does when the decryption
+// budget has no room.
+func writeBusyReview(w http.ResponseWriter, head reviewHead, busy error, m *Metrics, start time.Time) {
+	resp := (&refusal{err: busy}).response(object{kind: head.kind.Kind, namespace: head.namespace, name: head.name})
+	resp.UID = head.uid
+	m.observeRequest(head.request(), resp, time.Since(start))
+	body, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: head.apiVersion, Kind: "AdmissionReview"},
+		Response: &resp.AdmissionResponse,
+	})
+	if err != nil {
+		writeStatus(w, http.StatusInternalServerError, metav1.StatusReasonInternalError, "sops-webhook: encoding a refusal: "+err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
 }
 
 // bufferedResponse keeps an answer in memory until it is written.

@@ -82,7 +82,8 @@ policy:
   - {keys: [local, vault], namespaces: ["*"]}
 `
 	// A 1 ms budget wait makes a burst of large documents overflow the
-	// large lane, which admits one at a time on this machine.
+	// heavy lane, which handles one large request at a time on this
+	// machine.
 	wh := b.startWebhookWith(ctx, t, "alerts", config, []string{"--config-check-interval", "200ms", "--budget-wait", "1ms"}, nil)
 	mine := testbed.Recipients{Age: []testbed.AgeKey{local}}
 
@@ -108,7 +109,7 @@ policy:
 
 	busy := busyBurst(ctx, t, b, testbed.SopsEncrypt(t, testbed.PlainOfSize("yaml", 200<<10), "yaml", mine))
 	require.True(t, apierrors.IsServiceUnavailable(busy), "a full budget is retryable: %v", busy)
-	require.Contains(t, busy.Error(), "the webhook is busy decrypting")
+	require.Contains(t, busy.Error(), "the webhook is busy handling")
 
 	require.NoError(t, os.WriteFile(filepath.Join(b.work, "alerts", "config.yaml"), []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys: []\n"), 0o600))
 	require.Eventually(t, func() bool {
@@ -144,7 +145,7 @@ policy:
 		"SopsWebhookDenials":               {{"kind": "Secret"}},
 		"SopsWebhookConfigReloadFailed":    {{"result": "failure"}},
 		"SopsWebhookSlow":                  {{}},
-		"SopsWebhookBusy":                  {{"lane": "large"}},
+		"SopsWebhookBusy":                  {{"lane": "heavy"}},
 		"SopsWebhookUnreachable":           {{}},
 	}
 	var tests []map[string]any
