@@ -3,12 +3,12 @@ package mutate_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -115,7 +115,7 @@ func TestBodyGate(t *testing.T) {
 	})))
 	defer srv.Close()
 	post := func(n int) *http.Response {
-		resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(make([]byte, n)))
+		resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(withMarker(n)))
 		require.NoError(t, err)
 		t.Cleanup(func() { resp.Body.Close() })
 		return resp
@@ -149,7 +149,7 @@ func TestBodyGate(t *testing.T) {
 		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
 		Request: &admissionv1.AdmissionRequest{
 			UID: "big-1", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Secret"}, Operation: admissionv1.Create,
-			Namespace: "team-a", Name: "big", Object: runtime.RawExtension{Raw: []byte(`{"data":{"a":"` + strings.Repeat("A", 256<<10) + `"}}`)},
+			Namespace: "team-a", Name: "big", Object: runtime.RawExtension{Raw: []byte(`{"data":{"a":"` + base64.StdEncoding.EncodeToString(withMarker(256<<10)) + `"}}`)},
 		},
 	})
 	require.NoError(t, err)
@@ -169,12 +169,23 @@ func TestBodyGate(t *testing.T) {
 	assert.Equal(t, 2.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "heavy"}))
 	assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_admission_requests_total", map[string]string{"kind": "Secret", "operation": "CREATE", "outcome": "errored"}))
 	require.Equal(t, http.StatusOK, post(4<<10).StatusCode, "a small body passes while every handling slot is taken")
+	plain, err := http.Post(srv.URL, "application/json", bytes.NewReader(make([]byte, 256<<10)))
+	require.NoError(t, err)
+	plain.Body.Close()
+	require.Equal(t, http.StatusOK, plain.StatusCode, "a large body without a SOPS marker needs no handling slot")
 	hold()
 
 	require.Equal(t, http.StatusOK, post(256<<10).StatusCode)
-	assert.EqualValues(t, 3, served.Load())
+	assert.EqualValues(t, 4, served.Load())
 	assert.Zero(t, lane.InFlight())
 	assert.Zero(t, handling.InFlight())
+}
+
+// withMarker returns n bytes that begin with a SOPS marker.
+func withMarker(n int) []byte {
+	b := make([]byte, n)
+	copy(b, "ENC[AES256_GCM,data:")
+	return b
 }
 
 // TestBodyGateHandlesLargeRequestsInSlots sends large requests at once
@@ -204,7 +215,7 @@ func TestBodyGateHandlesLargeRequestsInSlots(t *testing.T) {
 	})))
 	defer srv.Close()
 	post := func(path string) (*http.Response, error) {
-		return http.Post(srv.URL+path, "application/json", bytes.NewReader(make([]byte, 256<<10)))
+		return http.Post(srv.URL+path, "application/json", bytes.NewReader(withMarker(256<<10)))
 	}
 
 	errs := make(chan error, senders)

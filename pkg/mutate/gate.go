@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 )
 
 // MaxReviewSize is the largest AdmissionReview body the webhook reads:
@@ -27,11 +28,15 @@ const MaxReviewSize = 7 << 20
 //
 //   - bodies admits the body before it is read, so the bodies a replica
 //     holds at once stay within that lane whatever the API server sends;
-//   - handling admits the read request to be handled: its slots are how many
-//     large requests are decoded, decrypted and encoded at once. With one
-//     fewer slot than processors, a processor is always left to the light
+//   - handling admits the read request, if its body holds a SOPS marker
+//     (plain or base64), to be handled: its slots are how many large
+//     requests are decoded, decrypted and encoded at once. With one fewer
+//     slot than processors, a processor is always left to the light
 //     requests, which the Go scheduler would otherwise leave waiting behind
-//     a large request's decoding for up to its 10 ms time slice.
+//     a large request's decoding for up to its 10 ms time slice. A large
+//     body without a marker has nothing to decrypt and is passed on
+//     without a slot; one that hides a marker from this screen is still
+//     bounded by the decryption budget.
 //
 // Both steps share one wait. The answer is buffered and written after the
 // handling slot is given back, so a client slow to read it holds no slot.
@@ -75,6 +80,13 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 			writeStatus(w, http.StatusBadRequest, metav1.StatusReasonBadRequest, "sops-webhook: reading the request body: "+err.Error())
 			return
 		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		if !decrypt.HasMarker(body) && !decrypt.MayHoldBase64Marker(body) {
+			// Nothing to decrypt: a large object without SOPS content is
+			// passed through like a light one.
+			next.ServeHTTP(w, r)
+			return
+		}
 		releaseHandling, err := handling.Acquire(ctx, n)
 		if err != nil {
 			// Read, so it can be answered as a review: the API server
@@ -89,7 +101,6 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 			writeBusyReview(w, head, err, m, start)
 			return
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
 		answer := &bufferedResponse{header: http.Header{}}
 		next.ServeHTTP(answer, r)
 		releaseHandling()
