@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
@@ -24,7 +25,8 @@ type floodRun struct {
 
 // floodVictim runs the flood of TestFlood against a fresh webhook at the
 // Deployment's memory limit (in a memory cgroup when this process may make
-// one): the victim's small requests alone, then during the flood.
+// one): the victim's small requests alone, then during the flood, then
+// alone again.
 func floodVictim(ctx context.Context, tb *testbed.CommandTB, work, bin string, key testbed.AgeKey, quick bool) (floodRun, error) {
 	var res floodRun
 	other := testbed.NewAgeKey(tb, false)
@@ -95,5 +97,14 @@ func floodVictim(ctx context.Context, tb *testbed.CommandTB, work, bin string, k
 	if len(fr.Failures) > 0 {
 		return res, fmt.Errorf("flood: %s (and %d more unexpected answers)", fr.Failures[0], len(fr.Failures)-1)
 	}
+	// As many again alone after the flood, so that the baseline spans the
+	// flood rather than the moment before it.
+	for range warm {
+		if err := victim.Send(ctx); err != nil {
+			return res, err
+		}
+	}
+	res.unloaded = append(res.unloaded, victim.Take()...)
+	slices.Sort(res.unloaded)
 	return res, nil
 }

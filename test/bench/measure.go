@@ -155,18 +155,20 @@ type helmRun struct {
 	secrets int
 	// encrypted is with the webhook decrypting; noop the same encrypted
 	// chart with the no-op webhook registered in its place, the floor any
-	// webhook pays; plain is without a webhook.
-	encrypted, noop, plain time.Duration
-	runs                   int
+	// webhook pays; noopPatch the same with the no-op that patches the same
+	// fields, the floor any mutating webhook pays; plain is without a
+	// webhook.
+	encrypted, noop, noopPatch, plain time.Duration
+	runs                              int
 }
 
 // helmInstall times `helm install` of a chart with 100 Secrets whose values
 // come from an encrypted values file, into an opted-in namespace with the
 // webhook; the same into a namespace where the no-op webhook at noopURL is
-// registered instead; and the chart with the plaintext values into a
-// namespace no webhook sees.
+// registered instead, and where its patching twin at noopURL-patch is; and
+// the chart with the plaintext values into a namespace no webhook sees.
 func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin, noopURL string, noopCA []byte, key testbed.AgeKey, quick bool) (helmRun, error) {
-	res := helmRun{secrets: 100, runs: 3}
+	res := helmRun{secrets: 100, runs: 7}
 	if quick {
 		res.runs = 1
 	}
@@ -188,13 +190,15 @@ func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin, noopURL 
 	if err := cp.RegisterWebhook(ctx, wh.URL, wh.CABundle); err != nil {
 		return res, err
 	}
-	for _, ns := range []string{"enc", "noop", "plain"} {
+	for _, ns := range []string{"enc", "noop", "noop-patch", "plain"} {
 		obj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}
 		switch ns {
 		case "enc":
 			obj.Labels = map[string]string{mutate.LabelDecrypt: "enabled"}
 		case "noop":
 			obj.Labels = map[string]string{noopLabel: "enabled"}
+		case "noop-patch":
+			obj.Labels = map[string]string{noopPatchLabel: "enabled"}
 		}
 		if err := cp.Client.Create(ctx, obj); err != nil {
 			return res, err
@@ -203,18 +207,23 @@ func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin, noopURL 
 	if err := cp.WaitForWebhook(ctx, "enc"); err != nil {
 		return res, err
 	}
-	// The no-op in the webhook's place: the same registration, selecting
-	// the noop namespace.
-	noopMWC, err := testbed.LoadWebhookConfiguration(noopURL, noopCA)
-	if err != nil {
-		return res, err
-	}
-	noopMWC.Name = "sops-webhook-noop"
-	for i := range noopMWC.Webhooks {
-		noopMWC.Webhooks[i].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{noopLabel: "enabled"}}
-	}
-	if err := cp.Client.Create(ctx, noopMWC); err != nil {
-		return res, err
+	// The no-ops in the webhook's place: the same registration, selecting
+	// their own namespaces.
+	for _, n := range []struct{ name, url, label string }{
+		{"sops-webhook-noop", noopURL, noopLabel},
+		{"sops-webhook-noop-patch", noopURL + "-patch", noopPatchLabel},
+	} {
+		mwc, err := testbed.LoadWebhookConfiguration(n.url, noopCA)
+		if err != nil {
+			return res, err
+		}
+		mwc.Name = n.name
+		for i := range mwc.Webhooks {
+			mwc.Webhooks[i].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{n.label: "enabled"}}
+		}
+		if err := cp.Client.Create(ctx, mwc); err != nil {
+			return res, err
+		}
 	}
 	// A registration takes effect asynchronously; the no-op cannot be seen
 	// answering, so give it the time WaitForWebhook takes for the webhook.
@@ -268,12 +277,16 @@ stringData:
 		_, err := h.Run("install", fmt.Sprintf("r%d", i), chart, "-n", ns, "-f", values)
 		return time.Since(start), err
 	}
-	var enc, noop, pl []time.Duration
+	var enc, noop, noopPatch, pl []time.Duration
+	installs := []struct {
+		ns, values string
+		into       *[]time.Duration
+	}{{"enc", encFile, &enc}, {"noop", encFile, &noop}, {"noop-patch", encFile, &noopPatch}, {"plain", plainFile, &pl}}
 	for i := range res.runs {
-		for _, c := range []struct {
-			ns, values string
-			into       *[]time.Duration
-		}{{"enc", encFile, &enc}, {"noop", encFile, &noop}, {"plain", plainFile, &pl}} {
+		// Each run starts with another of the three, so none is always
+		// the first after a pause.
+		for k := range installs {
+			c := installs[(i+k)%len(installs)]
 			d, err := timeInstall(c.ns, c.values, i)
 			if err != nil {
 				return res, err
@@ -286,12 +299,19 @@ stringData:
 	if err := cp.Client.Get(ctx, clientKey("enc", "r0-s-7"), got); err != nil || string(got.Data["password"]) != "bench-secret-007" {
 		return res, fmt.Errorf("helm bench: r0-s-7 was not decrypted: %v", err)
 	}
-	res.encrypted, res.noop, res.plain = median(enc), median(noop), median(pl)
+	if err := cp.Client.Get(ctx, clientKey("noop-patch", "r0-s-7"), got); err != nil || got.Annotations["bench.sops-webhook.io/patched"] != "true" {
+		return res, fmt.Errorf("helm bench: the patching no-op did not patch r0-s-7: %v", err)
+	}
+	res.encrypted, res.noop, res.noopPatch, res.plain = median(enc), median(noop), median(noopPatch), median(pl)
 	return res, nil
 }
 
-// noopLabel opts a namespace in to the no-op webhook.
-const noopLabel = "bench.sops-webhook.io/noop"
+// noopLabel and noopPatchLabel opt a namespace in to the no-op webhook
+// and to the no-op that patches.
+const (
+	noopLabel      = "bench.sops-webhook.io/noop"
+	noopPatchLabel = "bench.sops-webhook.io/noop-patch"
+)
 
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
