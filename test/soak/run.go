@@ -411,7 +411,7 @@ func (r soakReport) write(path string) error {
 	w("| at | replica 0 RSS | replica 1 RSS | admitted so far |")
 	w("|---|---|---|---|")
 	for _, s := range r.samples {
-		w("| %s | %.1f MiB | %.1f MiB | %d |", s.at.Round(time.Second), float64(s.rss[0])/1024, float64(s.rss[1])/1024, s.admitted)
+		w("| %s | %s | %s | %d |", s.at.Round(time.Second), rssCell(s.rss[0]), rssCell(s.rss[1]), s.admitted)
 	}
 	if len(r.t.lost) > 0 {
 		w("")
@@ -422,4 +422,13 @@ func (r soakReport) write(path string) error {
 		}
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// rssCell formats a replica's RSS in KiB; a replica sampled while it
+// restarts has no process to measure.
+func rssCell(kib int64) string {
+	if kib == 0 {
+		return "restarting"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(kib)/1024)
 }
