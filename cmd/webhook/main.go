@@ -47,7 +47,7 @@ func main1() int {
 			goMemLimit = "none"
 		}
 		log.Info("memory", "limit", budget.MiB(mem.Limit), "source", mem.source, "goMemLimit", goMemLimit,
-			"decryptBudget", budget.MiB(mem.Decrypt), "bodyBudget", budget.MiB(mem.Bodies))
+			"decryptBudget", budget.MiB(mem.Decrypt), "bodyBudget", budget.MiB(mem.Bodies), "heavySlots", budget.HeavySlots())
 		err = run(ctx, opts, mem.Sizes, log)
 	}
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -66,6 +67,7 @@ func TestFlood(t *testing.T) {
 	t.Cleanup(func() { _ = wh.Stop() })
 	assert.Contains(t, wh.Logs(), `"limit":"256.0 MiB"`, "the webhook read its limit from the cgroup")
 	assert.Contains(t, wh.Logs(), `"goMemLimit":"230.4 MiB"`, "GOMEMLIMIT is 90 % of the limit")
+	assert.Contains(t, wh.Logs(), fmt.Sprintf(`"heavySlots":%d`, max(1, runtime.GOMAXPROCS(0)-1)), "large requests leave a processor to small ones")
 
 	client := func() *http.Client { return caClient(t, wh.CABundle) }
 	victim := testbed.NewVictim(wh.URL, client(), payloads.Small)
