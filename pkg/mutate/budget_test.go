@@ -99,9 +99,11 @@ func TestBudget(t *testing.T) {
 	})
 }
 
-// TestBodyGate holds the body lane, then the handling lane: a large body is
-// answered at once, unread, with a retryable Kubernetes Status; a small body
-// passes both.
+// TestBodyGate holds the body lane, then the handling lane: a large
+// request is answered at once, as a review with a retryable 503 result when
+// its head can be read, else with a retryable Kubernetes Status; a refused
+// body is never handed on; a small body passes both, and a large one
+// without a SOPS marker passes the handling lane.
 func TestBodyGate(t *testing.T) {
 	lane := budget.NewLane("bodies", "reading", 1<<20, 0, 50*time.Millisecond)
 	handling := budget.NewLane("heavy", "handling", 1<<20, 1, 50*time.Millisecond)
@@ -114,13 +116,14 @@ func TestBodyGate(t *testing.T) {
 		_, _ = io.Copy(io.Discard, r.Body)
 	})))
 	defer srv.Close()
-	post := func(n int) *http.Response {
-		resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(withMarker(n)))
+	postBody := func(body []byte) *http.Response {
+		resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(body))
 		require.NoError(t, err)
 		t.Cleanup(func() { resp.Body.Close() })
 		return resp
 	}
-	refusal := func(resp *http.Response) string {
+	post := func(n int) *http.Response { return postBody(withMarker(n)) }
+	statusRefusal := func(resp *http.Response) string {
 		t.Helper()
 		require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 		var st metav1.Status
@@ -129,20 +132,6 @@ func TestBodyGate(t *testing.T) {
 		assert.Equal(t, metav1.StatusReasonServiceUnavailable, st.Reason)
 		return st.Message
 	}
-
-	hold, err := lane.Acquire(context.Background(), lane.Capacity())
-	require.NoError(t, err)
-	assert.Contains(t, refusal(post(256<<10)), "sops-webhook: the webhook is busy reading 1.0 MiB; the request is not at fault: retry it")
-	assert.Zero(t, served.Load(), "a refused body is never handed on")
-	assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "bodies"}))
-	require.Equal(t, http.StatusOK, post(4<<10).StatusCode, "a small body passes a full lane")
-	hold()
-
-	hold, err = handling.Acquire(context.Background(), 512<<10)
-	require.NoError(t, err)
-	assert.Contains(t, refusal(post(256<<10)), "sops-webhook: the webhook is busy handling 0.5 MiB; the request is not at fault: retry it",
-		"a body that is no review is refused with a Status")
-	assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "heavy"}))
 	// A review is refused as a review, so that the API server passes on a
 	// 503 rather than a failed call.
 	review, err := json.Marshal(admissionv1.AdmissionReview{
@@ -153,26 +142,44 @@ func TestBodyGate(t *testing.T) {
 		},
 	})
 	require.NoError(t, err)
-	resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(review))
+	reviewRefusal := func(resp *http.Response) string {
+		t.Helper()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		var answer admissionv1.AdmissionReview
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&answer))
+		assert.Equal(t, "admission.k8s.io/v1", answer.APIVersion)
+		require.NotNil(t, answer.Response)
+		assert.EqualValues(t, "big-1", answer.Response.UID)
+		assert.False(t, answer.Response.Allowed)
+		require.NotNil(t, answer.Response.Result)
+		assert.EqualValues(t, http.StatusServiceUnavailable, answer.Response.Result.Code)
+		return answer.Response.Result.Message
+	}
+	refusals := func(lane string) float64 {
+		return counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": lane})
+	}
+
+	hold, err := lane.Acquire(context.Background(), lane.Capacity())
 	require.NoError(t, err)
-	defer resp.Body.Close()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	var answer admissionv1.AdmissionReview
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&answer))
-	assert.Equal(t, "admission.k8s.io/v1", answer.APIVersion)
-	require.NotNil(t, answer.Response)
-	assert.EqualValues(t, "big-1", answer.Response.UID)
-	assert.False(t, answer.Response.Allowed)
-	require.NotNil(t, answer.Response.Result)
-	assert.EqualValues(t, http.StatusServiceUnavailable, answer.Response.Result.Code)
-	assert.Equal(t, "sops-webhook: could not decrypt Secret team-a/big: the webhook is busy handling 0.5 MiB; the request is not at fault: retry it", answer.Response.Result.Message)
-	assert.Equal(t, 2.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "heavy"}))
-	assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_admission_requests_total", map[string]string{"kind": "Secret", "operation": "CREATE", "outcome": "errored"}))
+	assert.Contains(t, statusRefusal(post(256<<10)), "sops-webhook: the webhook is busy reading 1.0 MiB; the request is not at fault: retry it",
+		"a body that is no review is refused with a Status")
+	assert.Equal(t, "sops-webhook: could not decrypt Secret team-a/big: the webhook is busy reading 1.0 MiB; the request is not at fault: retry it",
+		reviewRefusal(postBody(review)), "an unread review is answered from its head")
+	assert.Zero(t, served.Load(), "a refused body is never handed on")
+	assert.Equal(t, 2.0, refusals("bodies"))
+	require.Equal(t, http.StatusOK, post(4<<10).StatusCode, "a small body passes a full lane")
+	hold()
+
+	hold, err = handling.Acquire(context.Background(), 512<<10)
+	require.NoError(t, err)
+	assert.Contains(t, statusRefusal(post(256<<10)), "sops-webhook: the webhook is busy handling 0.5 MiB; the request is not at fault: retry it",
+		"a body that is no review is refused with a Status")
+	assert.Equal(t, "sops-webhook: could not decrypt Secret team-a/big: the webhook is busy handling 0.5 MiB; the request is not at fault: retry it",
+		reviewRefusal(postBody(review)))
+	assert.Equal(t, 2.0, refusals("heavy"))
+	assert.Equal(t, 2.0, counter(t, reg, "sops_webhook_admission_requests_total", map[string]string{"kind": "Secret", "operation": "CREATE", "outcome": "errored"}))
 	require.Equal(t, http.StatusOK, post(4<<10).StatusCode, "a small body passes while every handling slot is taken")
-	plain, err := http.Post(srv.URL, "application/json", bytes.NewReader(make([]byte, 256<<10)))
-	require.NoError(t, err)
-	plain.Body.Close()
-	require.Equal(t, http.StatusOK, plain.StatusCode, "a large body without a SOPS marker needs no handling slot")
+	require.Equal(t, http.StatusOK, postBody(make([]byte, 256<<10)).StatusCode, "a large body without a SOPS marker needs no handling slot")
 	hold()
 
 	require.Equal(t, http.StatusOK, post(256<<10).StatusCode)

@@ -40,13 +40,14 @@ const MaxReviewSize = 7 << 20
 //
 // Both steps share one wait. The answer is buffered and written after the
 // handling slot is given back, so a client slow to read it holds no slot.
-// A body not admitted in time is answered at once, unread, with 503 and a
-// Kubernetes Status that says the webhook is busy and the request may be
-// retried; the API server passes its message on inside a failed call. A
-// read request not admitted in time is answered as a review, with the
-// same retryable refusal the decryption budget gives (a 503 result),
-// found from the review's head without decoding its objects. Light bodies,
-// which are almost every request, pass straight through.
+// A request not admitted in time is answered at once as a review, with the
+// same retryable refusal the decryption budget gives (a 503 result), its
+// uid and names read from the review's head without decoding its objects:
+// from the body when it was read, else from its first peekLimit bytes.
+// A body whose head cannot be read so is answered with 503 and a
+// Kubernetes Status instead, which the API server reports as a failed
+// call. Light bodies, which are almost every request, pass straight
+// through.
 func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -58,8 +59,14 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 			next.ServeHTTP(w, r)
 			return
 		}
-		busy := func(err error) {
+		// busy refuses the request; head is the start of its body, or all
+		// of it.
+		busy := func(err error, head []byte) {
 			m.observeBusy(err)
+			if h, ok := peekReview(head); ok {
+				writeBusyReview(w, h, err, m, start)
+				return
+			}
 			writeStatus(w, http.StatusServiceUnavailable, metav1.StatusReasonServiceUnavailable,
 				"sops-webhook: "+err.Error()+"; the request is not at fault: retry it")
 		}
@@ -69,7 +76,11 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 		defer cancel()
 		releaseBody, err := bodies.Acquire(ctx, n)
 		if err != nil {
-			busy(err)
+			// Only the head is read, and the connection closed after
+			// the answer, so the refused body is never held.
+			w.Header().Set("Connection", "close")
+			head, _ := io.ReadAll(io.LimitReader(r.Body, peekLimit))
+			busy(err, head)
 			return
 		}
 		defer releaseBody()
@@ -89,16 +100,7 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 		}
 		releaseHandling, err := handling.Acquire(ctx, n)
 		if err != nil {
-			// Read, so it can be answered as a review: the API server
-			// then passes the refusal on as the webhook's 503, where a
-			// Status would make it a failed call.
-			head, ok := peekReview(body)
-			if !ok {
-				busy(err)
-				return
-			}
-			m.observeBusy(err)
-			writeBusyReview(w, head, err, m, start)
+			busy(err, body)
 			return
 		}
 		answer := &bufferedResponse{header: http.Header{}}
@@ -110,7 +112,8 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 
 // writeBusyReview answers the review head belongs to with the retryable
 // refusal of a budget's busy error, as the handler does when the decryption
-// budget has no room.
+// budget has no room: a 503 result, which the API server passes on as the
+// webhook's answer, where a Status would make it a failed call.
 func writeBusyReview(w http.ResponseWriter, head reviewHead, busy error, m *Metrics, start time.Time) {
 	resp := (&refusal{err: busy}).response(object{kind: head.kind.Kind, namespace: head.namespace, name: head.name})
 	resp.UID = head.uid
@@ -126,6 +129,11 @@ func writeBusyReview(w http.ResponseWriter, head reviewHead, busy error, m *Metr
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(body)
 }
+
+// peekLimit is how much of a refused, unread body is read to answer it as
+// a review: the API server writes the request's uid, kinds, names,
+// operation and user before its objects, in far less than this.
+const peekLimit = 16 << 10
 
 // bufferedResponse keeps an answer in memory until it is written.
 type bufferedResponse struct {

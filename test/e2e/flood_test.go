@@ -14,6 +14,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
@@ -145,10 +148,10 @@ func samplePeak(cg *testbed.MemoryCgroup, done <-chan struct{}) int64 {
 
 // TestBodyGateOverTLS gives the real binary a body budget smaller than one
 // large review and a 1 ms budget wait, and sends large reviews four at a
-// time over TLS: each is either decrypted or answered with the body gate's
-// Status (503, retryable: "busy reading", unread, or "busy handling", read
-// while every handling slot was taken), never a connection error; at least
-// one is refused unread.
+// time over TLS: each is either decrypted or refused by the body gate (503,
+// retryable: "busy reading", read no further than its head, or "busy
+// handling", read while every handling slot was taken), never a connection
+// error; at least one is refused before its body is read.
 func TestBodyGateOverTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: runs the real webhook binary; run without -short")
@@ -197,7 +200,7 @@ func TestBodyGateOverTLS(t *testing.T) {
 			}
 		}
 	}
-	require.Positive(t, refused["bodies"], "no large body was refused unread by the gate")
+	require.Positive(t, refused["bodies"], "no large body was refused before it was read")
 	for _, lane := range []string{"bodies", "heavy"} {
 		n, err := wh.Metric(`sops_webhook_budget_refusals_total{lane="` + lane + `"}`)
 		require.NoError(t, err)
@@ -210,3 +213,56 @@ var (
 	errBusyReading  = errors.New("busy reading")
 	errBusyHandling = errors.New("busy handling")
 )
+
+// TestGateRefusalsThroughAPIServer gives the real binary a body budget of
+// 1 MiB and a 1 ms budget wait, and creates Secrets holding ~1 MiB
+// documents through the real API server four at a time: each is stored
+// decrypted, or refused as the webhook's own 503 (the client sees Service
+// Unavailable with "busy reading" or "busy handling"), never as a failed
+// call, which the API server reports as an internal error and
+// SopsWebhookUnreachable counts as an outage; at least one is refused
+// before its body is read.
+func TestGateRefusalsThroughAPIServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("e2e: starts kube-apiserver; run without -short")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	b := newIdentityBed(ctx, t)
+	key := testbed.NewAgeKey(t, false)
+	doc := testbed.NewFloodDoc(t, "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
+	config := "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: team-a\n    age: {identityFile: " + key.IdentityFile + "}\n"
+	b.startWebhookWith(ctx, t, "gate", config, []string{"--body-budget", "1Mi", "--budget-wait", "1ms"}, nil)
+
+	refused := map[string]int{}
+	for burst := 0; burst < 10 && refused["reading"] == 0; burst++ {
+		errs := make(chan error, 4)
+		for i := range 4 {
+			go func() { errs <- b.create(ctx, fmt.Sprintf("gate-%d-%d", burst, i), doc.Enc) }()
+		}
+		for range 4 {
+			err := <-errs
+			if err == nil {
+				continue
+			}
+			require.Truef(t, apierrors.IsServiceUnavailable(err), "a busy refusal reaches the client as the webhook's 503: %v", err)
+			require.NotContains(t, err.Error(), "failed calling webhook")
+			switch msg := err.Error(); {
+			case strings.Contains(msg, "the webhook is busy reading"):
+				refused["reading"]++
+			case strings.Contains(msg, "the webhook is busy handling"):
+				refused["handling"]++
+			default:
+				t.Fatalf("refused otherwise: %v", err)
+			}
+		}
+	}
+	require.Positive(t, refused["reading"], "no body was refused unread")
+	t.Logf("refusals: %v", refused)
+	var list corev1.SecretList
+	require.NoError(t, b.cp.Client.List(ctx, &list, client.InNamespace("apps")))
+	require.NotEmpty(t, list.Items, "no Secret was admitted")
+	for _, s := range list.Items {
+		assert.NotContains(t, string(s.Data["app.yaml"]), "ENC[AES256_GCM", "%s is stored decrypted", s.Name)
+	}
+}
