@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 )
 
 // object is the part of a Secret or ConfigMap the mutation works on.
@@ -31,6 +33,15 @@ var binaryDataKey = []byte(`"binaryData"`)
 // text the base64 marker scans.
 func mayHoldBase64(kind string, raw []byte) bool {
 	return kind == "Secret" || bytes.Contains(raw, binaryDataKey)
+}
+
+// mayHoldSOPS is the screen before anything is decoded: it reports whether
+// raw, an object or a whole review, holds a SOPS marker in plain text (as in
+// ConfigMap data and a values index) or, when withBase64, in base64 (as in
+// Secret data and ConfigMap binaryData). False means raw certainly holds no
+// SOPS content.
+func mayHoldSOPS(raw []byte, withBase64 bool) bool {
+	return decrypt.HasMarker(raw) || withBase64 && decrypt.MayHoldBase64Marker(raw)
 }
 
 // The parts of a Secret or ConfigMap the handler reads. Decoding into these

@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
-	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 )
 
 // MaxReviewSize is the largest AdmissionReview body the webhook reads:
@@ -92,7 +91,7 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 			return
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
-		if !decrypt.HasMarker(body) && !decrypt.MayHoldBase64Marker(body) {
+		if !mayHoldSOPS(body, true) {
 			// Nothing to decrypt: a large object without SOPS content is
 			// passed through like a light one.
 			next.ServeHTTP(w, r)

@@ -106,10 +106,8 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return admission.Allowed("operation not handled")
 	}
-	// The plain marker is in ConfigMap data and in a values index; the
-	// base64 forms are in Secret data and ConfigMap binaryData.
 	raw := req.Object.Raw
-	if !decrypt.HasMarker(raw) && !(mayHoldBase64(req.Kind.Kind, raw) && decrypt.MayHoldBase64Marker(raw)) {
+	if !mayHoldSOPS(raw, mayHoldBase64(req.Kind.Kind, raw)) {
 		return admission.Allowed("no SOPS content")
 	}
 
