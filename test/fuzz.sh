@@ -26,6 +26,7 @@ targets=(
 	"./pkg/decrypt FuzzTokens"
 	"./pkg/mutate FuzzHandler"
 	"./pkg/mutate FuzzPeekReview"
+	"./pkg/mutate FuzzServeHTTP"
 )
 failed=0
 for t in "${targets[@]}"; do

@@ -67,7 +67,7 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 	if err := metrics.WatchLanes(append(decryptBudget.Lanes(), bodies, heavy)...); err != nil {
 		return err
 	}
-	handler := mutate.NewHandler(engines.Engine, mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout), mutate.WithBudget(decryptBudget))
+	handler := mutate.NewHandler(engines.Engine, mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout), mutate.WithBudget(decryptBudget), mutate.WithLogger(log.WithName("admission")))
 
 	var certs *selfcerts.Manager
 	if o.certificates == certificatesSelfManaged {
@@ -90,7 +90,7 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		TLSOpts: []func(*tls.Config){hardenTLS},
 	})
 	var stopping atomic.Bool
-	server.Register(mutatePath, closeWhen(&stopping, mutate.BodyGate(bodies, heavy, metrics, &webhook.Admission{Handler: handler})))
+	server.Register(mutatePath, closeWhen(&stopping, mutate.BodyGate(bodies, heavy, metrics, handler)))
 
 	// On SIGTERM: report not ready and ask clients to reconnect elsewhere
 	// for --shutdown-delay while still serving, then stop the servers.

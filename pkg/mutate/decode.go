@@ -2,8 +2,11 @@ package mutate
 
 import (
 	"bytes"
-	"encoding/json"
+	"encoding/base64"
 	"fmt"
+	"reflect"
+
+	kjson "sigs.k8s.io/json"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 )
@@ -44,47 +47,83 @@ func mayHoldSOPS(raw []byte, withBase64 bool) bool {
 	return decrypt.HasMarker(raw) || withBase64 && decrypt.MayHoldBase64Marker(raw)
 }
 
-// The parts of a Secret or ConfigMap the handler reads. Decoding into these
-// rather than the full API types skips managedFields, owner references and
-// the rest, which on an UPDATE can be larger than the data.
-type (
-	objectMeta struct {
+// objectJSON is the part of a Secret or ConfigMap the handler reads, decoded
+// in one pass whichever the kind: Secret data arrives as base64 text and is
+// decoded by object. Decoding into this rather than the full API types
+// skips managedFields, owner references and the rest, which on an UPDATE
+// can be larger than the data.
+type objectJSON struct {
+	Metadata struct {
 		Name        string            `json:"name"`
 		Namespace   string            `json:"namespace"`
 		Annotations map[string]string `json:"annotations"`
-	}
-	secretJSON struct {
-		Metadata objectMeta        `json:"metadata"`
-		Type     string            `json:"type"`
-		Data     map[string][]byte `json:"data"`
-	}
-	configMapJSON struct {
-		Metadata   objectMeta        `json:"metadata"`
-		Data       map[string]string `json:"data"`
-		BinaryData map[string][]byte `json:"binaryData"`
-	}
-)
+	} `json:"metadata"`
+	// Type is a Secret's.
+	Type string            `json:"type"`
+	Data map[string]string `json:"data"`
+	// BinaryData is a ConfigMap's.
+	BinaryData map[string][]byte `json:"binaryData"`
+}
 
-// decodeObject decodes a Secret or ConfigMap. skip is non-empty when the
-// object is one the webhook never touches.
+// decodeObject decodes raw, a Secret or ConfigMap, as the API server does:
+// field names match case-sensitively. skip is non-empty when the object is
+// one the webhook never touches.
 func decodeObject(kind string, raw []byte) (obj object, skip string, err error) {
-	switch kind {
-	case "Secret":
-		var s secretJSON
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return object{}, "", fmt.Errorf("decode Secret: %w", err)
-		}
-		if s.Type == HelmReleaseSecretType {
-			return object{}, "Helm release records are never modified", nil
-		}
-		m := s.Metadata
-		return object{kind: kind, namespace: m.Namespace, name: m.Name, annotations: m.Annotations, fields: secretFields(s.Data)}, "", nil
-	default:
-		var c configMapJSON
-		if err := json.Unmarshal(raw, &c); err != nil {
-			return object{}, "", fmt.Errorf("decode ConfigMap: %w", err)
-		}
-		m := c.Metadata
-		return object{kind: kind, namespace: m.Namespace, name: m.Name, annotations: m.Annotations, fields: configMapFields(c.Data, c.BinaryData)}, "", nil
+	var o objectJSON
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(raw, &o); err != nil {
+		return object{}, "", fmt.Errorf("decode %s: %s", kind, describeJSONError(err))
 	}
+	return o.object(kind)
+}
+
+// object returns o as the kind it was sent as; errors name the field and
+// never quote a value.
+func (o *objectJSON) object(kind string) (obj object, skip string, err error) {
+	m := o.Metadata
+	obj = object{kind: kind, namespace: m.Namespace, name: m.Name, annotations: m.Annotations}
+	if kind != "Secret" {
+		obj.fields = configMapFields(o.Data, o.BinaryData)
+		return obj, "", nil
+	}
+	if o.Type == HelmReleaseSecretType {
+		return object{}, "Helm release records are never modified", nil
+	}
+	data := make(map[string][]byte, len(o.Data))
+	for k, v := range o.Data {
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			return object{}, "", fmt.Errorf("decode Secret: field data.%s is not base64", k)
+		}
+		data[k] = b
+	}
+	obj.fields = secretFields(data)
+	return obj, "", nil
+}
+
+// describeJSONError says where and why JSON could not be decoded without
+// quoting the input, which may hold plaintext: encoding/json's syntax
+// errors quote the offending character.
+func describeJSONError(err error) string {
+	if ok, offset := kjson.SyntaxErrorOffset(err); ok {
+		return fmt.Sprintf("not valid JSON (at byte %d)", offset)
+	}
+	if field := typeErrorField(err); field != "" {
+		return "field " + field + " holds a value of the wrong JSON type"
+	}
+	return "not valid JSON"
+}
+
+// typeErrorField is the path of the field an UnmarshalTypeError is about,
+// or "". sigs.k8s.io/json's error type is internal to it, so its exported
+// Field is read by name.
+func typeErrorField(err error) string {
+	v := reflect.ValueOf(err)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct || v.Elem().Type().Name() != "UnmarshalTypeError" {
+		return ""
+	}
+	f := v.Elem().FieldByName("Field")
+	if f.Kind() != reflect.String {
+		return ""
+	}
+	return f.String()
 }

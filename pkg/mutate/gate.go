@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
@@ -90,7 +89,7 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 			writeStatus(w, http.StatusBadRequest, metav1.StatusReasonBadRequest, "sops-webhook: reading the request body: "+err.Error())
 			return
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.Body = &readBodyOnce{data: body}
 		if !mayHoldSOPS(body, true) {
 			// Nothing to decrypt: a large object without SOPS content is
 			// passed through like a light one.
@@ -117,16 +116,7 @@ func writeBusyReview(w http.ResponseWriter, head reviewHead, busy error, m *Metr
 	resp := (&refusal{err: busy}).response(object{kind: head.kind.Kind, namespace: head.namespace, name: head.name})
 	resp.UID = head.uid
 	m.observeRequest(head.request(), resp, time.Since(start))
-	body, err := json.Marshal(admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: head.apiVersion, Kind: "AdmissionReview"},
-		Response: &resp.AdmissionResponse,
-	})
-	if err != nil {
-		writeStatus(w, http.StatusInternalServerError, metav1.StatusReasonInternalError, "sops-webhook: encoding a refusal: "+err.Error())
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(body)
+	writeReview(w, head.apiVersion, resp)
 }
 
 // peekLimit is how much of a refused, unread body is read to answer it as

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admission/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -55,6 +56,8 @@ type Handler struct {
 	metrics *Metrics
 	timeout time.Duration
 	budget  *budget.Budget
+	// log is ServeHTTP's; each request logs with its ids added.
+	log logr.Logger
 }
 
 // Option configures a Handler.
@@ -68,13 +71,16 @@ func WithTimeout(d time.Duration) Option { return func(h *Handler) { h.timeout =
 // in flight.
 func WithBudget(b *budget.Budget) Option { return func(h *Handler) { h.budget = b } }
 
+// WithLogger makes ServeHTTP log through log. Without it, it logs nothing.
+func WithLogger(log logr.Logger) Option { return func(h *Handler) { h.log = log } }
+
 // WithMetrics records requests and decryptions in m.
 func WithMetrics(m *Metrics) Option { return func(h *Handler) { h.metrics = m } }
 
 // NewHandler returns a Handler that handles each request with the Engine
 // engine returns at its start.
 func NewHandler(engine func() Engine, opts ...Option) *Handler {
-	h := &Handler{engine: engine, timeout: DefaultDecryptTimeout}
+	h := &Handler{engine: engine, timeout: DefaultDecryptTimeout, log: logr.Discard()}
 	for _, o := range opts {
 		o(h)
 	}
@@ -86,7 +92,23 @@ var _ admission.Handler = (*Handler)(nil)
 // Handle decrypts the SOPS payloads of a Secret or ConfigMap being created or
 // updated. Objects without SOPS content are allowed without a patch; a
 // payload that cannot be decrypted refuses the request (refusal.response).
-func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admission.Response) {
+// The webhook's server calls the same flow from ServeHTTP, with the object
+// decoded along with the review.
+func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
+	return h.handle(ctx, req, func() (object, string, error) {
+		raw := req.Object.Raw
+		if !mayHoldSOPS(raw, mayHoldBase64(req.Kind.Kind, raw)) {
+			return object{}, "no SOPS content", nil
+		}
+		return decodeObject(req.Kind.Kind, raw)
+	})
+}
+
+// handle is the one flow of a request. decode is called once the request is
+// known to be a create or update of a Secret or ConfigMap: it returns the
+// object, or why it is skipped ("no SOPS content" among them), or an error
+// that makes the request a bad one.
+func (h *Handler) handle(ctx context.Context, req admission.Request, decode func() (object, string, error)) (resp admission.Response) {
 	start := time.Now()
 	defer func() { h.metrics.observeRequest(req, resp, time.Since(start)) }()
 	defer func() {
@@ -106,13 +128,9 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) (resp admis
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return admission.Allowed("operation not handled")
 	}
-	raw := req.Object.Raw
-	if !mayHoldSOPS(raw, mayHoldBase64(req.Kind.Kind, raw)) {
-		return admission.Allowed("no SOPS content")
-	}
 
 	// Decode.
-	obj, skip, err := decodeObject(req.Kind.Kind, raw)
+	obj, skip, err := decode()
 	if err != nil {
 		return admission.Errored(http.StatusBadRequest, err)
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -393,11 +395,10 @@ func TestHandlerGolden(t *testing.T) {
 					Request:  &r,
 				}
 				writeJSON(t, reqFile, review)
-			} else {
-				raw, err := os.ReadFile(reqFile)
-				require.NoError(t, err)
-				require.NoError(t, json.Unmarshal(raw, &review))
 			}
+			body, err := os.ReadFile(reqFile)
+			require.NoError(t, err)
+			require.NoError(t, json.Unmarshal(body, &review))
 
 			resp := h.Handle(context.Background(), admission.Request{AdmissionRequest: *review.Request})
 			require.NoError(t, resp.Complete(admission.Request{AdmissionRequest: *review.Request}))
@@ -411,6 +412,11 @@ func TestHandlerGolden(t *testing.T) {
 			if !assert.JSONEq(t, string(want), string(gotJSON)) {
 				t.Logf("patch got:  %s", resp.Patch)
 			}
+			// The webhook's server decodes the review itself: the same
+			// request file posted to it gets the same answer.
+			served := serve(t, h, body)
+			assert.Equal(t, http.StatusOK, served.Code)
+			assert.JSONEq(t, string(want), served.Body.String(), "ServeHTTP answered otherwise than Handle")
 
 			for _, s := range []string{"s3cr3t"} {
 				assert.NotContains(t, messageOf(resp), s, "plaintext in the admission message")
@@ -426,6 +432,16 @@ func TestHandlerGolden(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serve posts body to h's ServeHTTP as the API server does.
+func serve(t testing.TB, h http.Handler, body []byte) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, "/mutate", bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	h.ServeHTTP(rec, req)
+	return rec
 }
 
 func messageOf(r admission.Response) string {

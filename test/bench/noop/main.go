@@ -1,7 +1,9 @@
 // Command noop is the benchmarks' baseline: an admission webhook on the same
 // controller-runtime webhook server and TLS settings as sops-webhook, whose
-// handler allows every request without looking at it. It is the ceiling of
-// what this architecture can serve. /mutate-patch is the floor of a
+// handler allows every request without looking at it: what a webhook built
+// on controller-runtime's admission package pays for a request, its review
+// read by that package's decoder (sops-webhook reads reviews with its own).
+// /mutate-patch is the floor of a
 // mutating webhook instead: it answers each Secret with a patch that sets
 // every data and stringData key to the value it already has, so the API
 // server applies a patch of the same fields a decrypting webhook patches.
