@@ -174,7 +174,7 @@ func TestServeHTTP(t *testing.T) {
 			assert.Contains(t, got.Response.Result.Message, tc.contains)
 			assert.NotContains(t, rec.Body.String(), "s3cr3t", "the answer quotes the body")
 			var counted float64
-			for _, outcome := range []string{"allowed", "errored", "patched"} {
+			for _, outcome := range []string{"skipped", "patched", "denied", "errored"} {
 				counted += counter(t, reg, "sops_webhook_admission_requests_total", map[string]string{"kind": "Secret", "operation": "CREATE", "outcome": outcome})
 			}
 			assert.Equal(t, tc.counted, counted == 1, "admission_requests_total: %v", counted)
