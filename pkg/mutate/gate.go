@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"time"
@@ -82,10 +83,10 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 			return
 		}
 		defer releaseBody()
-		// One byte past the limit, so that next still sees a body that is
-		// too large as such.
-		body, err := io.ReadAll(io.LimitReader(r.Body, MaxReviewSize+1))
-		if err != nil {
+		// A body past the limit is handed on as read, one byte over it,
+		// for next to refuse as too large.
+		body, err := readAll(r.Body, r.ContentLength)
+		if err != nil && !errors.Is(err, errTooLarge) {
 			writeStatus(w, http.StatusBadRequest, metav1.StatusReasonBadRequest, "sops-webhook: reading the request body: "+err.Error())
 			return
 		}

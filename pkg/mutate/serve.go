@@ -128,8 +128,7 @@ func (rv *reviewJSON[O]) check() (apiVersion string, req admission.Request, err 
 // errTooLarge is readBody's error for a body over MaxReviewSize.
 var errTooLarge = fmt.Errorf("the request body is larger than %d bytes", MaxReviewSize)
 
-// readBody returns r's body, read once into a buffer of its Content-Length,
-// or as BodyGate already read it.
+// readBody returns r's body, as BodyGate already read it or read now.
 func readBody(r *http.Request) ([]byte, error) {
 	if b, ok := r.Body.(*readBodyOnce); ok {
 		if len(b.data) > MaxReviewSize {
@@ -140,7 +139,21 @@ func readBody(r *http.Request) ([]byte, error) {
 	if r.Body == nil {
 		return nil, errors.New("the request has no body")
 	}
-	n := r.ContentLength
+	body, err := readAll(r.Body, r.ContentLength)
+	if err != nil {
+		return nil, err
+	}
+	if len(body) == 0 {
+		return nil, errors.New("the request body is empty")
+	}
+	return body, nil
+}
+
+// readAll reads r to its end into one buffer of the announced length n (a
+// Content-Length; negative if unknown), where io.ReadAll would grow its
+// buffer by copies to twice a large body's size. Past MaxReviewSize it
+// stops with errTooLarge, and returns the MaxReviewSize+1 bytes read.
+func readAll(r io.Reader, n int64) ([]byte, error) {
 	if n < 0 || n > MaxReviewSize {
 		n = 512
 	}
@@ -151,22 +164,18 @@ func readBody(r *http.Request) ([]byte, error) {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
-		m, err := r.Body.Read(buf[len(buf):cap(buf)])
+		m, err := r.Read(buf[len(buf):min(cap(buf), MaxReviewSize+1)])
 		buf = buf[:len(buf)+m]
 		if len(buf) > MaxReviewSize {
-			return nil, errTooLarge
+			return buf, errTooLarge
 		}
 		if err == io.EOF {
-			break
+			return buf, nil
 		}
 		if err != nil {
 			return nil, fmt.Errorf("reading the request body: %w", err)
 		}
 	}
-	if len(buf) == 0 {
-		return nil, errors.New("the request body is empty")
-	}
-	return buf, nil
 }
 
 // readBodyOnce is a body BodyGate has read, handed on without a copy.

@@ -51,6 +51,8 @@ func TestServeHTTP(t *testing.T) {
 		name        string
 		contentType string
 		body        []byte
+		// unannounced sends the body without a Content-Length.
+		unannounced bool
 		// status is the HTTP status (200 for every review answered).
 		status int
 		// code is the response's result code; uid says the request was
@@ -77,6 +79,16 @@ func TestServeHTTP(t *testing.T) {
 				return strings.Replace(s, `"apiVersion": "admission.k8s.io/v1",`, "", 1)
 			}),
 			status: 200, code: 200, uid: true, apiVersion: "admission.k8s.io/v1", counted: true,
+		},
+		{
+			name: "a body without a Content-Length", unannounced: true,
+			body:   goldenRequest(t, "secret-documents", nil),
+			status: 200, code: 200, uid: true, apiVersion: "admission.k8s.io/v1", counted: true,
+		},
+		{
+			name: "larger than a review can be, without a Content-Length", unannounced: true,
+			body:   bytes.Repeat([]byte(" "), mutate.MaxReviewSize+1),
+			status: 200, code: 413, apiVersion: "admission.k8s.io/v1", contains: "larger than",
 		},
 		{
 			name:   "another kind",
@@ -158,6 +170,9 @@ func TestServeHTTP(t *testing.T) {
 			req.Header.Set("Content-Type", "application/json")
 			if tc.contentType != "" {
 				req.Header.Set("Content-Type", tc.contentType)
+			}
+			if tc.unannounced {
+				req.ContentLength = -1
 			}
 			h.ServeHTTP(rec, req)
 			require.Equal(t, tc.status, rec.Code)

@@ -10,11 +10,12 @@ import (
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
-// goals are the issue's targets for each scenario's throughput ratio.
+// goals are the issues' targets for each scenario's throughput ratio
+// (issue 13 raised the warm decrypting scenarios from 0.7 to 0.85).
 var goals = map[string]float64{
 	"(i) Secret, no SOPS content":             0.95,
-	"(ii) Secret, three documents (age)":      0.7,
-	"(iii) Secret, values payload, 20 tokens": 0.7,
+	"(ii) Secret, three documents (age)":      0.85,
+	"(iii) Secret, values payload, 20 tokens": 0.85,
 	"(iv) ConfigMap, 1 MiB, no SOPS content":  0.95,
 }
 
