@@ -3,8 +3,6 @@ package mutate_test
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,10 +10,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
-
-	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
-	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
-	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 )
 
 // FuzzHandler sends arbitrary objects through the whole handler, with the
@@ -23,26 +17,10 @@ import (
 // never panic (it would answer 500 "internal error"), and its message must
 // never quote the golden plaintexts.
 func FuzzHandler(f *testing.F) {
-	src, err := keysource.LoadAge("golden", goldenKey)
-	if err != nil {
-		f.Fatal(err)
-	}
-	ring, err := keysource.NewRing(src)
-	if err != nil {
-		f.Fatal(err)
-	}
-	h := mutate.NewHandler(static(mutate.Engine{Decryptor: decrypt.New(ring)}))
-	files, err := filepath.Glob(filepath.Join(goldenDir, "*.request.json"))
-	if err != nil || len(files) == 0 {
-		f.Fatalf("no golden requests: %v", err)
-	}
-	for _, file := range files {
-		raw, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
+	h := goldenHandler(f)
+	for _, body := range goldenRequests(f) {
 		var review admissionv1.AdmissionReview
-		if err := json.Unmarshal(raw, &review); err != nil {
+		if err := json.Unmarshal(body, &review); err != nil {
 			f.Fatal(err)
 		}
 		f.Add(review.Request.Kind.Kind == "ConfigMap", review.Request.Object.Raw)

@@ -30,6 +30,19 @@ func goldenHandler(t testing.TB, opts ...mutate.Option) *mutate.Handler {
 	return mutate.NewHandler(static(mutate.Engine{Decryptor: decrypt.New(ring)}), opts...)
 }
 
+// goldenRequests are the bodies of every golden request file.
+func goldenRequests(t testing.TB) [][]byte {
+	files, err := filepath.Glob(filepath.Join(goldenDir, "*.request.json"))
+	require.NoError(t, err)
+	require.NotEmpty(t, files, "no golden requests")
+	bodies := make([][]byte, len(files))
+	for i, file := range files {
+		bodies[i], err = os.ReadFile(file)
+		require.NoError(t, err)
+	}
+	return bodies
+}
+
 // goldenRequest is a golden request file, with its Secret's body edited by
 // edit (nil keeps it).
 func goldenRequest(t testing.TB, name string, edit func(string) string) []byte {
@@ -209,15 +222,7 @@ func TestServeHTTP(t *testing.T) {
 func FuzzServeHTTP(f *testing.F) {
 	h := goldenHandler(f)
 	theirs := &webhook.Admission{Handler: h}
-	files, err := filepath.Glob(filepath.Join(goldenDir, "*.request.json"))
-	if err != nil || len(files) == 0 {
-		f.Fatalf("no golden requests: %v", err)
-	}
-	for _, file := range files {
-		body, err := os.ReadFile(file)
-		if err != nil {
-			f.Fatal(err)
-		}
+	for _, body := range goldenRequests(f) {
 		f.Add(body)
 	}
 	answer := func(t *testing.T, h http.Handler, body []byte) admissionv1.AdmissionResponse {
