@@ -30,8 +30,17 @@ const (
 // third time; on a small Secret that decoding is most of a request's cost.
 //
 // A body that is not a review is answered with a 400 result, one larger
-// than MaxReviewSize with a 413; neither quotes the body.
+// than MaxReviewSize with a 413, a panic with a 500; none quotes the body.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		// handle recovers on its own; this covers reading and answering.
+		// net/http's recovery would log the panic value, which may quote
+		// the body, and leave the API server with a broken connection.
+		if p := recover(); p != nil {
+			h.log.Info("recovered from a panic serving a review; request refused")
+			writeReview(w, reviewV1, admission.Errored(http.StatusInternalServerError, errors.New("sops-webhook: internal error")))
+		}
+	}()
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
 		writeReview(w, reviewV1, admission.Errored(http.StatusBadRequest, fmt.Errorf("sops-webhook: content type %q, expected application/json", ct)))
 		return

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -267,4 +268,32 @@ func FuzzServeHTTP(f *testing.F) {
 // it did not decode.
 func mutateAllowedUnread(r admissionv1.AdmissionResponse) bool {
 	return r.Allowed && r.Result != nil && r.Result.Message == "no SOPS content"
+}
+
+// panicOnValues is a log sink whose WithValues panics with a value that
+// quotes a plaintext: a stand-in for any panic while a review is read or
+// answered, outside the handler's own recovery.
+type panicOnValues struct{ logr.LogSink }
+
+func (panicOnValues) Init(logr.RuntimeInfo)          {}
+func (panicOnValues) Enabled(int) bool               { return true }
+func (panicOnValues) Info(int, string, ...any)       {}
+func (panicOnValues) Error(error, string, ...any)    {}
+func (panicOnValues) WithName(string) logr.LogSink   { return panicOnValues{} }
+func (panicOnValues) WithValues(...any) logr.LogSink { panic("plaintext: canary-s3cr3t") }
+
+// TestServeHTTPRecovers: a panic while a review is read or answered is a
+// 500 review answer that does not quote the panic, not a broken connection.
+func TestServeHTTPRecovers(t *testing.T) {
+	h := goldenHandler(t, mutate.WithLogger(logr.New(panicOnValues{})))
+	rec := serve(t, h, goldenRequest(t, "secret-documents", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	var got admissionv1.AdmissionReview
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &got), rec.Body.String())
+	require.NotNil(t, got.Response)
+	require.NotNil(t, got.Response.Result)
+	assert.False(t, got.Response.Allowed)
+	assert.Equal(t, int32(http.StatusInternalServerError), got.Response.Result.Code)
+	assert.Equal(t, "sops-webhook: internal error", got.Response.Result.Message)
+	assert.NotContains(t, rec.Body.String(), "s3cr3t")
 }
