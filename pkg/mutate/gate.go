@@ -90,8 +90,9 @@ func BodyGate(bodies, handling *budget.Lane, m *Metrics, next http.Handler) http
 			writeStatus(w, http.StatusBadRequest, metav1.StatusReasonBadRequest, "sops-webhook: reading the request body: "+err.Error())
 			return
 		}
-		r.Body = &readBodyOnce{data: body}
-		if !mayHoldSOPS(body, true) {
+		marked := mayHoldSOPS(body, true)
+		r.Body = &readBodyOnce{data: body, marked: marked}
+		if !marked {
 			// Nothing to decrypt: a large object without SOPS content is
 			// passed through like a light one.
 			next.ServeHTTP(w, r)

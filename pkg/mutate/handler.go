@@ -28,6 +28,10 @@ const MaxDocumentsPerObject = 256
 // clear, retryable refusal rather than the API server's own timeout.
 const DefaultDecryptTimeout = 5 * time.Second
 
+// skipNoSOPS is the message of a request allowed untouched because its
+// object holds no SOPS content.
+const skipNoSOPS = "no SOPS content"
+
 // Decryptor is what the handler needs of package decrypt.
 type Decryptor interface {
 	Document(ctx context.Context, value []byte, f decrypt.Format, access keysource.Access) (decrypt.Result, error)
@@ -98,7 +102,7 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 	return h.handle(ctx, req, func() (object, string, error) {
 		raw := req.Object.Raw
 		if !mayHoldSOPS(raw, mayHoldBase64(req.Kind.Kind, raw)) {
-			return object{}, "no SOPS content", nil
+			return object{}, skipNoSOPS, nil
 		}
 		return decodeObject(req.Kind.Kind, raw)
 	})
@@ -106,7 +110,7 @@ func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.R
 
 // handle is the one flow of a request. decode is called once the request is
 // known to be a create or update of a Secret or ConfigMap: it returns the
-// object, or why it is skipped ("no SOPS content" among them), or an error
+// object, or why it is skipped (skipNoSOPS among them), or an error
 // that makes the request a bad one.
 func (h *Handler) handle(ctx context.Context, req admission.Request, decode func() (object, string, error)) (resp admission.Response) {
 	start := time.Now()
@@ -157,7 +161,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request, decode func
 	}
 	ops := m.finish(obj)
 	if len(ops) == 0 {
-		return admission.Allowed("no SOPS content")
+		return admission.Allowed(skipNoSOPS)
 	}
 	if len(m.ops) == 0 {
 		return admission.Patched("removed the unused values index", ops...)

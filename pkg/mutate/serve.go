@@ -45,7 +45,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeReview(w, reviewV1, admission.Errored(http.StatusBadRequest, fmt.Errorf("sops-webhook: content type %q, expected application/json", ct)))
 		return
 	}
-	body, err := readBody(r)
+	body, marked, err := readBody(r)
 	if err != nil {
 		code := http.StatusBadRequest
 		if errors.Is(err, errTooLarge) {
@@ -54,30 +54,44 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeReview(w, reviewV1, admission.Errored(int32(code), fmt.Errorf("sops-webhook: %w", err)))
 		return
 	}
-	marked := mayHoldSOPS(body, true)
-	apiVersion, req, obj, objErr, err := decodeReview(body, marked)
+	rv, err := decodeReview(body, marked)
 	if err != nil {
 		writeReview(w, reviewV1, admission.Errored(http.StatusBadRequest, fmt.Errorf("sops-webhook: %w", err)))
 		return
 	}
+	req := rv.req
 	ctx := logf.IntoContext(r.Context(), h.log.WithValues(
 		"requestID", req.UID, "kind", req.Kind.Kind, "namespace", req.Namespace, "name", req.Name,
 		"operation", req.Operation, "user", req.UserInfo.Username))
-	resp := h.handle(ctx, req, func() (object, string, error) {
-		switch {
-		case !marked:
-			return object{}, "no SOPS content", nil
-		case objErr != nil:
-			return object{}, "", fmt.Errorf("decode %s: %s", req.Kind.Kind, describeJSONError(objErr))
-		}
-		return obj.object(req.Kind.Kind)
-	})
+	resp := h.handle(ctx, req, rv.object)
 	if err := resp.Complete(req); err != nil {
 		logf.FromContext(ctx).Error(err, "encoding the patch")
 		resp = admission.Errored(http.StatusInternalServerError, errors.New("sops-webhook: internal error encoding the patch"))
 		resp.UID = req.UID
 	}
-	writeReview(w, apiVersion, resp)
+	writeReview(w, rv.apiVersion, resp)
+}
+
+// review is an AdmissionReview as decodeReview read it.
+type review struct {
+	apiVersion string
+	req        admission.Request
+	// obj is the decoded object, nil when it was not decoded; objErr is
+	// why it did not decode.
+	obj    *objectJSON
+	objErr error
+}
+
+// object is handle's decode step for the review's object: skipped when it
+// was not decoded, a bad request when it did not decode.
+func (rv review) object() (object, string, error) {
+	switch {
+	case rv.objErr != nil:
+		return object{}, "", fmt.Errorf("decode %s: %s", rv.req.Kind.Kind, describeJSONError(rv.objErr))
+	case rv.obj == nil:
+		return object{}, skipNoSOPS, nil
+	}
+	return rv.obj.object(rv.req.Kind.Kind)
 }
 
 // reviewJSON is an AdmissionReview as the handler reads it: the request's
@@ -94,25 +108,30 @@ type reviewJSON[O any] struct {
 }
 
 // decodeReview decodes body, an AdmissionReview, with its object when
-// withObject. An object that fails to decode is returned as objErr with the
-// rest of the review, so that it is refused as that request's bad object;
-// err is for a body that is not a review at all. Neither quotes the body.
-func decodeReview(body []byte, withObject bool) (apiVersion string, req admission.Request, obj *objectJSON, objErr, err error) {
+// withObject. An object that fails to decode is kept as the review's
+// objErr, so that it is refused as that request's bad object; err is for a
+// body that is not a review at all. Neither quotes the body.
+func decodeReview(body []byte, withObject bool) (review, error) {
+	var objErr error
 	if withObject {
 		var rv reviewJSON[objectJSON]
 		if objErr = kjson.UnmarshalCaseSensitivePreserveInts(body, &rv); objErr == nil {
-			if apiVersion, req, err = rv.check(); err != nil {
-				return "", req, nil, nil, err
+			apiVersion, req, err := rv.check()
+			if err != nil {
+				return review{}, err
 			}
-			return apiVersion, req, &rv.Request.Object, nil, nil
+			return review{apiVersion: apiVersion, req: req, obj: &rv.Request.Object}, nil
 		}
 	}
 	var rv reviewJSON[skipValue]
 	if err := kjson.UnmarshalCaseSensitivePreserveInts(body, &rv); err != nil {
-		return "", admission.Request{}, nil, nil, fmt.Errorf("the body is not an AdmissionReview: %s", describeJSONError(err))
+		return review{}, fmt.Errorf("the body is not an AdmissionReview: %s", describeJSONError(err))
 	}
-	apiVersion, req, err = rv.check()
-	return apiVersion, req, nil, objErr, err
+	apiVersion, req, err := rv.check()
+	if err != nil {
+		return review{}, err
+	}
+	return review{apiVersion: apiVersion, req: req, objErr: objErr}, nil
 }
 
 // check returns the review's version and request, or why it is not a
@@ -137,25 +156,26 @@ func (rv *reviewJSON[O]) check() (apiVersion string, req admission.Request, err 
 // errTooLarge is readBody's error for a body over MaxReviewSize.
 var errTooLarge = fmt.Errorf("the request body is larger than %d bytes", MaxReviewSize)
 
-// readBody returns r's body, as BodyGate already read it or read now.
-func readBody(r *http.Request) ([]byte, error) {
+// readBody returns r's body, as BodyGate already read it or read now, and
+// whether it may hold SOPS content (mayHoldSOPS with base64), from the
+// gate's screen when it made one.
+func readBody(r *http.Request) (body []byte, marked bool, err error) {
 	if b, ok := r.Body.(*readBodyOnce); ok {
 		if len(b.data) > MaxReviewSize {
-			return nil, errTooLarge
+			return nil, false, errTooLarge
 		}
-		return b.data, nil
+		return b.data, b.marked, nil
 	}
 	if r.Body == nil {
-		return nil, errors.New("the request has no body")
+		return nil, false, errors.New("the request has no body")
 	}
-	body, err := readAll(r.Body, r.ContentLength)
-	if err != nil {
-		return nil, err
+	if body, err = readAll(r.Body, r.ContentLength); err != nil {
+		return nil, false, err
 	}
 	if len(body) == 0 {
-		return nil, errors.New("the request body is empty")
+		return nil, false, errors.New("the request body is empty")
 	}
-	return body, nil
+	return body, mayHoldSOPS(body, true), nil
 }
 
 // readAll reads r to its end into one buffer of the announced length n (a
@@ -187,10 +207,12 @@ func readAll(r io.Reader, n int64) ([]byte, error) {
 	}
 }
 
-// readBodyOnce is a body BodyGate has read, handed on without a copy.
+// readBodyOnce is a body BodyGate has read and screened, handed on without
+// a copy.
 type readBodyOnce struct {
-	data []byte
-	read int
+	data   []byte
+	marked bool
+	read   int
 }
 
 func (b *readBodyOnce) Read(p []byte) (int, error) {
