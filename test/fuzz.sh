@@ -23,6 +23,7 @@ targets=(
 	"./pkg/decrypt FuzzDocument"
 	"./pkg/decrypt FuzzEmitJSON"
 	"./pkg/decrypt FuzzEmitYAML"
+	"./pkg/decrypt FuzzLoadYAML"
 	"./pkg/decrypt FuzzTokens"
 	"./pkg/mutate FuzzHandler"
 	"./pkg/mutate FuzzPeekReview"

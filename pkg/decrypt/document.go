@@ -3,6 +3,7 @@ package decrypt
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -125,6 +126,9 @@ func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access
 
 	st := stores[f]
 	tree, err := st.LoadEncryptedFile(value)
+	if errors.Is(err, errYAMLAlias) {
+		return Result{}, fail(ReasonMalformed, "it uses a YAML alias (*name), which sops never writes")
+	}
 	if err != nil {
 		return Result{}, fail(ReasonMalformed, fmt.Sprintf("it does not parse as an encrypted %s document", f))
 	}

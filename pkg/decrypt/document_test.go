@@ -152,6 +152,8 @@ func TestDocumentFailures(t *testing.T) {
 		{"swapped ciphertexts fail authentication", swapValues(t, encYAML), decrypt.FormatYAML, decrypt.ReasonCorrupt, ""},
 		{"removed MAC", dropLine(encYAML, "    mac: "), decrypt.FormatYAML, decrypt.ReasonNoMAC, ""},
 		{"not yaml", []byte("sops: [\nENC[AES256_GCM,data:"), decrypt.FormatYAML, decrypt.ReasonMalformed, ""},
+		{"a key defined twice", append(bytes.Clone(encYAML), "user: again\n"...), decrypt.FormatYAML, decrypt.ReasonMalformed, "does not parse"},
+		{"a YAML alias", append(bytes.Clone(encYAML), "again: &x v\nalso: *x\n"...), decrypt.FormatYAML, decrypt.ReasonMalformed, "YAML alias"},
 		{"too large", append(bytes.Repeat([]byte("#"), decrypt.MaxDocumentSize), encYAML...), decrypt.FormatYAML, decrypt.ReasonTooLarge, ""},
 		{"tokens are not a document", []byte("x: ENC[AES256_GCM,data:a,iv:b,tag:c,type:str]"), decrypt.FormatTokens, decrypt.ReasonUnsupported, ""},
 	}
