@@ -116,6 +116,9 @@ func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access
 	if len(value) > MaxDocumentSize {
 		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("documents are limited to %d bytes", MaxDocumentSize))
 	}
+	if n, most := Items(value), maxItems(f); n > most {
+		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("its structure counts %d items (two per line, one per list item, separator, bracket or comment); %s documents are limited to %d", n, f, most))
+	}
 	defer func() {
 		// sops panics on some inputs (a value tagged type:bytes, for one).
 		// The panic value may quote the input, so it is dropped.

@@ -7,6 +7,7 @@ import (
 
 	"gomodules.xyz/jsonpatch/v2"
 
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 )
@@ -57,6 +58,13 @@ func (m *mutation) finish(obj object) []jsonpatch.JsonPatchOperation {
 // valuesField names the values index in messages.
 var valuesField = "metadata.annotations[" + AnnotationValues + "]"
 
+// payloadWeight is what a SOPS payload takes of the decryption budget, in
+// bytes of payload at budget.DecryptFactor: its size, or more when its
+// structure is dense enough to cost more than that (decrypt.Items).
+func payloadWeight(value []byte) int64 {
+	return max(int64(len(value)), int64(decrypt.Items(value))*decrypt.ItemCost/budget.DecryptFactor)
+}
+
 func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Access, obj object) (mutation, *refusal) {
 	expand, err := expandRequested(obj.annotations)
 	if err != nil {
@@ -73,7 +81,7 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 	)
 	for i, f := range obj.fields {
 		if formats[i] = decrypt.Detect(f.value, f.key); formats[i] != decrypt.FormatNone {
-			weight += int64(len(f.value))
+			weight += payloadWeight(f.value)
 		}
 	}
 	// Only SOPS payloads are weighed: an object without any costs nothing.

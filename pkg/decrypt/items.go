@@ -1,0 +1,97 @@
+package decrypt
+
+import "bytes"
+
+// What a document costs is not only its size. sops' stores parse a document
+// into a tree of small objects: yaml's nodes, ini's sections, the tree
+// itself. A document made of one-letter list items ("[a,a,a,…]") builds
+// one node for every two bytes, and a 1 MiB one held 139 MiB at its peak:
+// beyond the budget's 32 bytes per byte. Items bounds that number from the
+// bytes alone, before anything is parsed, so that such a document is
+// weighed by its items (Weight) and refused past MaxDocumentItems.
+
+// MaxDocumentItems caps the items (Items) of a document payload: such a
+// document allocates at most MaxDocumentItems × ItemCost (144 MiB) in
+// all. sops writes an encrypted value on a line of its own, which counts 3,
+// so 1 MiB of the shortest values sops writes counts about 40,000.
+const MaxDocumentItems = 1 << 16
+
+// MaxINIItems caps the items of an INI document. The INI parser sops uses
+// compares each new key with every key of its section, so its time grows
+// with the square of the keys: 37,000 keys took 2.6 s. 16,384 items are at
+// most 8,192 keys, about 0.1 s.
+const MaxINIItems = 1 << 14
+
+// ItemCost is the most memory, in bytes, that one item of a document
+// allocates in all, from parsing to writing the plaintext, in the densest
+// documents measured (TestItemCost): a valid YAML document holding one
+// flow list of one-letter values, about 2,040 bytes per item, most of it
+// yaml's encoder, which keeps every event of a call.
+const ItemCost = 2304
+
+// Items returns an upper bound, in proportion, of the objects sops' parsers
+// build for document: two per line, and one per list item or complex key
+// indicator ("- ", "? "), flow separator or opening bracket (",", "[",
+// "{"), comment mark ("#") and encrypted value. It reads the bytes once
+// and allocates nothing. An encrypted value counts one when it has exactly
+// the form sops writes (encToken): its fixed commas and bracket could make
+// at most a few nodes of a flow list, never a line or a list of any length.
+func Items(document []byte) int {
+	n := 0
+	for i := 0; i < len(document); i++ {
+		switch c := document[i]; c {
+		case '\n':
+			n += 2
+		case ',', '[', '{', '#':
+			n++
+		case '-', '?':
+			if i+1 == len(document) || document[i+1] == ' ' || document[i+1] == '\n' || document[i+1] == '\t' || document[i+1] == '\r' {
+				n++
+			}
+		case 'E':
+			if m := encToken(document[i:]); m > 0 {
+				n++
+				i += m - 1
+			}
+		}
+	}
+	if len(document) > 0 && document[len(document)-1] != '\n' {
+		n += 2 // a last line without its newline
+	}
+	return n
+}
+
+// encToken returns the length of the ENC[...] token s starts with, in the
+// form sops writes, or 0: base64 data, iv and tag, a lower-case type.
+func encToken(s []byte) int {
+	n := 0
+	for _, part := range [...]struct {
+		prefix string
+		word   func(byte) bool
+	}{
+		{"ENC[AES256_GCM,data:", isBase64Char},
+		{",iv:", isBase64Char},
+		{",tag:", isBase64Char},
+		{",type:", func(c byte) bool { return 'a' <= c && c <= 'z' }},
+	} {
+		if !bytes.HasPrefix(s[n:], []byte(part.prefix)) {
+			return 0
+		}
+		n += len(part.prefix)
+		for n < len(s) && part.word(s[n]) {
+			n++
+		}
+	}
+	if n == len(s) || s[n] != ']' {
+		return 0
+	}
+	return n + 1
+}
+
+// maxItems returns the cap on the items of a document in format f.
+func maxItems(f Format) int {
+	if f == FormatINI {
+		return MaxINIItems
+	}
+	return MaxDocumentItems
+}
