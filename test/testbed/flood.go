@@ -80,8 +80,9 @@ type FloodPayloads struct {
 	// Heavy are each heavy sender's valid ~1 MiB documents; even senders
 	// send JSON, odd ones YAML.
 	Heavy [][]FloodDoc
-	// Denied are ~1 MiB documents that must be denied: a tampered MAC in
-	// JSON and in YAML, and one for a key the webhook lacks.
+	// Denied are documents that must be denied: ~1 MiB ones with a
+	// tampered MAC in JSON and in YAML, and one for a key the webhook
+	// lacks; then small hostile ones (HostileDocs).
 	Denied []FloodDoc
 	// Small are 1 KiB dotenv documents for the victim.
 	Small []FloodDoc
@@ -108,12 +109,41 @@ func NewFloodPayloads(t testing.TB, mine, other Recipients, senders, perSender i
 			p.Denied[2].Denial = "no configured key can open it"
 		})
 	runTwoAtATime(t, jobs)
+	p.Denied = append(p.Denied, HostileDocs(t, mine, other)...)
 	for i := range floodVictimPlains {
 		plain := fmt.Sprintf("VICTIM_%d=%s\n", i, strings.Repeat("v", 1000))
 		enc := SopsEncrypt(t, []byte(plain), "dotenv", mine)
 		p.Small = append(p.Small, FloodDoc{File: "app.env", Enc: enc, Plain: SopsDecrypt(t, enc, "dotenv", mine)})
 	}
 	return p
+}
+
+// HostileDocs are small YAML documents, each built on a real encrypted
+// one, that cost sops' own loader far more than their size before any key
+// is asked: an alias bomb in a second document (unbounded), 6,000 equal
+// keys (3 GB in yaml's duplicate check), a flow list of one-letter values
+// just under the items cap (about 130 KB that parse into 65,000 nodes),
+// and one over it.
+func HostileDocs(t testing.TB, mine, other Recipients) []FloodDoc {
+	t.Helper()
+	base := SopsEncrypt(t, []byte("user: app\npassword: hostile\n"), "yaml", mine)
+	forOther := SopsEncrypt(t, []byte("user: app\npassword: hostile\n"), "yaml", other)
+	var bomb strings.Builder
+	bomb.WriteString("---\nl0: &l0 [a, b, c, d, e, f, g, h, i]\n")
+	for i := 1; i < 12; i++ {
+		fmt.Fprintf(&bomb, "l%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d,", i-1), 9), ","))
+	}
+	// A flow list of n one-letter values counts n items (decrypt.Items).
+	list := func(n int) string { return "zz: [" + strings.Repeat("a,", n) + "a]\n" }
+	doc := func(enc []byte, extra, denial string) FloodDoc {
+		return FloodDoc{File: "app.yaml", Enc: append(bytes.Clone(enc), extra...), Denial: denial}
+	}
+	return []FloodDoc{
+		doc(base, bomb.String(), "YAML alias"),
+		doc(base, "zz:\n"+strings.Repeat("  a: b\n", 6000), "does not parse"),
+		doc(forOther, list(64_000), "no configured key can open it"),
+		doc(base, list(70_000), "limited to 65536"),
+	}
 }
 
 // runTwoAtATime runs jobs on two goroutines. A job that fails t (a
