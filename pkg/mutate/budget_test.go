@@ -84,6 +84,18 @@ func TestBudget(t *testing.T) {
 		assert.EqualValues(t, 1, d.calls.Load())
 		assert.Zero(t, b.Lanes()[0].InFlight(), "the small lane is given back")
 	})
+	t.Run("a small document dense in structure is weighed by its items", func(t *testing.T) {
+		// 39 KB, under budget.SmallWeight by size; 26,000 items weigh
+		// 1.8 MiB, so it goes to the large lane, which is held.
+		dense := append(bytes.Repeat([]byte("a=\n"), 13_000), dotenvDocument(0)...)
+		require.Less(t, len(dense), budget.SmallWeight)
+		calls := d.calls.Load()
+		resp := handle(map[string][]byte{"dense.env": dense})
+		require.False(t, resp.Allowed)
+		assert.EqualValues(t, http.StatusServiceUnavailable, resp.Result.Code, messageOf(resp))
+		assert.Equal(t, calls, d.calls.Load(), "nothing is decrypted before it is admitted")
+		assert.Equal(t, 2.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "large"}))
+	})
 	t.Run("an object without SOPS content is never weighed", func(t *testing.T) {
 		small := b.Lanes()[0]
 		fill, err := small.Acquire(context.Background(), small.Capacity())
