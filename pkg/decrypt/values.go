@@ -308,7 +308,7 @@ type token struct {
 // tokenMarker, and returns it with its length in bytes. The grammar is the
 // one sops writes: ENC[AES256_GCM,data:B64,iv:B64,tag:B64,type:NAME].
 func parseToken(s []byte) (tok token, n int, err error) {
-	malformed := fail(ReasonMalformed, "a truncated or malformed ENC[...] token")
+	malformed := errMalformedToken
 	n = len(tokenMarker)
 	part := func(prefix string, minLen int) ([]byte, string, bool) {
 		if !bytes.HasPrefix(s[n:], []byte(prefix)) {
@@ -347,6 +347,9 @@ func parseToken(s []byte) (tok token, n int, err error) {
 	tok.typ = string(s[start:n])
 	return tok, n + 1, nil
 }
+
+// errMalformedToken is parseToken's error: one value, as it quotes nothing.
+var errMalformedToken = fail(ReasonMalformed, "a truncated or malformed ENC[...] token")
 
 func isBase64Char(c byte) bool {
 	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '='

@@ -100,21 +100,25 @@ func rejectAliases(n *yaml.Node) error {
 func checkFirstYAML(n *yaml.Node) error {
 	switch n.Kind {
 	case yaml.ScalarNode:
-		if _, err := yamlScalar(n); err != nil {
-			return err
+		if !isYAMLString(n) {
+			var v any
+			if err := n.Decode(&v); err != nil {
+				return err
+			}
 		}
 	case yaml.MappingNode:
-		seen := make(map[yamlKey]struct{}, len(n.Content)/2)
+		// Every key is a scalar, so yaml's comparison of kind and text
+		// is one of text.
+		seen := make(map[string]struct{}, len(n.Content)/2)
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
 			if k.Kind != yaml.ScalarNode {
 				return errors.New("a mapping key is not a scalar")
 			}
-			id := yamlKey{k.Kind, k.Value}
-			if _, dup := seen[id]; dup {
+			if _, dup := seen[k.Value]; dup {
 				return errors.New("a mapping key is defined twice")
 			}
-			seen[id] = struct{}{}
+			seen[k.Value] = struct{}{}
 			if isYAMLMerge(k) && !mergeable(v) {
 				return errors.New("a merge key's value is not a mapping")
 			}
@@ -126,12 +130,6 @@ func checkFirstYAML(n *yaml.Node) error {
 		}
 	}
 	return nil
-}
-
-// yamlKey is what yaml compares to find a key defined twice.
-type yamlKey struct {
-	kind  yaml.Kind
-	value string
 }
 
 // isYAMLMerge reports whether yaml takes key n for a merge key (<<).
@@ -158,12 +156,17 @@ func mergeable(v *yaml.Node) bool {
 // yamlScalar returns the value yaml decodes scalar n to. A string, the
 // common case, is taken as it is; anything else is decoded by yaml.
 func yamlScalar(n *yaml.Node) (any, error) {
-	if n.Tag == "!!str" || n.Tag == "tag:yaml.org,2002:str" {
+	if isYAMLString(n) {
 		return n.Value, nil
 	}
 	var v any
 	err := n.Decode(&v)
 	return v, err
+}
+
+// isYAMLString reports whether yaml decodes scalar n to its text as it is.
+func isYAMLString(n *yaml.Node) bool {
+	return n.Tag == "!!str" || n.Tag == "tag:yaml.org,2002:str"
 }
 
 // yamlTree turns yaml nodes into sops' tree as sops' YAML store does: the
