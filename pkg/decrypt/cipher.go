@@ -73,7 +73,7 @@ func (c *docCipher) Decrypt(ciphertext string, key []byte, additionalData string
 		}
 		c.aead[len(tok.iv)] = a
 	}
-	plain, err := a.Open(nil, tok.iv, append(tok.data, tok.tagBytes...), []byte(additionalData))
+	plain, err := a.Open(tok.sealed[:0], tok.iv, tok.sealed, []byte(additionalData))
 	if err != nil {
 		return nil, errOpen
 	}

@@ -194,7 +194,7 @@ func (t *Tokens) open(ctx context.Context, tok token) ([]byte, error) {
 	if t.idx == nil {
 		return nil, fail(ReasonNoIndex, hintHelper+"; a document payload must be the complete file sops wrote")
 	}
-	path, ok := t.idx.paths[tok.tag]
+	path, ok := t.idx.paths[string(tok.tag)]
 	if !ok {
 		return nil, fail(ReasonNotIndexed, hintHelper+"; was the annotation rendered from other values than the token?")
 	}
@@ -202,9 +202,7 @@ func (t *Tokens) open(ctx context.Context, tok token) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	sealed := make([]byte, 0, len(tok.data)+len(tok.tagBytes))
-	sealed = append(append(sealed, tok.data...), tok.tagBytes...)
-	plain, err := aead.Open(sealed[:0], tok.iv, sealed, []byte(path))
+	plain, err := aead.Open(tok.sealed[:0], tok.iv, tok.sealed, []byte(path))
 	if err != nil {
 		return nil, fail(ReasonCorrupt, fmt.Sprintf("the token for values path %s does not authenticate: the token or its path was edited, or it comes from another encrypted values file than the index (pass one encrypted values file per release)", quote.Capped(path, maxPathInMessage)))
 	}
@@ -297,44 +295,40 @@ func render(typ string, plain []byte) ([]byte, error) {
 	return nil, fail(ReasonUnsupported, fmt.Sprintf("ENC[...] tokens of type %q cannot appear in Helm values", typ))
 }
 
-// token is one parsed ENC[AES256_GCM,...] token.
+// token is one parsed ENC[AES256_GCM,...] token. Its decoded fields share
+// one buffer, the ciphertext and the tag side by side as AES-GCM opens
+// them (sealed), so a token costs one allocation.
 type token struct {
-	data, iv, tagBytes []byte
-	tag                string // as written, the index's key
-	typ                string
+	data, iv []byte
+	// sealed is data followed by the tag; opening it in place is allowed.
+	sealed []byte
+	// tag is the tag as written, a slice of the parsed text: the index's
+	// key.
+	tag []byte
+	typ string
 }
 
 // parseToken parses the token at the start of s, which starts with
 // tokenMarker, and returns it with its length in bytes. The grammar is the
-// one sops writes: ENC[AES256_GCM,data:B64,iv:B64,tag:B64,type:NAME].
+// one sops writes: ENC[AES256_GCM,data:B64,iv:B64,tag:B64,type:NAME]. The
+// token's tag refers to s.
 func parseToken(s []byte) (tok token, n int, err error) {
-	malformed := errMalformedToken
 	n = len(tokenMarker)
-	part := func(prefix string, minLen int) ([]byte, string, bool) {
+	// The data, iv and tag as written.
+	var text [3][]byte
+	for i, prefix := range [...]string{"", ",iv:", ",tag:"} {
 		if !bytes.HasPrefix(s[n:], []byte(prefix)) {
-			return nil, "", false
+			return token{}, 0, errMalformedToken
 		}
 		n += len(prefix)
 		start := n
 		for n < len(s) && n-start <= maxTokenPartSize && isBase64Char(s[n]) {
 			n++
 		}
-		text := string(s[start:n])
-		raw, err := base64.StdEncoding.DecodeString(text)
-		return raw, text, err == nil && len(raw) >= minLen
-	}
-	var ok bool
-	if tok.data, _, ok = part("", 0); !ok {
-		return token{}, 0, malformed
-	}
-	if tok.iv, _, ok = part(",iv:", 12); !ok {
-		return token{}, 0, malformed
-	}
-	if tok.tagBytes, tok.tag, ok = part(",tag:", 16); !ok || len(tok.tagBytes) != 16 {
-		return token{}, 0, malformed
+		text[i] = s[start:n]
 	}
 	if !bytes.HasPrefix(s[n:], []byte(",type:")) {
-		return token{}, 0, malformed
+		return token{}, 0, errMalformedToken
 	}
 	n += len(",type:")
 	start := n
@@ -342,10 +336,52 @@ func parseToken(s []byte) (tok token, n int, err error) {
 		n++
 	}
 	if n == start || n >= len(s) || s[n] != ']' {
-		return token{}, 0, malformed
+		return token{}, 0, errMalformedToken
 	}
-	tok.typ = string(s[start:n])
+	tok.typ = typeName(s[start:n])
+
+	b64 := base64.StdEncoding
+	data, iv, tag := text[0], text[1], text[2]
+	buf := make([]byte, b64.DecodedLen(len(data))+b64.DecodedLen(len(tag))+b64.DecodedLen(len(iv)))
+	dn, err := b64.Decode(buf, data)
+	if err != nil {
+		return token{}, 0, errMalformedToken
+	}
+	tn, err := b64.Decode(buf[dn:], tag)
+	if err != nil || tn != 16 {
+		return token{}, 0, errMalformedToken
+	}
+	in, err := b64.Decode(buf[dn+tn:], iv)
+	if err != nil || in < 12 {
+		return token{}, 0, errMalformedToken
+	}
+	tok.data = buf[:dn:dn]
+	tok.sealed = buf[: dn+tn : dn+tn]
+	tok.iv = buf[dn+tn : dn+tn+in : dn+tn+in]
+	tok.tag = tag
 	return tok, n + 1, nil
+}
+
+// typeName returns a token's type name, the names sops writes without
+// allocating.
+func typeName(b []byte) string {
+	switch string(b) {
+	case "str":
+		return "str"
+	case "int":
+		return "int"
+	case "float":
+		return "float"
+	case "bool":
+		return "bool"
+	case "time":
+		return "time"
+	case "comment":
+		return "comment"
+	case "bytes":
+		return "bytes"
+	}
+	return string(b)
 }
 
 // errMalformedToken is parseToken's error: one value, as it quotes nothing.
