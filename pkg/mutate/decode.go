@@ -3,6 +3,7 @@ package mutate
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"reflect"
 
@@ -54,15 +55,72 @@ func mayHoldSOPS(raw []byte, withBase64 bool) bool {
 // can be larger than the data.
 type objectJSON struct {
 	Metadata struct {
-		Name        string            `json:"name"`
-		Namespace   string            `json:"namespace"`
-		Annotations map[string]string `json:"annotations"`
+		Name        string         `json:"name"`
+		Namespace   string         `json:"namespace"`
+		Annotations capped[string] `json:"annotations"`
 	} `json:"metadata"`
 	// Type is a Secret's.
-	Type string            `json:"type"`
-	Data map[string]string `json:"data"`
+	Type string         `json:"type"`
+	Data capped[string] `json:"data"`
 	// BinaryData is a ConfigMap's.
-	BinaryData map[string][]byte `json:"binaryData"`
+	BinaryData capped[[]byte] `json:"binaryData"`
+}
+
+// MaxObjectKeys caps the entries of each map of an object the webhook
+// decodes (data, binaryData, annotations), which it does only for objects
+// with SOPS content. Decoding a map costs about 200 bytes per entry, so a
+// 3 MiB request of one-letter keys would hold 20 times its size; 8,192
+// entries cost under 2 MiB.
+const MaxObjectKeys = 8192
+
+// errTooManyKeys is the decoding error of a map over MaxObjectKeys.
+var errTooManyKeys = fmt.Errorf("a map holds more than %d entries (mutate.MaxObjectKeys)", MaxObjectKeys)
+
+// capped is a map that fails to decode, before it is built, when it has
+// more than MaxObjectKeys entries.
+type capped[V any] map[string]V
+
+// UnmarshalJSON decodes a JSON object of at most MaxObjectKeys entries, or
+// null; errTooManyKeys for more.
+func (m *capped[V]) UnmarshalJSON(b []byte) error {
+	if countEntries(b) > MaxObjectKeys {
+		return errTooManyKeys
+	}
+	var v map[string]V
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(b, &v); err != nil {
+		return err
+	}
+	*m = v
+	return nil
+}
+
+// countEntries counts the entries of b, a valid JSON value: the colons
+// outside strings at its top level, 0 for anything but an object.
+func countEntries(b []byte) int {
+	n, depth := 0, 0
+	inString, escaped := false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{' || c == '[':
+			depth++
+		case c == '}' || c == ']':
+			depth--
+		case c == ':' && depth == 1:
+			n++
+		}
+	}
+	return n
 }
 
 // decodeObject decodes raw, a Secret or ConfigMap, as the API server does:
@@ -104,6 +162,9 @@ func (o *objectJSON) object(kind string) (obj object, skip string, err error) {
 // quoting the input, which may hold plaintext: encoding/json's syntax
 // errors quote the offending character.
 func describeJSONError(err error) string {
+	if errors.Is(err, errTooManyKeys) {
+		return errTooManyKeys.Error()
+	}
 	if ok, offset := kjson.SyntaxErrorOffset(err); ok {
 		return fmt.Sprintf("not valid JSON (at byte %d)", offset)
 	}

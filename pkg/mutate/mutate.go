@@ -75,7 +75,7 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 		keys    = map[string]bool{}
 		count   int
 		tokens  *decrypt.Tokens
-		x       = newExpansion(obj)
+		x       *expansion // made when expand is asked for
 		formats = make([]decrypt.Format, len(obj.fields))
 		weight  int64
 	)
@@ -130,6 +130,9 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 			keys[k] = true
 		}
 		if expand {
+			if x == nil {
+				x = newExpansion(obj)
+			}
 			if d := m.expand(f, res, x); d != nil {
 				return mutation{}, d
 			}
@@ -148,7 +151,7 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 	}
 	sort.Strings(m.decrypted)
 	m.keys = sortedKeys(keys)
-	if len(x.done) > 0 {
+	if x != nil && len(x.done) > 0 {
 		m.expanded = x.annotation()
 	}
 	return m, nil

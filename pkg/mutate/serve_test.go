@@ -3,6 +3,7 @@ package mutate_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -162,6 +163,19 @@ func TestServeHTTP(t *testing.T) {
 				return strings.Replace(s, `"data": {`, `"data": {"bad": 7,`, 1)
 			}),
 			status: 200, code: 400, uid: true, apiVersion: "admission.k8s.io/v1", contains: "field request.object.data holds a value of the wrong JSON type", counted: true,
+		},
+		{
+			// Refused before the map is built: decoding a map costs about
+			// 200 bytes an entry.
+			name: "a map of more than MaxObjectKeys entries",
+			body: goldenRequest(t, "secret-documents", func(s string) string {
+				var many strings.Builder
+				for i := range mutate.MaxObjectKeys + 1 {
+					fmt.Fprintf(&many, `"k%d": "",`, i)
+				}
+				return strings.Replace(s, `"data": {`, `"data": {`+many.String(), 1)
+			}),
+			status: 200, code: 400, uid: true, apiVersion: "admission.k8s.io/v1", contains: "a map holds more than 8192 entries", counted: true,
 		},
 		{
 			// Only the object is read: an old object is skipped whatever
