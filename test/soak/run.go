@@ -265,7 +265,7 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 				return err
 			}
 			at(0.85)
-			note("fault: a tenant floods with %d distinct valid 1 MiB documents and %d that must be denied, %d senders at once", floodSenders*floodPerSender, len(flood.Denied)*floodDeniedSends, floodSenders+len(flood.Denied))
+			note("fault: a tenant floods with %d distinct valid documents (1 MiB, and one dense) and %d that must be denied, %d senders at once", flood.Valid(), len(flood.Denied)*floodDeniedSends, len(flood.Heavy)+len(flood.Denied))
 			floodRes = runFlood(ctx, cp.Client, flood, began)
 			note("flood over: %d sent, %d decrypted, %d refused as busy and sent again, %d denied, %d lost", floodRes.sent, len(floodRes.decrypted), floodRes.busy, floodRes.denied, len(floodRes.lost))
 			return nil

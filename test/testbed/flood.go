@@ -77,8 +77,8 @@ func TamperMAC(t testing.TB, d FloodDoc) FloodDoc {
 // FloodPayloads are a flood's documents, all distinct so that none is
 // answered from the webhook's result cache.
 type FloodPayloads struct {
-	// Heavy are each heavy sender's valid ~1 MiB documents; even senders
-	// send JSON, odd ones YAML.
+	// Heavy are each heavy sender's valid documents: ~1 MiB ones, even
+	// senders JSON, odd ones YAML; the last sender sends DenseValidDoc.
 	Heavy [][]FloodDoc
 	// Denied are documents that must be denied: ~1 MiB ones with a
 	// tampered MAC in JSON and in YAML, and one for a key the webhook
@@ -110,6 +110,7 @@ func NewFloodPayloads(t testing.TB, mine, other Recipients, senders, perSender i
 		})
 	runTwoAtATime(t, jobs)
 	p.Denied = append(p.Denied, HostileDocs(t, mine, other)...)
+	p.Heavy = append(p.Heavy, []FloodDoc{DenseValidDoc(t, mine)})
 	for i := range floodVictimPlains {
 		plain := fmt.Sprintf("VICTIM_%d=%s\n", i, strings.Repeat("v", 1000))
 		enc := SopsEncrypt(t, []byte(plain), "dotenv", mine)
@@ -144,6 +145,32 @@ func HostileDocs(t testing.TB, mine, other Recipients) []FloodDoc {
 		doc(forOther, list(64_000), "no configured key can open it"),
 		doc(base, list(70_000), "limited to 65536"),
 	}
+}
+
+// Valid is how many valid documents the payloads hold.
+func (p FloodPayloads) Valid() int {
+	n := 0
+	for _, docs := range p.Heavy {
+		n += len(docs)
+	}
+	return n
+}
+
+// DenseValidDoc is the costliest valid document the items cap lets through
+// (decrypt.Items, TestItemCost): one flow list of 65,000 one-letter
+// unencrypted values, about 130 KB. sops writes the list in block style;
+// written as a flow list it holds the same values, so its MAC holds.
+func DenseValidDoc(t testing.TB, r Recipients) FloodDoc {
+	t.Helper()
+	const n = 65_000
+	block := strings.Repeat("    - a\n", n)
+	plain := []byte("secret: dense\nlist_unencrypted:\n" + block)
+	enc := SopsEncrypt(t, plain, "yaml", r, "--unencrypted-suffix", "_unencrypted")
+	flow := bytes.Replace(enc, []byte(":\n"+block), []byte(": ["+strings.TrimSuffix(strings.Repeat("a,", n), ",")+"]\n"), 1)
+	if bytes.Equal(flow, enc) {
+		t.Fatal("sops did not write the list in block style")
+	}
+	return FloodDoc{File: "app.yaml", Enc: flow, Plain: plain}
 }
 
 // runTwoAtATime runs jobs on two goroutines. A job that fails t (a
