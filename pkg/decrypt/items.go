@@ -1,7 +1,5 @@
 package decrypt
 
-import "bytes"
-
 // What a document costs is not only its size. sops' stores parse a document
 // into a tree of small objects: yaml's nodes, ini's sections, the tree
 // itself. A document made of one-letter list items ("[a,a,a,…]") builds
@@ -65,20 +63,18 @@ func Items(document []byte) int {
 // form sops writes, or 0: base64 data, iv and tag, a lower-case type.
 func encToken(s []byte) int {
 	n := 0
-	for _, part := range [...]struct {
-		prefix string
-		word   func(byte) bool
-	}{
-		{"ENC[AES256_GCM,data:", isBase64Char},
-		{",iv:", isBase64Char},
-		{",tag:", isBase64Char},
-		{",type:", func(c byte) bool { return 'a' <= c && c <= 'z' }},
-	} {
-		if !bytes.HasPrefix(s[n:], []byte(part.prefix)) {
+	for i, prefix := range [...]string{"ENC[AES256_GCM,data:", ",iv:", ",tag:", ",type:"} {
+		if len(s)-n < len(prefix) || string(s[n:n+len(prefix)]) != prefix {
 			return 0
 		}
-		n += len(part.prefix)
-		for n < len(s) && part.word(s[n]) {
+		n += len(prefix)
+		if i < 3 {
+			for n < len(s) && isBase64Char(s[n]) {
+				n++
+			}
+			continue
+		}
+		for n < len(s) && 'a' <= s[n] && s[n] <= 'z' {
 			n++
 		}
 	}

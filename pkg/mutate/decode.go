@@ -55,49 +55,39 @@ func mayHoldSOPS(raw []byte, withBase64 bool) bool {
 // can be larger than the data.
 type objectJSON struct {
 	Metadata struct {
-		Name        string         `json:"name"`
-		Namespace   string         `json:"namespace"`
-		Annotations capped[string] `json:"annotations"`
+		Name        string            `json:"name"`
+		Namespace   string            `json:"namespace"`
+		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	// Type is a Secret's.
-	Type string         `json:"type"`
-	Data capped[string] `json:"data"`
+	Type string            `json:"type"`
+	Data map[string]string `json:"data"`
 	// BinaryData is a ConfigMap's.
-	BinaryData capped[[]byte] `json:"binaryData"`
+	BinaryData map[string][]byte `json:"binaryData"`
 }
 
-// MaxObjectKeys caps the entries of each map of an object the webhook
-// decodes (data, binaryData, annotations), which it does only for objects
-// with SOPS content. Decoding a map costs about 200 bytes per entry, so a
-// 3 MiB request of one-letter keys would hold 20 times its size; 8,192
-// entries cost under 2 MiB.
+// MaxObjectKeys caps the members of any JSON object in a review whose
+// object the webhook decodes, which it does only for reviews with SOPS
+// content: an object's data, binaryData and annotations among them.
+// Decoding a map costs about 200 bytes per entry, so a 3 MiB request of
+// one-letter keys would hold 20 times its size; 8,192 entries cost under
+// 2 MiB.
 const MaxObjectKeys = 8192
 
-// errTooManyKeys is the decoding error of a map over MaxObjectKeys.
+// errTooManyKeys is the decoding error of a review with a JSON object of
+// more than MaxObjectKeys members.
 var errTooManyKeys = fmt.Errorf("a map holds more than %d entries (mutate.MaxObjectKeys)", MaxObjectKeys)
 
-// capped is a map that fails to decode, before it is built, when it has
-// more than MaxObjectKeys entries.
-type capped[V any] map[string]V
-
-// UnmarshalJSON decodes a JSON object of at most MaxObjectKeys entries, or
-// null; errTooManyKeys for more.
-func (m *capped[V]) UnmarshalJSON(b []byte) error {
-	if countEntries(b) > MaxObjectKeys {
-		return errTooManyKeys
+// checkMembers returns errTooManyKeys if a JSON object in b, valid JSON or
+// not, has more than MaxObjectKeys members, counted by their colons
+// outside strings. A member takes at least six bytes (`"":"",`), so a
+// body shorter than that many cannot and is not read.
+func checkMembers(b []byte) error {
+	if len(b) < 6*MaxObjectKeys {
+		return nil
 	}
-	var v map[string]V
-	if err := kjson.UnmarshalCaseSensitivePreserveInts(b, &v); err != nil {
-		return err
-	}
-	*m = v
-	return nil
-}
-
-// countEntries counts the entries of b, a valid JSON value: the colons
-// outside strings at its top level, 0 for anything but an object.
-func countEntries(b []byte) int {
-	n, depth := 0, 0
+	// members[d] counts the colons of the object open at depth d.
+	members := make([]int, 0, 16)
 	inString, escaped := false, false
 	for _, c := range b {
 		switch {
@@ -113,14 +103,18 @@ func countEntries(b []byte) int {
 		case c == '"':
 			inString = true
 		case c == '{' || c == '[':
-			depth++
+			members = append(members, 0)
 		case c == '}' || c == ']':
-			depth--
-		case c == ':' && depth == 1:
-			n++
+			if len(members) > 0 {
+				members = members[:len(members)-1]
+			}
+		case c == ':' && len(members) > 0:
+			if members[len(members)-1]++; members[len(members)-1] > MaxObjectKeys {
+				return errTooManyKeys
+			}
 		}
 	}
-	return n
+	return nil
 }
 
 // decodeObject decodes raw, a Secret or ConfigMap, as the API server does:
@@ -128,6 +122,9 @@ func countEntries(b []byte) int {
 // one the webhook never touches.
 func decodeObject(kind string, raw []byte) (obj object, skip string, err error) {
 	var o objectJSON
+	if err := checkMembers(raw); err != nil {
+		return object{}, "", fmt.Errorf("decode %s: %w", kind, err)
+	}
 	if err := kjson.UnmarshalCaseSensitivePreserveInts(raw, &o); err != nil {
 		return object{}, "", fmt.Errorf("decode %s: %s", kind, describeJSONError(err))
 	}

@@ -114,6 +114,9 @@ type reviewJSON[O any] struct {
 func decodeReview(body []byte, withObject bool) (review, error) {
 	var objErr error
 	if withObject {
+		objErr = checkMembers(body)
+	}
+	if withObject && objErr == nil {
 		var rv reviewJSON[objectJSON]
 		if objErr = kjson.UnmarshalCaseSensitivePreserveInts(body, &rv); objErr == nil {
 			apiVersion, req, err := rv.check()
