@@ -152,7 +152,7 @@ func (r *report) write(path string) error {
 	if !f.inCgroup {
 		where = "no memory cgroup (this run could not make one), peak is sampled RSS"
 	}
-	w("The flood of `TestFlood` against the real binary in %s: senders of distinct valid ~1 MiB JSON and YAML documents (sent again when refused as busy), of tampered ones and of ones for another key, while a victim sends a plain Secret and a 1 KiB document in turn. It took %s: %v.", where, f.took.Round(time.Millisecond), f.tally)
+	w("The flood of `TestFlood` against the real binary in %s: senders of distinct valid ~1 MiB JSON and YAML documents and of the densest valid document the items cap lets through (sent again when refused as busy), of tampered ones, of ones for another key and of small hostile ones (an alias bomb, equal keys, flow lists under and over the items cap), while a victim sends a plain Secret and a 1 KiB document in turn. It took %s: %v.", where, f.took.Round(time.Millisecond), f.tally)
 	w("")
 	w("| victim | requests | p50 ms | p99 ms |")
 	w("|---|---|---|---|")
