@@ -6,7 +6,8 @@ package decrypt
 // one node for every two bytes, and a 1 MiB one held 139 MiB at its peak:
 // beyond the budget's 32 bytes per byte. Items bounds that number from the
 // bytes alone, before anything is parsed, so that such a document is
-// weighed by its items (Weight) and refused past MaxDocumentItems.
+// weighed by its items (at ItemCost each; the admission handler does the
+// weighing) and refused past MaxDocumentItems.
 
 // MaxDocumentItems caps the items (Items) of a document payload: such a
 // document allocates at most MaxDocumentItems × ItemCost (144 MiB) in

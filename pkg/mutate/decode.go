@@ -121,10 +121,10 @@ func checkMembers(b []byte) error {
 // field names match case-sensitively. skip is non-empty when the object is
 // one the webhook never touches.
 func decodeObject(kind string, raw []byte) (obj object, skip string, err error) {
-	var o objectJSON
 	if err := checkMembers(raw); err != nil {
 		return object{}, "", fmt.Errorf("decode %s: %w", kind, err)
 	}
+	var o objectJSON
 	if err := kjson.UnmarshalCaseSensitivePreserveInts(raw, &o); err != nil {
 		return object{}, "", fmt.Errorf("decode %s: %s", kind, describeJSONError(err))
 	}
