@@ -117,6 +117,10 @@ func TestBadInputs(t *testing.T) {
 		{"wrong key", one(sopskit.SopsEncrypt(t, []byte(plainEnv), "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{other}})), denied, "no configured key can open it"},
 		{"duplicate keys in a YAML document", oneYAML(append([]byte("password: a\npassword: b\n"), yml[bytes.Index(yml, []byte("sops:")):]...)), denied, ""},
 		{"YAML alias bomb", oneYAML([]byte("a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\nsops:\n    mac: ENC[AES256_GCM,data:x,iv:y,tag:z,type:str]\n")), denied, ""},
+		{"YAML alias bomb in a second document", oneYAML(append(bytes.Clone(yml), "---\na: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"...)), denied, "YAML alias"},
+		{"6,000 equal keys in a YAML document", oneYAML(append(bytes.Clone(yml), "zz:\n"+strings.Repeat("  a: b\n", 6000)...)), denied, "does not parse"},
+		{"YAML flow list over the items cap", oneYAML(append(bytes.Clone(yml), "zz: ["+strings.Repeat("a,", decrypt.MaxDocumentItems)+"a]\n"...)), denied, "limited to 65536"},
+		{"a data map of more than MaxObjectKeys entries", secretReq(manyData(mutate.MaxObjectKeys+1, env), nil), badRequest, "more than 8192 entries"},
 		{"deeply nested YAML", oneYAML(append([]byte(strings.Repeat("[", 10000)+strings.Repeat("]", 10000)+"\n"), yml[bytes.Index(yml, []byte("sops:")):]...)), denied, ""},
 		{"invalid base64 in Secret data", raw("Secret", `{"apiVersion":"v1","kind":"Secret","metadata":{"name":"bad","namespace":"team-a"},"data":{"x":"RU5DW0FFUzI1Nl9HQ00sZGF0!!!"}}`), badRequest, ""},
 		{"not JSON at all", raw("Secret", `RU5DW0FFUzI1Nl9HQ00sZGF0 {{{`), badRequest, ""},
@@ -189,4 +193,13 @@ func TestBadInputs(t *testing.T) {
 	assert.NotEmpty(t, logs.String(), "debug logs were captured")
 	assert.NotContains(t, logs.String(), secretMarker, "plaintext in the logs")
 	assert.NotContains(t, logs.String(), base64.StdEncoding.EncodeToString([]byte(secretMarker))[:12], "base64 plaintext in the logs")
+}
+
+// manyData is n data keys with short values, and one document.
+func manyData(n int, doc []byte) map[string][]byte {
+	data := map[string][]byte{"app.env": doc}
+	for i := range n {
+		data[fmt.Sprintf("k%d", i)] = []byte("v")
+	}
+	return data
 }
