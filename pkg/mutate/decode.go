@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"reflect"
 
 	kjson "sigs.k8s.io/json"
@@ -80,41 +81,60 @@ var errTooManyKeys = fmt.Errorf("a map holds more than %d entries (mutate.MaxObj
 
 // checkMembers returns errTooManyKeys if a JSON object in b, valid JSON or
 // not, has more than MaxObjectKeys members, counted by their colons
-// outside strings. A member takes at least six bytes (`"":"",`), so a
-// body shorter than that many cannot and is not read.
+// outside strings. It reads only bodies the body gate takes for large
+// (over budget.SmallWeight): a smaller one holds under 11,000 members of
+// six bytes (`"":"",`), about 2 MiB decoded.
 func checkMembers(b []byte) error {
-	if len(b) < 6*MaxObjectKeys {
+	if len(b) <= budget.SmallWeight {
 		return nil
 	}
 	// members[d] counts the colons of the object open at depth d.
 	members := make([]int, 0, 16)
-	inString, escaped := false, false
-	for _, c := range b {
-		switch {
-		case inString:
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			end := closingQuote(b, i+1)
+			if end < 0 {
+				return nil
 			}
-		case c == '"':
-			inString = true
-		case c == '{' || c == '[':
+			i = end
+		case '{', '[':
 			members = append(members, 0)
-		case c == '}' || c == ']':
+		case '}', ']':
 			if len(members) > 0 {
 				members = members[:len(members)-1]
 			}
-		case c == ':' && len(members) > 0:
+		case ':':
+			if len(members) == 0 {
+				continue
+			}
 			if members[len(members)-1]++; members[len(members)-1] > MaxObjectKeys {
 				return errTooManyKeys
 			}
 		}
 	}
 	return nil
+}
+
+// closingQuote returns the index of the quote that ends the JSON string
+// whose text starts at b[from], or -1.
+func closingQuote(b []byte, from int) int {
+	for from < len(b) {
+		k := bytes.IndexByte(b[from:], '"')
+		if k < 0 {
+			return -1
+		}
+		at := from + k
+		escapes := 0
+		for j := at - 1; j >= from && b[j] == '\\'; j-- {
+			escapes++
+		}
+		if escapes%2 == 0 {
+			return at
+		}
+		from = at + 1
+	}
+	return -1
 }
 
 // decodeObject decodes raw, a Secret or ConfigMap, as the API server does:
