@@ -4,11 +4,13 @@
 // stored under.
 //
 // Detection looks for marker bytes first (Detect), so a value without a SOPS
-// marker costs a substring search and nothing more. A document is then parsed
-// by sops' own store for its format, its data key is unwrapped through
-// keysource (never through sops' default key service), every value is
-// decrypted with a fresh sops AES cipher, and the document's MAC is compared
-// in constant time. The output is what `sops decrypt` prints for the same file.
+// marker costs a substring search and nothing more. A document is then
+// capped by its structure (Items, which callers also weigh it by) and parsed
+// by sops' own store for its format (YAML by our loader, which makes sops'
+// checks in linear time and refuses aliases), its data key is unwrapped
+// through keysource (never through sops' default key service), its values
+// are decrypted with one AES-GCM per document (docCipher), and its MAC is
+// compared in constant time. The output is what `sops decrypt` prints for the same file.
 // Result.Entries splits a flat document into its entries.
 //
 // Values payloads are ENC[...] tokens from a SOPS-encrypted Helm values file,

@@ -229,7 +229,8 @@ func emitPlain(st store, in sops.TreeBranches, encryptedSize int) ([]byte, error
 // stores holds sops' store for each document format, with the settings
 // `sops decrypt` uses when no .sops.yaml configures them. The JSON and YAML
 // stores emit with our own writers (jsonemit.go, yamlemit.go), which print
-// the same bytes in linear time and memory. Stores hold only that
+// the same bytes in linear time and memory, and YAML is loaded by our own
+// loader (yamlload.go). Stores hold only that
 // configuration, so one of each serves every request.
 var stores = func() map[Format]store {
 	c := config.NewStoresConfig()

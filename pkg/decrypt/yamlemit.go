@@ -12,13 +12,14 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// yamlStore is sops' YAML store with its plain-file emitter replaced by
-// emitYAML. sops turns every key and scalar into a yaml.Node with
-// yaml.Node.Encode, which sets up a whole YAML emitter and parser per call:
-// about 120 bytes allocated for every byte of a flat document, and most of
-// the time spent. emitYAML encodes all scalars of a document in one call and
-// builds the same node tree around them, so the encoder writes the same
-// bytes. Loading, decryption and the MAC check stay sops' own.
+// yamlStore is sops' YAML store with its encrypted-file loader
+// (yamlload.go) and plain-file emitter replaced. sops turns every key and
+// scalar into a yaml.Node with yaml.Node.Encode, which sets up a whole YAML
+// emitter and parser per call: about 120 bytes allocated for every byte of
+// a flat document, and most of the time spent. EmitPlainFile encodes all
+// scalars of a document in one call and builds the same node tree around
+// them, so the encoder writes the same bytes. Decryption and the MAC check
+// stay sops' own.
 type yamlStore struct {
 	*sopsyaml.Store
 	indent int
