@@ -33,7 +33,7 @@ const ItemCost = 2304
 // indicator ("- ", "? "), flow separator or opening bracket (",", "[",
 // "{"), comment mark ("#") and encrypted value. It reads the bytes once
 // and allocates nothing. An encrypted value counts one when it has exactly
-// the form sops writes (encToken): its fixed commas and bracket could make
+// the form sops writes (scanToken): its fixed commas and bracket could make
 // at most a few nodes of a flow list, never a line or a list of any length.
 func Items(document []byte) int {
 	n := 0
@@ -49,7 +49,7 @@ func Items(document []byte) int {
 				n++
 			}
 		case classToken:
-			if m := encToken(document[i:]); m > 0 {
+			if _, _, m := scanToken(document[i:]); m > 0 {
 				n++
 				i += m - 1
 			}
@@ -95,31 +95,6 @@ var base64Char = func() (t [256]bool) {
 	}
 	return t
 }()
-
-// encToken returns the length of the ENC[...] token s starts with, in the
-// form sops writes, or 0: base64 data, iv and tag, a lower-case type.
-func encToken(s []byte) int {
-	n := 0
-	for i, prefix := range [...]string{"ENC[AES256_GCM,data:", ",iv:", ",tag:", ",type:"} {
-		if len(s)-n < len(prefix) || string(s[n:n+len(prefix)]) != prefix {
-			return 0
-		}
-		n += len(prefix)
-		if i < 3 {
-			for n < len(s) && base64Char[s[n]] {
-				n++
-			}
-			continue
-		}
-		for n < len(s) && 'a' <= s[n] && s[n] <= 'z' {
-			n++
-		}
-	}
-	if n == len(s) || s[n] != ']' {
-		return 0
-	}
-	return n + 1
-}
 
 // maxItems returns the cap on the items of a document in format f.
 func maxItems(f Format) int {

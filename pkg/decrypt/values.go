@@ -310,35 +310,13 @@ type token struct {
 
 // parseToken parses the token at the start of s, which starts with
 // tokenMarker, and returns it with its length in bytes. The grammar is the
-// one sops writes: ENC[AES256_GCM,data:B64,iv:B64,tag:B64,type:NAME]. The
-// token's tag refers to s.
+// one sops writes (scanToken). The token's tag refers to s.
 func parseToken(s []byte) (tok token, n int, err error) {
-	n = len(tokenMarker)
-	// The data, iv and tag as written.
-	var text [3][]byte
-	for i, prefix := range [...]string{"", ",iv:", ",tag:"} {
-		if !bytes.HasPrefix(s[n:], []byte(prefix)) {
-			return token{}, 0, errMalformedToken
-		}
-		n += len(prefix)
-		start := n
-		for n < len(s) && n-start <= maxTokenPartSize && isBase64Char(s[n]) {
-			n++
-		}
-		text[i] = s[start:n]
-	}
-	if !bytes.HasPrefix(s[n:], []byte(",type:")) {
+	text, typ, n := scanToken(s)
+	if n == 0 {
 		return token{}, 0, errMalformedToken
 	}
-	n += len(",type:")
-	start := n
-	for n < len(s) && n-start < 16 && s[n] >= 'a' && s[n] <= 'z' {
-		n++
-	}
-	if n == start || n >= len(s) || s[n] != ']' {
-		return token{}, 0, errMalformedToken
-	}
-	tok.typ = typeName(s[start:n])
+	tok.typ = typeName(typ)
 
 	b64 := base64.StdEncoding
 	data, iv, tag := text[0], text[1], text[2]
@@ -359,7 +337,41 @@ func parseToken(s []byte) (tok token, n int, err error) {
 	tok.sealed = buf[: dn+tn : dn+tn]
 	tok.iv = buf[dn+tn : dn+tn+in : dn+tn+in]
 	tok.tag = tag
-	return tok, n + 1, nil
+	return tok, n, nil
+}
+
+// scanToken reads the token at the start of s in the grammar sops writes,
+// ENC[AES256_GCM,data:B64,iv:B64,tag:B64,type:NAME], without decoding it:
+// the data, iv and tag as written, the type name, and the token's length,
+// 0 when s does not start with such a token.
+func scanToken(s []byte) (text [3][]byte, typ []byte, n int) {
+	if !bytes.HasPrefix(s, tokenMarker) {
+		return text, nil, 0
+	}
+	n = len(tokenMarker)
+	for i, prefix := range [...]string{"", ",iv:", ",tag:"} {
+		if len(s)-n < len(prefix) || string(s[n:n+len(prefix)]) != prefix {
+			return text, nil, 0
+		}
+		n += len(prefix)
+		start := n
+		for n < len(s) && n-start <= maxTokenPartSize && base64Char[s[n]] {
+			n++
+		}
+		text[i] = s[start:n]
+	}
+	if len(s)-n < len(",type:") || string(s[n:n+len(",type:")]) != ",type:" {
+		return text, nil, 0
+	}
+	n += len(",type:")
+	start := n
+	for n < len(s) && n-start < 16 && s[n] >= 'a' && s[n] <= 'z' {
+		n++
+	}
+	if n == start || n >= len(s) || s[n] != ']' {
+		return text, nil, 0
+	}
+	return text, s[start:n], n + 1
 }
 
 // typeName returns a token's type name, the names sops writes without

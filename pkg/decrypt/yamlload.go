@@ -180,8 +180,8 @@ type yamlTree struct{}
 // (commentsTaken).
 func (t yamlTree) branch(n *yaml.Node, b sops.TreeBranch, commentsTaken bool) (sops.TreeBranch, error) {
 	if !commentsTaken {
-		b = appendCommentItems(b, n.HeadComment)
-		b = appendCommentItems(b, n.LineComment)
+		b = appendCommentItems(b, n.HeadComment, false)
+		b = appendCommentItems(b, n.LineComment, false)
 	}
 	switch n.Kind {
 	case yaml.DocumentNode:
@@ -194,12 +194,12 @@ func (t yamlTree) branch(n *yaml.Node, b sops.TreeBranch, commentsTaken bool) (s
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, v := n.Content[i], n.Content[i+1]
-			b = appendCommentItems(b, k.HeadComment)
-			b = appendCommentItems(b, k.LineComment)
+			b = appendCommentItems(b, k.HeadComment, false)
+			b = appendCommentItems(b, k.LineComment, false)
 			leaf := v.Kind == yaml.ScalarNode
 			if leaf {
-				b = appendCommentItems(b, v.HeadComment)
-				b = appendInline(b, v.LineComment)
+				b = appendCommentItems(b, v.HeadComment, false)
+				b = appendCommentItems(b, v.LineComment, true)
 			}
 			key, _ := yamlScalar(k) // sops ignores this error too
 			value, err := t.value(v, leaf)
@@ -208,9 +208,9 @@ func (t yamlTree) branch(n *yaml.Node, b sops.TreeBranch, commentsTaken bool) (s
 			}
 			b = append(b, sops.TreeItem{Key: key, Value: value})
 			if leaf {
-				b = appendCommentItems(b, v.FootComment)
+				b = appendCommentItems(b, v.FootComment, false)
 			}
-			b = appendCommentItems(b, k.FootComment)
+			b = appendCommentItems(b, k.FootComment, false)
 		}
 	case yaml.SequenceNode:
 		return nil, errors.New("a YAML document that is a list is not supported")
@@ -222,7 +222,7 @@ func (t yamlTree) branch(n *yaml.Node, b sops.TreeBranch, commentsTaken bool) (s
 		return nil, errors.New("a YAML document that is a scalar is not supported")
 	}
 	if !commentsTaken {
-		b = appendCommentItems(b, n.FootComment)
+		b = appendCommentItems(b, n.FootComment, false)
 	}
 	return b, nil
 }
@@ -273,17 +273,11 @@ func commentLines(comment string, add func(sops.Comment)) {
 	}
 }
 
-// appendCommentItems appends each line of comment to b as a comment entry.
-func appendCommentItems(b sops.TreeBranch, comment string) sops.TreeBranch {
-	commentLines(comment, func(c sops.Comment) { b = append(b, sops.TreeItem{Key: c}) })
-	return b
-}
-
-// appendInline appends each line of a value's line comment to b as an
-// inline comment entry.
-func appendInline(b sops.TreeBranch, comment string) sops.TreeBranch {
+// appendCommentItems appends each line of comment to b as a comment entry,
+// inline for a value's line comment.
+func appendCommentItems(b sops.TreeBranch, comment string, inline bool) sops.TreeBranch {
 	commentLines(comment, func(c sops.Comment) {
-		c.Inline = true
+		c.Inline = inline
 		b = append(b, sops.TreeItem{Key: c})
 	})
 	return b
