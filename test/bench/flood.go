@@ -13,7 +13,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
-// floodRun is the victim's latency with and without a flood of large
+// floodRun is the victim's latency with and without one flood of large
 // documents (testbed.Flood), and the webhook's peak memory.
 type floodRun struct {
 	unloaded, flooded []time.Duration
@@ -23,20 +23,42 @@ type floodRun struct {
 	tally             map[string]int
 }
 
-// floodVictim runs the flood of TestFlood against a fresh webhook at the
-// Deployment's memory limit (in a memory cgroup when this process may make
-// one): the victim's small requests alone, then during the flood, then
-// alone again.
-func floodVictim(ctx context.Context, tb *testbed.CommandTB, work, bin string, key testbed.AgeKey, quick bool) (floodRun, error) {
-	var res floodRun
+// ratio is the victim's p99 during the flood over its p99 alone.
+func (f floodRun) ratio() float64 {
+	return testbed.Percentile(f.flooded, 0.99).Seconds() / testbed.Percentile(f.unloaded, 0.99).Seconds()
+}
+
+// floodRuns is how often the flood is run: a p99 of one run moves with
+// the machine, so the report gives each run's ratio and their median.
+const floodRuns = 3
+
+// floodVictim encrypts the payloads of TestFlood's flood once and runs the
+// flood floodRuns times, each against a fresh webhook, so that no document
+// is answered from a previous run's cache.
+func floodVictim(ctx context.Context, tb *testbed.CommandTB, work, bin string, key testbed.AgeKey, quick bool) ([]floodRun, error) {
 	other := testbed.NewAgeKey(tb, false)
-	senders, perSender, warm := 8, 3, 1000
+	senders, perSender, warm, runs := 8, 3, 1000, floodRuns
 	if quick {
-		senders, perSender, warm = 2, 1, 100
+		senders, perSender, warm, runs = 2, 1, 100, 1
 	}
 	payloads := testbed.NewFloodPayloads(tb, testbed.Recipients{Age: []testbed.AgeKey{key}}, testbed.Recipients{Age: []testbed.AgeKey{other}}, senders, perSender)
-	dir := filepath.Join(work, "flood")
-	config := filepath.Join(work, "config.yaml")
+	var out []floodRun
+	for i := range runs {
+		step("flood %d of %d", i+1, runs)
+		res, err := floodOnce(ctx, filepath.Join(work, fmt.Sprintf("flood-%d", i)), filepath.Join(work, "config.yaml"), bin, payloads, warm)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, res)
+	}
+	return out, nil
+}
+
+// floodOnce runs one flood against a fresh webhook at the Deployment's
+// memory limit (in a memory cgroup when this process may make one): the
+// victim's small requests alone, then during the flood, then alone again.
+func floodOnce(ctx context.Context, dir, config, bin string, payloads testbed.FloodPayloads, warm int) (floodRun, error) {
+	var res floodRun
 	cg, err := testbed.NewMemoryCgroup("sops-webhook-bench-flood", 256<<20)
 	if err == nil {
 		res.inCgroup = true

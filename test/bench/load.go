@@ -30,16 +30,32 @@ type point struct {
 
 	lat  []time.Duration // sorted
 	took time.Duration
+	// roundRPS is the throughput of each round merged into the point, in
+	// the order they ran.
+	roundRPS []float64
+	// cpu is the CPU time the server process spent during the measured
+	// requests (not the warm-up).
+	cpu time.Duration
+}
+
+// cpuPerRequest is the server's CPU time per measured request.
+func (p point) cpuPerRequest() time.Duration {
+	if len(p.lat) == 0 {
+		return 0
+	}
+	return p.cpu / time.Duration(len(p.lat))
 }
 
 // merge combines rounds of the same load point.
 func merge(rounds []point) point {
 	out := rounds[0]
-	out.lat, out.took, out.errors = nil, 0, 0
+	out.lat, out.took, out.errors, out.roundRPS, out.cpu = nil, 0, 0, nil, 0
 	for _, r := range rounds {
 		out.lat = append(out.lat, r.lat...)
 		out.took += r.took
 		out.errors += r.errors
+		out.cpu += r.cpu
+		out.roundRPS = append(out.roundRPS, float64(len(r.lat))/r.took.Seconds())
 	}
 	slices.Sort(out.lat)
 	out.rps = float64(len(out.lat)) / out.took.Seconds()
@@ -58,9 +74,10 @@ func httpsClient(caPEM []byte, conns int) *http.Client {
 }
 
 // load posts body to url from conc goroutines for d after a warm-up of d/5,
-// and returns throughput and latency percentiles. A response that is not
-// 200 with "allowed":true counts as an error.
-func load(ctx context.Context, caPEM []byte, url string, body []byte, conc int, d time.Duration) point {
+// and returns throughput, latency percentiles and the CPU time of process
+// pid, the server, while it measured. A response that is not 200 with
+// "allowed":true counts as an error.
+func load(ctx context.Context, caPEM []byte, url string, pid int, body []byte, conc int, d time.Duration) point {
 	client := httpsClient(caPEM, conc)
 	defer client.CloseIdleConnections()
 	send := func() (time.Duration, bool) {
@@ -108,9 +125,32 @@ func load(ctx context.Context, caPEM []byte, url string, body []byte, conc int, 
 		return lat, errs.Load(), time.Since(start)
 	}
 	run(d/5, false)
+	cpu := processCPU(pid)
 	lat, errs, took := run(d, true)
+	cpu = processCPU(pid) - cpu
 	slices.Sort(lat)
-	return merge([]point{{concurrency: conc, lat: lat, took: took, errors: errs}})
+	return merge([]point{{concurrency: conc, lat: lat, took: took, errors: errs, cpu: cpu}})
+}
+
+// processCPU is the user and system CPU time process pid has used, from
+// /proc/<pid>/stat, in the kernel's clock ticks of 10 ms: per request it
+// is summed over seconds of load, so the tick is far finer than the figure.
+// An unreadable process counts 0.
+func processCPU(pid int) time.Duration {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: utime and stime are the 14th and 15th of the line.
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // process is a server started for the load tests.

@@ -34,7 +34,7 @@ type report struct {
 	goroutines       [2]int // before and peak under load
 	helm             helmRun
 	cold             []coldRow
-	flood            floodRun
+	flood            []floodRun
 	goBench          []string
 	env              string
 }
@@ -102,20 +102,25 @@ func run(ctx context.Context, out string, d time.Duration, quick bool) (err erro
 	rep.rssBase, _ = testbed.ProcessMemory(wh.PID())
 	rep.goroutines[0] = goroutines(wh.MetricsURL)
 	stopSampling := sampleMemory(wh, rep)
-	// Rounds alternate the two servers, so drift on a shared machine falls
-	// on both.
-	rounds := 3
+	// Rounds alternate the two servers, the first of a round taking turns,
+	// so that drift on a shared machine falls on both; each round's pair
+	// gives a ratio, and the report takes their median (ratio.median).
+	rounds := 6
 	if quick {
-		rounds = 1
+		rounds = 2
 	}
-	targets := []struct{ name, url string }{{"no-op", noopURL}, {"sops-webhook", wh.URL}}
+	targets := []struct {
+		name, url string
+		pid       int
+	}{{"no-op", noopURL, np.cmd.Process.Pid}, {"sops-webhook", wh.URL, wh.PID()}}
 	for _, s := range scen {
 		for _, c := range concurrency {
 			step("load: %s, concurrency %d, %d rounds of %s per server", s.name, c, rounds, d/time.Duration(rounds))
 			measured := make([][]point, len(targets))
-			for range rounds {
-				for i, target := range targets {
-					measured[i] = append(measured[i], load(ctx, bundle.CACert, target.url, s.body, c, d/time.Duration(rounds)))
+			for k := range rounds {
+				for j := range targets {
+					i := (j + k) % len(targets)
+					measured[i] = append(measured[i], load(ctx, bundle.CACert, targets[i].url, targets[i].pid, s.body, c, d/time.Duration(rounds)))
 				}
 			}
 			for i, target := range targets {
