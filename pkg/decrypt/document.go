@@ -135,6 +135,9 @@ func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access
 	if err != nil {
 		return Result{}, fail(ReasonMalformed, fmt.Sprintf("it does not parse as an encrypted %s document", f))
 	}
+	if tooDeep(tree.Branches) {
+		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("its maps and lists nest more than %d levels deep, the most the webhook accepts", MaxDocumentDepth))
+	}
 	if tree.Metadata.MessageAuthenticationCode == "" {
 		return Result{}, fail(ReasonNoMAC, "")
 	}

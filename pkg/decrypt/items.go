@@ -10,9 +10,10 @@ package decrypt
 // weighing) and refused past MaxDocumentItems.
 
 // MaxDocumentItems caps the items (Items) of a document payload: such a
-// document allocates at most MaxDocumentItems × ItemCost (144 MiB) in
-// all. sops writes an encrypted value on a line of its own, which counts 3,
-// so 1 MiB of the shortest values sops writes counts about 40,000.
+// document allocates at most MaxDocumentItems × ItemCost (160 MiB) in
+// all. sops writes an encrypted value on a line of its own after its key,
+// which counts 4, so 1 MiB of the shortest values sops writes counts about
+// 53,000.
 const MaxDocumentItems = 1 << 16
 
 // MaxINIItems caps the items of an INI document. The INI parser sops uses
@@ -23,15 +24,19 @@ const MaxINIItems = 1 << 14
 
 // ItemCost is the most memory, in bytes, that one item of a document
 // allocates in all, from parsing to writing the plaintext, in the densest
-// documents measured (TestItemCost): a valid YAML document holding one
-// flow list of one-letter values, about 2,040 bytes per item, most of it
-// yaml's encoder, which keeps every event of a call.
-const ItemCost = 2304
+// documents measured (TestItemCost), with a margin: valid YAML documents
+// holding one flow list, or one flow map, of one-letter values nested
+// MaxDocumentDepth deep, about 2,290 and 2,190 bytes per item, most of it
+// yaml's encoder, which keeps every event of a call, and the indentation
+// of each value.
+const ItemCost = 2560
 
 // Items returns an upper bound, in proportion, of the objects sops' parsers
 // build for document: two per line, and one per list item or complex key
 // indicator ("- ", "? "), flow separator or opening bracket (",", "[",
-// "{"), comment mark ("#") and encrypted value. It reads the bytes once
+// "{"), colon (":", which ends each key of a map, so that an entry of a
+// flow map, a key and a value, counts two), comment mark ("#") and
+// encrypted value. It reads the bytes once
 // and allocates nothing. An encrypted value counts one when it has exactly
 // the form sops writes (scanToken): its fixed commas and bracket could make
 // at most a few nodes of a flow list, never a line or a list of any length.
@@ -66,14 +71,14 @@ func Items(document []byte) int {
 const (
 	classNone      = iota
 	classLine      // '\n': two items
-	classMark      // ',', '[', '{', '#': one
+	classMark      // ',', '[', '{', ':', '#': one
 	classIndicator // '-', '?': one when a blank follows (indicatorEnd)
 	classToken     // 'E': one if an ENC[...] token starts here
 )
 
 var itemClass = func() (t [256]uint8) {
 	t['\n'] = classLine
-	for _, c := range ",[{#" {
+	for _, c := range ",[{:#" {
 		t[c] = classMark
 	}
 	t['-'], t['?'] = classIndicator, classIndicator

@@ -3,6 +3,7 @@ package decrypt_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"runtime"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 func TestItems(t *testing.T) {
@@ -20,18 +22,18 @@ func TestItems(t *testing.T) {
 		want int
 	}{
 		{"", 0},
-		{"a: b\n", 2},
-		{"a: b", 2},
+		{"a: b\n", 3},
+		{"a: b", 3},
 		{"- a\n- b\n", 6},
 		{"-\n", 3},
-		{"a-b: c-d\n", 2},
-		{"? a\n: b\n", 5},
-		{"a: [1, 2, {b: c}] # x\n", 7},
-		{`{"a":[0,0]}`, 5},
-		{"k: ENC[AES256_GCM,data:eA==,iv:AA==,tag:AA==,type:str]\n", 3},
-		{"k: ENC[AES256_GCM,data:eA==,iv:AA==,tag:AA==,type:str\n", 7},
-		{"k: ENC[AES256_GCM,data:e,a,a,a,iv:AA==,tag:AA==,type:str]\n", 10},
-		{"k: [ENC[AES256_GCM,data:,iv:a,tag:a,type:s],ENC[AES256_GCM,data:,iv:a,tag:a,type:s]]\n", 6},
+		{"a-b: c-d\n", 3},
+		{"? a\n: b\n", 6},
+		{"a: [1, 2, {b: c}] # x\n", 9},
+		{`{"a":[0,0]}`, 6},
+		{"k: ENC[AES256_GCM,data:eA==,iv:AA==,tag:AA==,type:str]\n", 4},
+		{"k: ENC[AES256_GCM,data:eA==,iv:AA==,tag:AA==,type:str\n", 12},
+		{"k: ENC[AES256_GCM,data:e,a,a,a,iv:AA==,tag:AA==,type:str]\n", 15},
+		{"k: [ENC[AES256_GCM,data:,iv:a,tag:a,type:s],ENC[AES256_GCM,data:,iv:a,tag:a,type:s]]\n", 7},
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, decrypt.Items([]byte(tt.in)), "%q", tt.in)
@@ -81,6 +83,11 @@ func TestItemCost(t *testing.T) {
 		{"YAML comments", decrypt.FormatYAML, denseDocument(yamlHead, "#\n", "", items), false},
 		{"YAML keys", decrypt.FormatYAML, denseDocument(yamlHead+"k: {", "a,", "a}\n", items), false},
 		{"YAML valid flow list", decrypt.FormatYAML, flow, true},
+		{"YAML valid flow list, nested as deep as accepted", decrypt.FormatYAML, nestedList(t, key, "yaml", decrypt.MaxDocumentDepth, n/2, false), true},
+		{"YAML valid flow map", decrypt.FormatYAML, nestedList(t, key, "yaml", 2, n/2, true), true},
+		{"YAML valid flow map, nested as deep as accepted", decrypt.FormatYAML, nestedList(t, key, "yaml", decrypt.MaxDocumentDepth, n/2, true), true},
+		{"JSON valid list, compact, nested as deep as accepted", decrypt.FormatJSON, nestedList(t, key, "json", decrypt.MaxDocumentDepth, n/2, false), true},
+		{"JSON valid map, compact, nested as deep as accepted", decrypt.FormatJSON, nestedList(t, key, "json", decrypt.MaxDocumentDepth, n/2, true), true},
 		{"YAML age recipients", decrypt.FormatYAML, denseDocument("k0: "+enc+"\nsops:\n    mac: x\n    lastmodified: \"2024-01-01T00:00:00Z\"\n    age:\n", "        - {recipient: a, enc: b}\n", "", items), false},
 		{"YAML PGP keys", decrypt.FormatYAML, denseDocument("k0: "+enc+"\nsops:\n    mac: x\n    lastmodified: \"2024-01-01T00:00:00Z\"\n    pgp:\n", "        - {fp: a, enc: b, created_at: c}\n", "", items), false},
 		{"YAML key groups", decrypt.FormatYAML, denseDocument("k0: "+enc+"\nsops:\n    mac: x\n    lastmodified: \"2024-01-01T00:00:00Z\"\n    key_groups:\n", "        - age: [{recipient: a, enc: b}]\n", "", items), false},
@@ -100,7 +107,7 @@ func TestItemCost(t *testing.T) {
 			runtime.ReadMemStats(&after)
 			if tt.valid {
 				require.NoError(t, err)
-				require.Contains(t, string(res.Plaintext), "secret: s3cr3t\n")
+				require.Contains(t, string(res.Plaintext), "s3cr3t")
 			} else {
 				require.Error(t, err)
 				require.NotContains(t, err.Error(), "its structure counts", "refused by the cap, unparsed")
@@ -120,6 +127,59 @@ func TestItemCost(t *testing.T) {
 		assert.Contains(t, err.Error(), "limited to 65536")
 		assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(64<<10), "parsed before it was refused")
 	})
+}
+
+// nestedList is a valid document in format ("yaml" or "json") whose maps
+// and lists nest depth deep: maps down to a list (or, if mapping, a map) of
+// n unencrypted one-letter values, written compactly (a YAML flow
+// collection, JSON without blanks), which holds the same values as what
+// sops writes, so its MAC holds. sops prints each value on a line of its
+// own, indented depth steps.
+func nestedList(t *testing.T, key sopskit.AgeKey, format string, depth, n int, mapping bool) []byte {
+	t.Helper()
+	entry := func(i int) string { return "- a" }
+	open, end := "[", "]"
+	if mapping {
+		entry = func(i int) string { return fmt.Sprintf("k%d: a", i) }
+		open, end = "{", "}"
+	}
+	var plain, block, flow strings.Builder
+	plain.WriteString("secret: s3cr3t\n")
+	for level := 1; level < depth-1; level++ {
+		fmt.Fprintf(&plain, "%sk%d:\n", strings.Repeat("  ", level-1), level)
+	}
+	fmt.Fprintf(&plain, "%scollection_unencrypted:\n", strings.Repeat("  ", depth-2))
+	for i := range n {
+		fmt.Fprintf(&plain, "%s%s\n", strings.Repeat("  ", depth-1), entry(i))
+	}
+	in := []byte(plain.String())
+	if format == "json" {
+		var err error
+		in, err = sigsyaml.YAMLToJSON(in)
+		require.NoError(t, err)
+	}
+	enc := sopskit.SopsEncrypt(t, in, format, sopskit.Recipients{Age: []sopskit.AgeKey{key}}, "--unencrypted-suffix", "_unencrypted")
+	if format == "json" {
+		var compact bytes.Buffer
+		require.NoError(t, json.Compact(&compact, enc))
+		return compact.Bytes()
+	}
+	// sops writes the collection in block style, an entry a line at one
+	// indentation; the same entries in flow style hold the same values.
+	head := []byte("collection_unencrypted:\n")
+	i := bytes.Index(enc, head)
+	require.GreaterOrEqual(t, i, 0)
+	rest := enc[i+len(head):]
+	indent := rest[:bytes.IndexAny(rest, "-k")]
+	for j := range n {
+		fmt.Fprintf(&block, "%s%s\n", indent, entry(j))
+		if j > 0 {
+			flow.WriteString(",")
+		}
+		flow.WriteString(strings.TrimPrefix(entry(j), "- "))
+	}
+	require.True(t, bytes.HasPrefix(rest, []byte(block.String())), "sops wrote the collection in block style")
+	return bytes.Replace(enc, append(head, block.String()...), []byte("collection_unencrypted: "+open+flow.String()+end+"\n"), 1)
 }
 
 // keys is n INI lines of distinct keys.

@@ -175,7 +175,7 @@ func (r *report) write(path string) error {
 	if !f.inCgroup {
 		where = "no memory cgroup (this run could not make one), peak is sampled RSS"
 	}
-	w("The flood of `TestFlood` against the real binary in %s: senders of distinct valid ~1 MiB JSON and YAML documents and of the densest valid document the items cap lets through (sent again when refused as busy), of tampered ones, of ones for another key and of small hostile ones (an alias bomb, equal keys, flow lists under and over the items cap), while a victim sends a plain Secret and a 1 KiB document in turn, each as soon as the last is answered. The flood runs %d times, each against a fresh webhook (no document is answered from an earlier run's cache); the victim's baseline is its requests alone, half before the flood and half after. The first run's outcomes: %v.", where, len(r.flood), f.tally)
+	w("The flood of `TestFlood` against the real binary in %s: senders of distinct valid ~1 MiB JSON and YAML documents and of the densest valid document the items cap lets through (sent again when refused as busy), of tampered ones, of ones for another key and of small hostile ones (an alias bomb, equal keys, flow lists under and over the items cap, JSON nested 2,000 deep), while a victim sends a plain Secret and a 1 KiB document in turn, each as soon as the last is answered. The flood runs %d times, each against a fresh webhook (no document is answered from an earlier run's cache); the victim's baseline is its requests alone, half before the flood and half after. The first run's outcomes: %v.", where, len(r.flood), f.tally)
 	w("")
 	w("| run | flood took | victim alone: requests, p50 / p99 ms | during the flood: requests, p50 / p99 ms | p99 ratio | peak memory |")
 	w("|---|---|---|---|---|---|")

@@ -36,9 +36,11 @@ const (
 
 // TestFlood runs the real webhook binary in a memory cgroup at the
 // Deployment's limit and floods it over HTTPS on loopback: eight senders
-// with distinct valid ~1 MiB documents (JSON and YAML), three with ~1 MiB
-// documents that must be denied (a tampered MAC in each format, and one
-// for a key the webhook lacks), while a victim sends small requests, a
+// with distinct valid ~1 MiB documents (JSON and YAML) and one with the
+// densest valid document the items cap lets through, eight with documents
+// that must be denied (~1 MiB ones with a tampered MAC in each format, or
+// for a key the webhook lacks; small hostile ones, testbed.HostileDocs),
+// while a victim sends small requests, a
 // plain Secret and a 1 KiB document in turn. The webhook must survive
 // without an OOM kill; every heavy request must be decrypted correctly,
 // denied for its own reason, or refused as busy with the retryable message,

@@ -391,7 +391,7 @@ func (r soakReport) write(path string) error {
 	w("## The flood")
 	w("")
 	f := r.flood
-	w("From %s to %s a tenant created Secrets of distinct ~1 MiB documents (JSON and YAML) and the densest valid document the items cap lets through (sent again when refused as busy), and documents that must be denied (tampered, for another key, and small hostile ones: an alias bomb, equal keys, flow lists under and over the items cap), while the stream went on. The stream's latency is the API server's too: it decodes, sends, patches and stores every 1 MiB object on the same two cores as both replicas and etcd (the webhook's own victim latency under a flood is in benchmarks.md).", f.start.Round(time.Second), f.end.Round(time.Second))
+	w("From %s to %s a tenant created Secrets of distinct ~1 MiB documents (JSON and YAML) and the densest valid document the items cap lets through (sent again when refused as busy), and documents that must be denied (tampered, for another key, and small hostile ones: an alias bomb, equal keys, flow lists under and over the items cap, JSON nested 2,000 deep), while the stream went on. The stream's latency is the API server's too: it decodes, sends, patches and stores every 1 MiB object on the same two cores as both replicas and etcd (the webhook's own victim latency under a flood is in benchmarks.md).", f.start.Round(time.Second), f.end.Round(time.Second))
 	w("")
 	w("| flood outcome | count |")
 	w("|---|---|")

@@ -119,12 +119,14 @@ func NewFloodPayloads(t testing.TB, mine, other Recipients, senders, perSender i
 	return p
 }
 
-// HostileDocs are small YAML documents, each built on a real encrypted
-// one, that cost sops' own loader far more than their size before any key
-// is asked: an alias bomb in a second document (unbounded), 6,000 equal
-// keys (3 GB in yaml's duplicate check), a flow list of one-letter values
-// just under the items cap (about 130 KB that parse into 65,000 nodes),
-// and one over it.
+// HostileDocs are small documents, each built on a real encrypted one,
+// that cost sops far more than their size: YAML that costs its loader
+// more before any key is asked, an alias bomb in a second document
+// (unbounded), 6,000 equal keys (3 GB in yaml's duplicate check), a flow
+// list of one-letter values just under the items cap (about 130 KB that
+// parse into 65,000 nodes) and one over it; and a valid JSON document of
+// 2,000 nested lists written compactly (9 KB), which sops would print as
+// 2 MB of indentation (decrypt.MaxDocumentDepth).
 func HostileDocs(t testing.TB, mine, other Recipients) []FloodDoc {
 	t.Helper()
 	base := SopsEncrypt(t, []byte("user: app\npassword: hostile\n"), "yaml", mine)
@@ -139,7 +141,15 @@ func HostileDocs(t testing.TB, mine, other Recipients) []FloodDoc {
 	doc := func(enc []byte, extra, denial string) FloodDoc {
 		return FloodDoc{File: "app.yaml", Enc: append(bytes.Clone(enc), extra...), Denial: denial}
 	}
+	// The MAC covers the values, not the blanks between them.
+	var deep bytes.Buffer
+	const depth = 2000
+	nested := SopsEncrypt(t, []byte(`{"k":`+strings.Repeat("[", depth)+`"x"`+strings.Repeat("]", depth)+`}`), "json", mine)
+	if err := json.Compact(&deep, nested); err != nil {
+		t.Fatalf("compacting the nested document: %v", err)
+	}
 	return []FloodDoc{
+		{File: "app.json", Enc: deep.Bytes(), Denial: "levels deep"},
 		doc(base, bomb.String(), "YAML alias"),
 		doc(base, "zz:\n"+strings.Repeat("  a: b\n", 6000), "does not parse"),
 		doc(forOther, list(64_000), "no configured key can open it"),
