@@ -121,6 +121,7 @@ func TestBadInputs(t *testing.T) {
 		{"6,000 equal keys in a YAML document", oneYAML(append(bytes.Clone(yml), "zz:\n"+strings.Repeat("  a: b\n", 6000)...)), denied, "does not parse"},
 		{"YAML flow list over the items cap", oneYAML(append(bytes.Clone(yml), "zz: ["+strings.Repeat("a,", decrypt.MaxDocumentItems)+"a]\n"...)), denied, "limited to 65536"},
 		{"a data map of more than MaxObjectKeys entries", secretReq(manyData(mutate.MaxObjectKeys+1, env), nil), badRequest, "more than 8192 entries"},
+		{"valid YAML nested 33 levels deep", oneYAML(sopskit.SopsEncrypt(t, []byte("k: "+strings.Repeat("[", decrypt.MaxDocumentDepth)+"x"+strings.Repeat("]", decrypt.MaxDocumentDepth)+"\n"), "yaml", r)), denied, "nest more than 32 levels deep"},
 		{"deeply nested YAML", oneYAML(append([]byte(strings.Repeat("[", 10000)+strings.Repeat("]", 10000)+"\n"), yml[bytes.Index(yml, []byte("sops:")):]...)), denied, ""},
 		{"invalid base64 in Secret data", raw("Secret", `{"apiVersion":"v1","kind":"Secret","metadata":{"name":"bad","namespace":"team-a"},"data":{"x":"RU5DW0FFUzI1Nl9HQ00sZGF0!!!"}}`), badRequest, ""},
 		{"not JSON at all", raw("Secret", `RU5DW0FFUzI1Nl9HQ00sZGF0 {{{`), badRequest, ""},
