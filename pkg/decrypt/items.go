@@ -36,10 +36,10 @@ const ItemCost = 2560
 // indicator ("- ", "? "), flow separator or opening bracket (",", "[",
 // "{"), colon (":", which ends each key of a map, so that an entry of a
 // flow map, a key and a value, counts two), comment mark ("#") and
-// encrypted value. It reads the bytes once
-// and allocates nothing. An encrypted value counts one when it has exactly
-// the form sops writes (scanToken): its fixed commas and bracket could make
-// at most a few nodes of a flow list, never a line or a list of any length.
+// encrypted value. It reads the bytes once and allocates nothing. An
+// encrypted value counts one when it has exactly the form sops writes
+// (scanToken): its fixed commas, colons and bracket could make at most a
+// few nodes of a flow list, never a line or a list of any length.
 func Items(document []byte) int {
 	n := 0
 	for i := 0; i < len(document); i++ {

@@ -85,7 +85,7 @@ func (r *report) write(path string) error {
 	w("|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, x := range r.ratios() {
 		q, spread := x.median()
-		w("| %s | %d | %.0f | %.0f | **%.2f×** | %.2f–%.2f | %s %s | %d / %d | %s / %s / %s | %s / %s / %s | %d |", x.scenario, x.concurrency, x.noop.rps, x.wh.rps, q, spread[0], spread[1],
+		w("| %s | %d | %.0f | %.0f | **%.3f×** | %.2f–%.2f | %s %s | %d / %d | %s / %s / %s | %s / %s / %s | %d |", x.scenario, x.concurrency, x.noop.rps, x.wh.rps, q, spread[0], spread[1],
 			fmt.Sprintf("≥ %.2g×", goals[x.scenario]), met(q >= goals[x.scenario]), x.noop.cpuPerRequest().Microseconds(), x.wh.cpuPerRequest().Microseconds(),
 			ms(x.wh.p50), ms(x.wh.p99), ms(x.wh.p999), ms(x.noop.p50), ms(x.noop.p99), ms(x.noop.p999), x.wh.errors+x.noop.errors)
 	}
@@ -182,14 +182,14 @@ func (r *report) write(path string) error {
 	var qs []float64
 	for i, f := range r.flood {
 		qs = append(qs, f.ratio())
-		w("| %d | %s | %d, %s / %s | %d, %s / %s | %.1f× | %.1f MiB |", i+1, f.took.Round(time.Millisecond),
+		w("| %d | %s | %d, %s / %s | %d, %s / %s | %.2f× | %.1f MiB |", i+1, f.took.Round(time.Millisecond),
 			len(f.unloaded), ms(testbed.Percentile(f.unloaded, 0.5)), ms(testbed.Percentile(f.unloaded, 0.99)),
 			len(f.flooded), ms(testbed.Percentile(f.flooded, 0.5)), ms(testbed.Percentile(f.flooded, 0.99)), f.ratio(), float64(f.peak)/(1<<20))
 	}
 	slices.Sort(qs)
 	vq := qs[len(qs)/2]
 	w("")
-	w("Victim p99 under the flood: **%.1f×** its p99 alone, the median of the runs (goal ≤ 3×, %s). Peak memory, highest of the runs: %.1f MiB of 256 MiB.", vq, met(vq <= 3), float64(slices.MaxFunc(r.flood, func(a, b floodRun) int { return cmp.Compare(a.peak, b.peak) }).peak)/(1<<20))
+	w("Victim p99 under the flood: **%.2f×** its p99 alone, the median of the runs (goal ≤ 3×, %s). Peak memory, highest of the runs: %.1f MiB of 256 MiB.", vq, met(vq <= 3), float64(slices.MaxFunc(r.flood, func(a, b floodRun) int { return cmp.Compare(a.peak, b.peak) }).peak)/(1<<20))
 	w("")
 	w("## Go benchmarks (`pkg/decrypt`, `pkg/mutate`)")
 	w("")
