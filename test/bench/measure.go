@@ -313,10 +313,16 @@ const (
 	noopPatchLabel = "bench.sops-webhook.io/noop-patch"
 )
 
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
+// median is the median of xs, which is not empty; of an even count, the
+// mean of the middle two.
+func median[T time.Duration | float64](xs []T) T {
+	s := slices.Clone(xs)
 	slices.Sort(s)
-	return s[len(s)/2]
+	n := len(s)
+	if n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[n/2]
 }
 
 // goBenchmarks runs the Go benchmarks of package decrypt and returns their

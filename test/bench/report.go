@@ -40,13 +40,7 @@ func (x ratio) median() (q float64, spread [2]float64) {
 	if len(qs) == 0 {
 		return 0, spread
 	}
-	slices.Sort(qs)
-	n := len(qs)
-	q = qs[n/2]
-	if n%2 == 0 {
-		q = (qs[n/2-1] + qs[n/2]) / 2
-	}
-	return q, [2]float64{qs[0], qs[n-1]}
+	return median(qs), [2]float64{slices.Min(qs), slices.Max(qs)}
 }
 
 func (r *report) ratios() []ratio {
@@ -186,8 +180,7 @@ func (r *report) write(path string) error {
 			len(f.unloaded), ms(testbed.Percentile(f.unloaded, 0.5)), ms(testbed.Percentile(f.unloaded, 0.99)),
 			len(f.flooded), ms(testbed.Percentile(f.flooded, 0.5)), ms(testbed.Percentile(f.flooded, 0.99)), f.ratio(), float64(f.peak)/(1<<20))
 	}
-	slices.Sort(qs)
-	vq := qs[len(qs)/2]
+	vq := median(qs)
 	w("")
 	w("Victim p99 under the flood: **%.2f×** its p99 alone, the median of the runs (goal ≤ 3×, %s). Peak memory, highest of the runs: %.1f MiB of 256 MiB.", vq, met(vq <= 3), float64(slices.MaxFunc(r.flood, func(a, b floodRun) int { return cmp.Compare(a.peak, b.peak) }).peak)/(1<<20))
 	w("")

@@ -61,3 +61,9 @@ func TestProcessCPU(t *testing.T) {
 }
 
 var sink int
+
+func TestMedian(t *testing.T) {
+	assert.Equal(t, 2.0, median([]float64{3, 1, 2}))
+	assert.Equal(t, 2.5, median([]float64{4, 1, 3, 2}))
+	assert.Equal(t, 7.0, median([]float64{7}))
+}

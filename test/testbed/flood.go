@@ -120,13 +120,13 @@ func NewFloodPayloads(t testing.TB, mine, other Recipients, senders, perSender i
 }
 
 // HostileDocs are small documents, each built on a real encrypted one,
-// that cost sops far more than their size: YAML that costs its loader
-// more before any key is asked, an alias bomb in a second document
-// (unbounded), 6,000 equal keys (3 GB in yaml's duplicate check), a flow
-// list of one-letter values just under the items cap (about 130 KB that
-// parse into 65,000 nodes) and one over it; and a valid JSON document of
-// 2,000 nested lists written compactly (9 KB), which sops would print as
-// 2 MB of indentation (decrypt.MaxDocumentDepth).
+// that cost sops far more than their size: YAML ones that cost its loader
+// that much before any key is asked (an alias bomb in a second document,
+// unbounded; 6,000 equal keys, 3 GB in yaml's duplicate check; a flow list
+// of one-letter values just under the items cap, about 130 KB that parse
+// into 65,000 nodes, and one over it), and a valid JSON document of 2,000
+// nested lists written compactly (9 KB), which sops would print as 2 MB of
+// indentation (decrypt.MaxDocumentDepth).
 func HostileDocs(t testing.TB, mine, other Recipients) []FloodDoc {
 	t.Helper()
 	base := SopsEncrypt(t, []byte("user: app\npassword: hostile\n"), "yaml", mine)
