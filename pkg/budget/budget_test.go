@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,6 +91,19 @@ func TestLane(t *testing.T) {
 		require.NoError(t, err, "a request that spent its wait elsewhere still takes free room")
 		_, err = l.Acquire(done, 1)
 		require.Error(t, err, "but does not wait for it")
+		r()
+	})
+	t.Run("only a request that waits starts a timer", func(t *testing.T) {
+		// context.WithTimeout asks its parent for Done; counting the asks
+		// tells whether Acquire made one.
+		l := NewLane("test", "decrypting", 100, 1, 20*time.Millisecond)
+		watched := &doneCounter{Context: ctx}
+		r, err := l.Acquire(watched, 100)
+		require.NoError(t, err)
+		require.Zero(t, watched.asked.Load(), "an admission with room started a timer")
+		_, err = l.Acquire(watched, 1)
+		require.Error(t, err)
+		require.NotZero(t, watched.asked.Load(), "a request that had to wait did not wait on its context")
 		r()
 	})
 	t.Run("the message says how much is in flight", func(t *testing.T) {
@@ -201,4 +215,15 @@ func TestMemoryLimit(t *testing.T) {
 		_, _, err := MemoryLimit("TEST_MEMORY_LIMIT")
 		require.ErrorContains(t, err, "TEST_MEMORY_LIMIT")
 	})
+}
+
+// doneCounter counts the calls to its Done.
+type doneCounter struct {
+	context.Context
+	asked atomic.Int64
+}
+
+func (c *doneCounter) Done() <-chan struct{} {
+	c.asked.Add(1)
+	return c.Context.Done()
 }

@@ -146,7 +146,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request, decode func
 	}
 
 	// Mutate.
-	ctx, cancel := context.WithTimeout(ctx, h.timeout)
+	ctx, cancel := withLazyTimeout(ctx, h.timeout)
 	defer cancel()
 	eng := h.engine()
 	var access keysource.Access

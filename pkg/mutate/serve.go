@@ -60,7 +60,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req := rv.req
-	ctx := logf.IntoContext(r.Context(), h.log.WithValues(
+	ctx := logf.IntoContext(r.Context(), withDeferredValues(h.log,
 		"requestID", req.UID, "kind", req.Kind.Kind, "namespace", req.Namespace, "name", req.Name,
 		"operation", req.Operation, "user", req.UserInfo.Username))
 	resp := h.handle(ctx, req, rv.object)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -284,23 +285,20 @@ func mutateAllowedUnread(r admissionv1.AdmissionResponse) bool {
 	return r.Allowed && r.Result != nil && r.Result.Message == "no SOPS content"
 }
 
-// panicOnValues is a log sink whose WithValues panics with a value that
-// quotes a plaintext: a stand-in for any panic while a review is read or
-// answered, outside the handler's own recovery.
-type panicOnValues struct{ logr.LogSink }
+// panicOnRead is a request body whose Read panics with a value that quotes
+// a plaintext: a stand-in for any panic while a review is read or answered,
+// outside the handler's own recovery.
+type panicOnRead struct{}
 
-func (panicOnValues) Init(logr.RuntimeInfo)          {}
-func (panicOnValues) Enabled(int) bool               { return true }
-func (panicOnValues) Info(int, string, ...any)       {}
-func (panicOnValues) Error(error, string, ...any)    {}
-func (panicOnValues) WithName(string) logr.LogSink   { return panicOnValues{} }
-func (panicOnValues) WithValues(...any) logr.LogSink { panic("plaintext: canary-s3cr3t") }
+func (panicOnRead) Read([]byte) (int, error) { panic("plaintext: canary-s3cr3t") }
 
-// TestServeHTTPRecovers: a panic while a review is read or answered is a
-// 500 review answer that does not quote the panic, not a broken connection.
 func TestServeHTTPRecovers(t *testing.T) {
-	h := goldenHandler(t, mutate.WithLogger(logr.New(panicOnValues{})))
-	rec := serve(t, h, goldenRequest(t, "secret-documents", nil))
+	var logs strings.Builder
+	h := goldenHandler(t, mutate.WithLogger(funcr.New(func(prefix, args string) { logs.WriteString(prefix + args + "\n") }, funcr.Options{})))
+	req := httptest.NewRequest(http.MethodPost, "/mutate", io.NopCloser(panicOnRead{}))
+	req.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
 	require.Equal(t, http.StatusOK, rec.Code)
 	var got admissionv1.AdmissionReview
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &got), rec.Body.String())
@@ -310,4 +308,19 @@ func TestServeHTTPRecovers(t *testing.T) {
 	assert.Equal(t, int32(http.StatusInternalServerError), got.Response.Result.Code)
 	assert.Equal(t, "sops-webhook: internal error", got.Response.Result.Message)
 	assert.NotContains(t, rec.Body.String(), "s3cr3t")
+	assert.Contains(t, logs.String(), "recovered from a panic")
+	assert.NotContains(t, logs.String(), "s3cr3t")
+}
+
+// TestServeHTTPLogsIDs: a line the handler logs for a request names the
+// request by its ids, which the server adds to the request's logger.
+func TestServeHTTPLogsIDs(t *testing.T) {
+	var logs strings.Builder
+	h := goldenHandler(t, mutate.WithLogger(funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})))
+	rec := serve(t, h, goldenRequest(t, "secret-tampered", nil))
+	require.Equal(t, http.StatusOK, rec.Code)
+	require.Contains(t, logs.String(), `"msg"="refused"`)
+	for _, id := range []string{`"requestID"="00000000-0000-0000-0000-000000000`, `"kind"="Secret"`, `"namespace"=`, `"operation"="CREATE"`} {
+		assert.Contains(t, logs.String(), id)
+	}
 }

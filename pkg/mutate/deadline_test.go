@@ -1,0 +1,100 @@
+package mutate
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// doneCounter counts the calls to its Done: context.WithDeadline asks its
+// parent for Done, so a count of 0 means no timer was started on it.
+type doneCounter struct {
+	context.Context
+	asked atomic.Int64
+}
+
+func (c *doneCounter) Done() <-chan struct{} {
+	c.asked.Add(1)
+	return c.Context.Done()
+}
+
+// TestLazyTimeout checks that withLazyTimeout's context answers as
+// context.WithTimeout's does, and starts a timer only when asked for Done.
+func TestLazyTimeout(t *testing.T) {
+	const short = 20 * time.Millisecond
+	t.Run("answers without a timer until asked for Done", func(t *testing.T) {
+		parent := &doneCounter{Context: context.WithValue(context.Background(), ctxKey{}, "v")}
+		ctx, cancel := withLazyTimeout(parent, time.Minute)
+		defer cancel()
+		deadline, ok := ctx.Deadline()
+		require.True(t, ok)
+		require.WithinDuration(t, time.Now().Add(time.Minute), deadline, time.Second)
+		require.NoError(t, ctx.Err())
+		require.Equal(t, "v", ctx.Value(ctxKey{}))
+		require.Zero(t, parent.asked.Load(), "a timer was started")
+		select {
+		case <-ctx.Done():
+			t.Fatal("done before its deadline")
+		default:
+		}
+		require.NotZero(t, parent.asked.Load())
+	})
+	t.Run("past the deadline it is done, asked or not", func(t *testing.T) {
+		ctx, cancel := withLazyTimeout(context.Background(), short)
+		defer cancel()
+		time.Sleep(2 * short)
+		require.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
+		require.ErrorIs(t, context.Cause(ctx), context.DeadlineExceeded)
+		<-ctx.Done()
+	})
+	t.Run("a waiter is woken at the deadline", func(t *testing.T) {
+		ctx, cancel := withLazyTimeout(context.Background(), short)
+		defer cancel()
+		<-ctx.Done()
+		require.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
+	})
+	t.Run("a context made from it ends at its deadline", func(t *testing.T) {
+		ctx, cancel := withLazyTimeout(context.Background(), short)
+		defer cancel()
+		call, stop := context.WithTimeout(ctx, time.Minute)
+		defer stop()
+		<-call.Done()
+		require.ErrorIs(t, call.Err(), context.DeadlineExceeded)
+	})
+	t.Run("an earlier deadline of the parent wins", func(t *testing.T) {
+		parent, stop := context.WithTimeout(context.Background(), short)
+		defer stop()
+		ctx, cancel := withLazyTimeout(parent, time.Minute)
+		defer cancel()
+		deadline, _ := ctx.Deadline()
+		want, _ := parent.Deadline()
+		require.Equal(t, want, deadline)
+	})
+	t.Run("the parent's cancellation ends it", func(t *testing.T) {
+		parent, cancelParent := context.WithCancel(context.Background())
+		ctx, cancel := withLazyTimeout(parent, time.Minute)
+		defer cancel()
+		cancelParent()
+		require.ErrorIs(t, ctx.Err(), context.Canceled)
+		<-ctx.Done()
+	})
+	for _, asked := range []bool{false, true} {
+		name := map[bool]string{false: "cancel ends it before a timer started", true: "cancel ends it after a timer started"}[asked]
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := withLazyTimeout(context.Background(), time.Minute)
+			if asked {
+				_ = ctx.Done()
+			}
+			cancel()
+			require.ErrorIs(t, ctx.Err(), context.Canceled)
+			<-ctx.Done()
+			require.False(t, errors.Is(ctx.Err(), context.DeadlineExceeded))
+		})
+	}
+}
+
+type ctxKey struct{}
