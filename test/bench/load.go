@@ -73,14 +73,10 @@ func httpsClient(caPEM []byte, conns int) *http.Client {
 	}}
 }
 
-// load posts body to url from conc goroutines for d after a warm-up of d/5,
-// and returns throughput, latency percentiles and the CPU time of process
-// pid, the server, while it measured. A response that is not 200 with
-// "allowed":true counts as an error.
-func load(ctx context.Context, caPEM []byte, url string, pid int, body []byte, conc int, d time.Duration) point {
-	client := httpsClient(caPEM, conc)
-	defer client.CloseIdleConnections()
-	send := func() (time.Duration, bool) {
+// sender posts body to url over client and returns the latency, and
+// whether the answer was 200 with "allowed":true.
+func sender(ctx context.Context, client *http.Client, url string, body []byte) func() (time.Duration, bool) {
+	return func() (time.Duration, bool) {
 		start := time.Now()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
@@ -92,6 +88,16 @@ func load(ctx context.Context, caPEM []byte, url string, pid int, body []byte, c
 		resp.Body.Close()
 		return time.Since(start), resp.StatusCode == http.StatusOK && bytes.Contains(b, []byte(`"allowed":true`))
 	}
+}
+
+// load posts body to url from conc goroutines for d after a warm-up of d/5,
+// and returns throughput, latency percentiles and the CPU time of process
+// pid, the server, while it measured. A response that is not 200 with
+// "allowed":true counts as an error.
+func load(ctx context.Context, caPEM []byte, url string, pid int, body []byte, conc int, d time.Duration) point {
+	client := httpsClient(caPEM, conc)
+	defer client.CloseIdleConnections()
+	send := sender(ctx, client, url, body)
 	run := func(d time.Duration, record bool) ([]time.Duration, int64, time.Duration) {
 		var (
 			mu   sync.Mutex
@@ -130,6 +136,55 @@ func load(ctx context.Context, caPEM []byte, url string, pid int, body []byte, c
 	cpu = processCPU(pid) - cpu
 	slices.Sort(lat)
 	return merge([]point{{concurrency: conc, lat: lat, took: took, errors: errs, cpu: cpu}})
+}
+
+// target is a server the load generator measures.
+type target struct {
+	name, url string
+	pid       int
+}
+
+// alternate measures two servers at concurrency 1 together: one client
+// sends to each in turn, for d after a warm-up of d/5, the first of each
+// pair taking turns, so that from one request to the next both meet the
+// same machine. Each point's time is the time its own requests took, so
+// its throughput is what a client alone would get (1 / mean latency);
+// its CPU is the server's over the measured requests, as in load.
+func alternate(ctx context.Context, caPEM []byte, targets [2]target, body []byte, d time.Duration) [2]point {
+	var sends [2]func() (time.Duration, bool)
+	for i, t := range targets {
+		client := httpsClient(caPEM, 1)
+		defer client.CloseIdleConnections()
+		sends[i] = sender(ctx, client, t.url, body)
+	}
+	for end := time.Now().Add(d / 5); time.Now().Before(end) && ctx.Err() == nil; {
+		sends[0]()
+		sends[1]()
+	}
+	var (
+		pts [2]point
+		cpu [2]time.Duration
+	)
+	for i, t := range targets {
+		cpu[i] = processCPU(t.pid)
+	}
+	for k, end := 0, time.Now().Add(d); time.Now().Before(end) && ctx.Err() == nil; k++ {
+		for j := range 2 {
+			i := (j + k) % 2
+			l, ok := sends[i]()
+			if !ok {
+				pts[i].errors++
+				continue
+			}
+			pts[i].lat = append(pts[i].lat, l)
+			pts[i].took += l
+		}
+	}
+	for i, t := range targets {
+		pts[i].concurrency, pts[i].cpu = 1, processCPU(t.pid)-cpu[i]
+		pts[i] = merge([]point{pts[i]})
+	}
+	return pts
 }
 
 // processCPU is the user and system CPU time process pid has used, from
