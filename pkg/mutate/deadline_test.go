@@ -3,6 +3,7 @@ package mutate
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,6 +82,20 @@ func TestLazyTimeout(t *testing.T) {
 		cancelParent()
 		require.ErrorIs(t, ctx.Err(), context.Canceled)
 		<-ctx.Done()
+	})
+	t.Run("goroutines may ask at once", func(t *testing.T) {
+		ctx, cancel := withLazyTimeout(context.Background(), short)
+		defer cancel()
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				_ = ctx.Err()
+				_ = ctx.Value(ctxKey{})
+				<-ctx.Done()
+			})
+		}
+		wg.Wait()
+		require.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
 	})
 	for _, asked := range []bool{false, true} {
 		name := map[bool]string{false: "cancel ends it before a timer started", true: "cancel ends it after a timer started"}[asked]
