@@ -5,11 +5,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sops-webhook/sops-webhook/pkg/internal/ctxtest"
 )
 
 func TestLane(t *testing.T) {
@@ -97,13 +98,13 @@ func TestLane(t *testing.T) {
 		// context.WithTimeout asks its parent for Done; counting the asks
 		// tells whether Acquire made one.
 		l := NewLane("test", "decrypting", 100, 1, 20*time.Millisecond)
-		watched := &doneCounter{Context: ctx}
+		watched := &ctxtest.DoneCounter{Context: ctx}
 		r, err := l.Acquire(watched, 100)
 		require.NoError(t, err)
-		require.Zero(t, watched.asked.Load(), "an admission with room started a timer")
+		require.Zero(t, watched.Asked(), "an admission with room started a timer")
 		_, err = l.Acquire(watched, 1)
 		require.Error(t, err)
-		require.NotZero(t, watched.asked.Load(), "a request that had to wait did not wait on its context")
+		require.NotZero(t, watched.Asked(), "a request that had to wait did not wait on its context")
 		r()
 	})
 	t.Run("the message says how much is in flight", func(t *testing.T) {
@@ -215,15 +216,4 @@ func TestMemoryLimit(t *testing.T) {
 		_, _, err := MemoryLimit("TEST_MEMORY_LIMIT")
 		require.ErrorContains(t, err, "TEST_MEMORY_LIMIT")
 	})
-}
-
-// doneCounter counts the calls to its Done.
-type doneCounter struct {
-	context.Context
-	asked atomic.Int64
-}
-
-func (c *doneCounter) Done() <-chan struct{} {
-	c.asked.Add(1)
-	return c.Context.Done()
 }

@@ -4,31 +4,20 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sops-webhook/sops-webhook/pkg/internal/ctxtest"
 )
-
-// doneCounter counts the calls to its Done: context.WithDeadline asks its
-// parent for Done, so a count of 0 means no timer was started on it.
-type doneCounter struct {
-	context.Context
-	asked atomic.Int64
-}
-
-func (c *doneCounter) Done() <-chan struct{} {
-	c.asked.Add(1)
-	return c.Context.Done()
-}
 
 // TestLazyTimeout checks that withLazyTimeout's context answers as
 // context.WithTimeout's does, and starts a timer only when asked for Done.
 func TestLazyTimeout(t *testing.T) {
 	const short = 20 * time.Millisecond
 	t.Run("answers without a timer until asked for Done", func(t *testing.T) {
-		parent := &doneCounter{Context: context.WithValue(context.Background(), ctxKey{}, "v")}
+		parent := &ctxtest.DoneCounter{Context: context.WithValue(context.Background(), ctxKey{}, "v")}
 		ctx, cancel := withLazyTimeout(parent, time.Minute)
 		defer cancel()
 		deadline, ok := ctx.Deadline()
@@ -36,13 +25,13 @@ func TestLazyTimeout(t *testing.T) {
 		require.WithinDuration(t, time.Now().Add(time.Minute), deadline, time.Second)
 		require.NoError(t, ctx.Err())
 		require.Equal(t, "v", ctx.Value(ctxKey{}))
-		require.Zero(t, parent.asked.Load(), "a timer was started")
+		require.Zero(t, parent.Asked(), "a timer was started")
 		select {
 		case <-ctx.Done():
 			t.Fatal("done before its deadline")
 		default:
 		}
-		require.NotZero(t, parent.asked.Load())
+		require.NotZero(t, parent.Asked())
 	})
 	t.Run("past the deadline it is done, asked or not", func(t *testing.T) {
 		ctx, cancel := withLazyTimeout(context.Background(), short)
