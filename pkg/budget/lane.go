@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/semaphore"
+
+	"github.com/sops-webhook/sops-webhook/pkg/internal/lazyctx"
 )
 
 // BusyError is returned when work is not admitted in time. It is the
@@ -65,30 +67,15 @@ func NewLane(name, doing string, capacity int64, slots int, wait time.Duration) 
 // runs alone rather than never. The error is always a *BusyError.
 func (l *Lane) Acquire(ctx context.Context, weight int64) (release func(), err error) {
 	w := min(max(weight, 1), l.capacity)
-	// One wait for both steps, whose timer only a request that has to wait
-	// starts: starting a timer wakes a thread of the Go runtime's network
-	// poller, which cost an admission with room more than the admission.
-	var (
-		timed  context.Context
-		cancel context.CancelFunc
-	)
-	waiting := func() context.Context {
-		if timed == nil {
-			timed, cancel = context.WithTimeout(ctx, l.wait)
-		}
-		return timed
-	}
-	defer func() {
-		if cancel != nil {
-			cancel()
-		}
-	}()
+	// One wait for both steps; its timer starts only if a step waits.
+	ctx, cancel := lazyctx.WithTimeout(ctx, l.wait)
+	defer cancel()
 	if l.slots != nil {
-		if !l.slots.TryAcquire(1) && l.slots.Acquire(waiting(), 1) != nil {
+		if !l.slots.TryAcquire(1) && l.slots.Acquire(ctx, 1) != nil {
 			return nil, l.busy(weight)
 		}
 	}
-	if !l.bytes.TryAcquire(w) && l.bytes.Acquire(waiting(), w) != nil {
+	if !l.bytes.TryAcquire(w) && l.bytes.Acquire(ctx, w) != nil {
 		if l.slots != nil {
 			l.slots.Release(1)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/internal/lazyctx"
 )
 
 // MaxDocumentsPerObject caps the SOPS documents one object may carry, which
@@ -146,7 +147,7 @@ func (h *Handler) handle(ctx context.Context, req admission.Request, decode func
 	}
 
 	// Mutate.
-	ctx, cancel := withLazyTimeout(ctx, h.timeout)
+	ctx, cancel := lazyctx.WithTimeout(ctx, h.timeout)
 	defer cancel()
 	eng := h.engine()
 	var access keysource.Access

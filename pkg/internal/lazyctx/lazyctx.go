@@ -1,4 +1,8 @@
-package mutate
+// Package lazyctx is context.WithTimeout whose timer starts only when
+// something waits. Starting a timer in the Go runtime wakes a thread of its
+// network poller; on a request the webhook answers from its caches, which
+// waits on nothing, that wake-up cost more CPU than the handler's own work.
+package lazyctx
 
 import (
 	"context"
@@ -7,16 +11,13 @@ import (
 	"time"
 )
 
-// withLazyTimeout returns a copy of parent that is done timeout from now, as
+// WithTimeout returns a copy of parent that is done timeout from now, as
 // context.WithTimeout's is, but that starts its timer only when something
-// first asks for its Done channel: a remote key call or a wait for the
-// budget. A request answered from the caches never asks, and starts none.
-// Starting a timer wakes a thread of the Go runtime's network poller; on a
-// request answered from the caches that wake-up cost more CPU than the
-// handler's own work. Err, Value and Deadline answer as context.WithTimeout's
-// would without starting it. The returned cancel releases the timer, if one
-// started, and makes the context done.
-func withLazyTimeout(parent context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+// first asks for its Done channel (context.WithTimeout and WithDeadline on
+// it ask, and so does a select on it). Err, Value and Deadline answer as
+// context.WithTimeout's would without starting it. The returned cancel
+// releases the timer, if one started, and makes the context done.
+func WithTimeout(parent context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
 	deadline := time.Now().Add(timeout)
 	if d, ok := parent.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -25,7 +26,7 @@ func withLazyTimeout(parent context.Context, timeout time.Duration) (context.Con
 	return c, c.stop
 }
 
-// lazyDeadline is withLazyTimeout's context. Until started it answers from
+// lazyDeadline is WithTimeout's context. Until started it answers from
 // its parent and the clock; once started, from timed, a
 // context.WithDeadline of the parent.
 type lazyDeadline struct {
@@ -63,9 +64,12 @@ func (c *lazyDeadline) Err() error                  { return c.current().Err() }
 func (c *lazyDeadline) Value(key any) any           { return c.current().Value(key) }
 
 // stop cancels the context, making it done; a timer it started is released.
+// One never started is cancelled apart from its parent (WithoutCancel keeps
+// the parent's values): deriving it from the parent would ask the parent
+// for Done, which starts the parent's timer when that is lazy too.
 func (c *lazyDeadline) stop() {
 	c.once.Do(func() {
-		c.timed, c.cancel = context.WithCancel(c.parent)
+		c.timed, c.cancel = context.WithCancel(context.WithoutCancel(c.parent))
 		c.started.Store(true)
 	})
 	c.cancel()

@@ -1,4 +1,4 @@
-package mutate
+package lazyctx
 
 import (
 	"context"
@@ -12,13 +12,13 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/internal/ctxtest"
 )
 
-// TestLazyTimeout checks that withLazyTimeout's context answers as
+// TestWithTimeout checks that WithTimeout's context answers as
 // context.WithTimeout's does, and starts a timer only when asked for Done.
-func TestLazyTimeout(t *testing.T) {
+func TestWithTimeout(t *testing.T) {
 	const short = 20 * time.Millisecond
 	t.Run("answers without a timer until asked for Done", func(t *testing.T) {
 		parent := &ctxtest.DoneCounter{Context: context.WithValue(context.Background(), ctxKey{}, "v")}
-		ctx, cancel := withLazyTimeout(parent, time.Minute)
+		ctx, cancel := WithTimeout(parent, time.Minute)
 		defer cancel()
 		deadline, ok := ctx.Deadline()
 		require.True(t, ok)
@@ -33,8 +33,19 @@ func TestLazyTimeout(t *testing.T) {
 		}
 		require.NotZero(t, parent.Asked())
 	})
+	t.Run("one made from it and cancelled unasked starts no timer on it", func(t *testing.T) {
+		watched := &ctxtest.DoneCounter{Context: context.WithValue(context.Background(), ctxKey{}, "v")}
+		outer, cancelOuter := WithTimeout(watched, time.Minute)
+		defer cancelOuter()
+		inner, cancelInner := WithTimeout(outer, time.Second)
+		cancelInner()
+		require.ErrorIs(t, inner.Err(), context.Canceled)
+		require.Equal(t, "v", inner.Value(ctxKey{}), "a cancelled context lost its parent's values")
+		require.NoError(t, outer.Err())
+		require.Zero(t, watched.Asked(), "cancelling the inner context started the outer one's timer")
+	})
 	t.Run("past the deadline it is done, asked or not", func(t *testing.T) {
-		ctx, cancel := withLazyTimeout(context.Background(), short)
+		ctx, cancel := WithTimeout(context.Background(), short)
 		defer cancel()
 		time.Sleep(2 * short)
 		require.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
@@ -42,13 +53,13 @@ func TestLazyTimeout(t *testing.T) {
 		<-ctx.Done()
 	})
 	t.Run("a waiter is woken at the deadline", func(t *testing.T) {
-		ctx, cancel := withLazyTimeout(context.Background(), short)
+		ctx, cancel := WithTimeout(context.Background(), short)
 		defer cancel()
 		<-ctx.Done()
 		require.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
 	})
 	t.Run("a context made from it ends at its deadline", func(t *testing.T) {
-		ctx, cancel := withLazyTimeout(context.Background(), short)
+		ctx, cancel := WithTimeout(context.Background(), short)
 		defer cancel()
 		call, stop := context.WithTimeout(ctx, time.Minute)
 		defer stop()
@@ -58,7 +69,7 @@ func TestLazyTimeout(t *testing.T) {
 	t.Run("an earlier deadline of the parent wins", func(t *testing.T) {
 		parent, stop := context.WithTimeout(context.Background(), short)
 		defer stop()
-		ctx, cancel := withLazyTimeout(parent, time.Minute)
+		ctx, cancel := WithTimeout(parent, time.Minute)
 		defer cancel()
 		deadline, _ := ctx.Deadline()
 		want, _ := parent.Deadline()
@@ -66,14 +77,14 @@ func TestLazyTimeout(t *testing.T) {
 	})
 	t.Run("the parent's cancellation ends it", func(t *testing.T) {
 		parent, cancelParent := context.WithCancel(context.Background())
-		ctx, cancel := withLazyTimeout(parent, time.Minute)
+		ctx, cancel := WithTimeout(parent, time.Minute)
 		defer cancel()
 		cancelParent()
 		require.ErrorIs(t, ctx.Err(), context.Canceled)
 		<-ctx.Done()
 	})
 	t.Run("goroutines may ask at once", func(t *testing.T) {
-		ctx, cancel := withLazyTimeout(context.Background(), short)
+		ctx, cancel := WithTimeout(context.Background(), short)
 		defer cancel()
 		var wg sync.WaitGroup
 		for range 8 {
@@ -89,7 +100,7 @@ func TestLazyTimeout(t *testing.T) {
 	for _, asked := range []bool{false, true} {
 		name := map[bool]string{false: "cancel ends it before a timer started", true: "cancel ends it after a timer started"}[asked]
 		t.Run(name, func(t *testing.T) {
-			ctx, cancel := withLazyTimeout(context.Background(), time.Minute)
+			ctx, cancel := WithTimeout(context.Background(), time.Minute)
 			if asked {
 				_ = ctx.Done()
 			}
