@@ -28,6 +28,18 @@ func (f floodRun) ratio() float64 {
 	return testbed.Percentile(f.flooded, 0.99).Seconds() / testbed.Percentile(f.unloaded, 0.99).Seconds()
 }
 
+// aloneSpread is the lowest and the highest of the runs' victim p99 alone.
+func aloneSpread(runs []floodRun) (lo, hi time.Duration) {
+	for i, f := range runs {
+		p := testbed.Percentile(f.unloaded, 0.99)
+		if i == 0 || p < lo {
+			lo = p
+		}
+		hi = max(hi, p)
+	}
+	return lo, hi
+}
+
 // floodRuns is how often the flood is run: a p99 of one run moves with
 // the machine, so the report gives each run's ratio and their median.
 const floodRuns = 3

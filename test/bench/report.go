@@ -183,6 +183,10 @@ func (r *report) write(path string) error {
 	vq := median(qs)
 	w("")
 	w("Victim p99 under the flood: **%.2f×** its p99 alone, the median of the runs (goal ≤ 3×, %s). Peak memory, highest of the runs: %.1f MiB of 256 MiB.", vq, met(vq <= 3), float64(slices.MaxFunc(r.flood, func(a, b floodRun) int { return cmp.Compare(a.peak, b.peak) }).peak)/(1<<20))
+	if lo, hi := aloneSpread(r.flood); hi > 2*lo {
+		w("")
+		w("The victim's p99 alone ranged from %s to %s ms over the runs, with the webhook idle: that spread is the machine's, and the ratio follows it as much as it follows the flood (`docs/design-notes.md`, \"Where the victim's tail goes\").", ms(lo), ms(hi))
+	}
 	w("")
 	w("## Go benchmarks (`pkg/decrypt`, `pkg/mutate`)")
 	w("")

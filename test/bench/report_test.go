@@ -67,3 +67,30 @@ func TestMedian(t *testing.T) {
 	assert.Equal(t, 2.5, median([]float64{4, 1, 3, 2}))
 	assert.Equal(t, 7.0, median([]float64{7}))
 }
+
+func TestAloneSpread(t *testing.T) {
+	run := func(p99 time.Duration) floodRun {
+		lat := make([]time.Duration, 100)
+		for i := range lat {
+			lat[i] = time.Millisecond
+		}
+		lat[99] = p99
+		return floodRun{unloaded: lat}
+	}
+	tests := []struct {
+		name   string
+		runs   []floodRun
+		lo, hi time.Duration
+	}{
+		{"one run", []floodRun{run(3 * time.Millisecond)}, 3 * time.Millisecond, 3 * time.Millisecond},
+		{"lowest first", []floodRun{run(2 * time.Millisecond), run(7 * time.Millisecond), run(5 * time.Millisecond)}, 2 * time.Millisecond, 7 * time.Millisecond},
+		{"lowest last", []floodRun{run(7 * time.Millisecond), run(5 * time.Millisecond), run(2 * time.Millisecond)}, 2 * time.Millisecond, 7 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lo, hi := aloneSpread(tt.runs)
+			assert.Equal(t, tt.lo, lo)
+			assert.Equal(t, tt.hi, hi)
+		})
+	}
+}
