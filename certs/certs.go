@@ -97,22 +97,9 @@ func (ca *CA) Issue(hosts []string, now time.Time, validity time.Duration) (cert
 	if len(hosts) == 0 {
 		return nil, nil, errors.New("issue: no hosts")
 	}
-	now = now.Add(-time.Minute)
-	notAfter := now.Add(validity)
-	if notAfter.After(ca.Cert.NotAfter) {
-		notAfter = ca.Cert.NotAfter
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("generate serving key: %w", err)
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: hosts[0]},
-		NotBefore:    now,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{CommonName: hosts[0]},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
@@ -121,9 +108,41 @@ func (ca *CA) Issue(hosts []string, now time.Time, validity time.Duration) (cert
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
+	return ca.sign(tmpl, "serving", now, validity)
+}
+
+// IssueClient returns a client certificate and its key, PEM encoded, for
+// the common name name (the API server's, when it calls the webhook),
+// valid from a minute before now for validity but never past the CA.
+func (ca *CA) IssueClient(name string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	if name == "" {
+		return nil, nil, errors.New("issue: no client name")
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: name},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	return ca.sign(tmpl, "client", now, validity)
+}
+
+// sign completes tmpl with a serial, a validity and a fresh key, and signs
+// it; what names the certificate in errors.
+func (ca *CA) sign(tmpl *x509.Certificate, what string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	now = now.Add(-time.Minute)
+	notAfter := now.Add(validity)
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate %s key: %w", what, err)
+	}
+	tmpl.SerialNumber = serial()
+	tmpl.NotBefore, tmpl.NotAfter = now, notAfter
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sign serving certificate: %w", err)
+		return nil, nil, fmt.Errorf("sign %s certificate: %w", what, err)
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {

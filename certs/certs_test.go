@@ -31,3 +31,25 @@ func TestServingCertificateVerifiesAgainstCA(t *testing.T) {
 	_, err = leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "other.example"})
 	require.Error(t, err)
 }
+
+func TestClientCertificateIsForClientAuthOnly(t *testing.T) {
+	now := time.Now()
+	ca, err := NewCA("test CA", now, time.Hour)
+	require.NoError(t, err)
+	certPEM, keyPEM, err := ca.IssueClient("kube-apiserver", now, 2*time.Hour)
+	require.NoError(t, err)
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	require.NoError(t, err)
+	require.Equal(t, "kube-apiserver", leaf.Subject.CommonName)
+	require.Equal(t, ca.Cert.NotAfter, leaf.NotAfter, "never valid past its CA")
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	require.NoError(t, err)
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	require.Error(t, err, "a client certificate must not serve")
+	_, _, err = ca.IssueClient("", now, time.Hour)
+	require.Error(t, err)
+}

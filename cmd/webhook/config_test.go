@@ -4,6 +4,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -106,11 +107,22 @@ func TestParseFlags(t *testing.T) {
 		{"memory limit not a quantity", []string{"--config", "c", "--cert-dir", certDir, "--memory-limit", "lots"}, `--memory-limit "lots"`},
 		{"decrypt budget not positive", []string{"--config", "c", "--cert-dir", certDir, "--decrypt-budget", "0"}, "--decrypt-budget"},
 		{"budget wait not shorter than the decrypt timeout", []string{"--config", "c", "--cert-dir", certDir, "--budget-wait", "5s"}, "--budget-wait"},
+		{"no caller authentication chosen", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", ""}, "--client-ca-file is not set"},
+		{"a client CA implies client certificates", []string{"--config", "c", "--cert-dir", certDir, "--client-ca-file", "ca.crt", "--client-names", "kube-apiserver"}, ""},
+		{"client certificates need a CA", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "client-certificate"}, "needs --client-ca-file"},
+		{"network policy chosen", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "network-policy"}, ""},
+		{"a client CA contradicts none", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "none", "--client-ca-file", "ca.crt"}, "need --caller-auth=client-certificate"},
+		{"names without a CA", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "network-policy", "--client-names", "kube-apiserver"}, "need --caller-auth=client-certificate"},
+		{"unknown caller authentication", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "trust-me"}, `--caller-auth "trust-me"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out strings.Builder
-			_, err := parseFlags(tt.args, &out)
+			args := tt.args
+			if !slices.Contains(args, "--caller-auth") && !slices.Contains(args, "--client-ca-file") {
+				args = append(args, "--caller-auth", "none")
+			}
+			_, err := parseFlags(args, &out)
 			if tt.wantErr == "" {
 				require.NoError(t, err)
 				return
@@ -122,7 +134,7 @@ func TestParseFlags(t *testing.T) {
 }
 
 func TestSelfManagedHosts(t *testing.T) {
-	o, err := parseFlags([]string{"--config", "c", "--cert-dir", t.TempDir(), "--certificates", "self-managed",
+	o, err := parseFlags([]string{"--config", "c", "--cert-dir", t.TempDir(), "--caller-auth", "none", "--certificates", "self-managed",
 		"--namespace", "ops", "--service", "sw", "--tls-hosts", "127.0.0.1, sw.example"}, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"sw.ops.svc", "sw.ops.svc.cluster.local", "127.0.0.1", "sw.example"}, o.selfCerts.hosts)

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
+	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
@@ -38,6 +39,13 @@ type options struct {
 	// certificatesSelfManaged (package selfcerts).
 	certificates string
 	selfCerts    selfCertOptions
+
+	// callerAuth is how the webhook knows its caller is the API server
+	// (callerauth.Mode*); clientCAFile and clientNames configure
+	// callerauth.ModeClientCertificate.
+	callerAuth   string
+	clientCAFile string
+	clientNames  []string
 
 	kubeconfig          string
 	cacheSize           int
@@ -91,6 +99,9 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 25*time.Second, "longest time to drain requests on SIGTERM")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, how long to keep serving while reporting not ready, so endpoints drop this replica before it stops")
 	fs.StringVar(&o.certificates, "certificates", certificatesFiles, `where the serving certificate comes from: "files" in --cert-dir (cert-manager, a mounted Secret), or "self-managed" (the webhook issues it, stores it in --tls-secret and patches the caBundle of --webhook-configuration)`)
+	fs.StringVar(&o.callerAuth, "caller-auth", "", `how the webhook knows its caller is the API server: "client-certificate" (only TLS clients with a certificate from --client-ca-file are answered; the default when that flag is set), "network-policy" or "none" (any caller that reaches the port is answered: a NetworkPolicy must keep everything but the API server out, or you accept that any pod can ask for plaintext). Required without --client-ca-file`)
+	fs.StringVar(&o.clientCAFile, "client-ca-file", "", "PEM CA certificates that sign the API server's client certificate for this webhook; reloaded when it changes")
+	clientNames := fs.String("client-names", "", "comma-separated names (common name or DNS name) one of which the caller's client certificate must carry, e.g. kube-apiserver; default: any certificate the client CA signed for client authentication")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file for API access (default: in-cluster when in a pod); used by self-managed certificates and by policies with namespaceSelector or requireRBAC")
 	fs.IntVar(&o.cacheSize, "data-key-cache-size", keysource.DefaultCacheSize, "how many unwrapped data keys are kept in memory; 0 disables the cache")
 	fs.DurationVar(&o.cacheTTL, "data-key-cache-ttl", keysource.DefaultCacheTTL, "how long an unwrapped data key is reused; 0 disables the cache")
@@ -118,6 +129,14 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 		if h = strings.TrimSpace(h); h != "" {
 			o.selfCerts.hosts = append(o.selfCerts.hosts, h)
 		}
+	}
+	for _, n := range strings.Split(*clientNames, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			o.clientNames = append(o.clientNames, n)
+		}
+	}
+	if o.callerAuth == "" && o.clientCAFile != "" {
+		o.callerAuth = callerauth.ModeClientCertificate
 	}
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -168,6 +187,21 @@ func (o options) validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--certificates %q is not files or self-managed", o.certificates))
+	}
+	switch o.callerAuth {
+	case callerauth.ModeClientCertificate:
+		if o.clientCAFile == "" {
+			errs = append(errs, errors.New("--caller-auth=client-certificate needs --client-ca-file"))
+		}
+	case callerauth.ModeNetworkPolicy, callerauth.ModeNone:
+		if o.clientCAFile != "" || len(o.clientNames) > 0 {
+			errs = append(errs, fmt.Errorf("--client-ca-file and --client-names need --caller-auth=client-certificate, not %q", o.callerAuth))
+		}
+	case "":
+		errs = append(errs, errors.New("--client-ca-file is not set: without it any caller that reaches the port gets plaintext; "+
+			"pass --caller-auth=network-policy or --caller-auth=none to accept that knowingly (docs/operations.md, Security model)"))
+	default:
+		errs = append(errs, fmt.Errorf("--caller-auth %q is not client-certificate, network-policy or none", o.callerAuth))
 	}
 	if o.cacheSize < 0 || o.cacheTTL < 0 || o.resultCacheBytes < 0 || o.policyCacheTTL < 0 || o.configCheckInterval < 0 {
 		errs = append(errs, errors.New("--data-key-cache-size, --data-key-cache-ttl, --policy-cache-ttl and --config-check-interval must not be negative"))

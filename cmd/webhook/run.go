@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
+	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 )
@@ -83,11 +85,19 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		}
 	}
 
+	callers, err := newCallerAuth(o, reg, log)
+	if err != nil {
+		return err
+	}
+	tlsOpts := []func(*tls.Config){hardenTLS}
+	if callers != nil {
+		tlsOpts = append(tlsOpts, callers.Configure)
+	}
 	server := webhook.NewServer(webhook.Options{
 		Host:    o.host,
 		Port:    o.port,
 		CertDir: o.certDir,
-		TLSOpts: []func(*tls.Config){hardenTLS},
+		TLSOpts: tlsOpts,
 	})
 	var stopping atomic.Bool
 	server.Register(mutatePath, closeWhen(&stopping, mutate.BodyGate(bodies, heavy, metrics, handler)))
@@ -117,22 +127,30 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 	}
 	if o.configCheckInterval > 0 {
 		g.Go(func() error { return engines.run(gctx, o.configCheckInterval) })
+		if callers != nil {
+			g.Go(func() error { return reloadClientCA(gctx, callers, o.configCheckInterval, log) })
+		}
 	}
 
-	started := server.StartedChecker()
+	admissionAddr := net.JoinHostPort(o.host, strconv.Itoa(o.port))
 	probes := http.NewServeMux()
 	probes.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	probes.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		// Keys are loaded before anything listens, so ready means: the
-		// admission endpoint answers TLS and we are not shutting down.
+		// Keys and certificates are loaded before anything listens, so
+		// ready means: the admission endpoint listens and we are not
+		// shutting down.
 		if stopping.Load() {
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
-		if err := started(r); err != nil {
+		// A TCP connect, not controller-runtime's TLS dial: with client
+		// certificates required the probe would be a refused caller.
+		c, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(r.Context(), "tcp", admissionAddr)
+		if err != nil {
 			http.Error(w, "admission endpoint not serving yet", http.StatusServiceUnavailable)
 			return
 		}
+		c.Close()
 		fmt.Fprintln(w, "ok")
 	})
 	g.Go(func() error { return serveHTTP(gctx, "health probes", o.healthAddr, probes, o.shutdownTimeout) })
@@ -149,6 +167,47 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newCallerAuth registers the caller-authentication metrics and returns
+// the client-certificate verifier, or nil in the modes that answer any
+// caller, which it logs as an error-level warning at every start.
+func newCallerAuth(o options, reg prometheus.Registerer, log logr.Logger) (*callerauth.Verifier, error) {
+	m, err := callerauth.NewMetrics(reg, o.callerAuth)
+	if err != nil {
+		return nil, err
+	}
+	if o.callerAuth != callerauth.ModeClientCertificate {
+		log.Error(nil, "the admission endpoint answers callers it cannot authenticate: anything that reaches its port can ask for plaintext",
+			"callerAuth", o.callerAuth, "metric", callerauth.UnauthenticatedMetric, "fix", "--client-ca-file (docs/operations.md, Security model)")
+		return nil, nil
+	}
+	v, err := callerauth.New(o.clientCAFile, o.clientNames, m.Refused)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("only callers with a client certificate are answered", "clientCAFile", o.clientCAFile, "names", o.clientNames)
+	return v, nil
+}
+
+// reloadClientCA re-reads the client CA file every interval until ctx
+// ends; a file that cannot be used is logged and the CAs before it stay.
+func reloadClientCA(ctx context.Context, v *callerauth.Verifier, interval time.Duration, log logr.Logger) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		switch changed, err := v.Reload(); {
+		case err != nil:
+			log.Error(err, "client CA not reloaded; the CAs read before stay in use")
+		case changed:
+			log.Info("client CA reloaded")
+		}
+	}
 }
 
 // closeWhen asks clients to close their connection after each response once

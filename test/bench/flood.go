@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -83,10 +81,8 @@ func floodOnce(ctx context.Context, dir, config, bin string, payloads testbed.Fl
 		return res, err
 	}
 	defer wh.Stop()
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(wh.CABundle)
 	client := func() *http.Client {
-		return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+		return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: wh.TLSConfig()}}
 	}
 	victim := testbed.NewVictim(wh.URL, client(), payloads.Small)
 	// The first requests open the connection and fill the caches.

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
@@ -63,12 +61,16 @@ func merge(rounds []point) point {
 	return out
 }
 
-// httpsClient trusts only caPEM and keeps up to conns connections open.
+// httpsClient trusts only caPEM, presents the test bed's API-server client
+// certificate (both servers require it) and keeps up to conns connections
+// open.
 func httpsClient(caPEM []byte, conns int) *http.Client {
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
+	id, err := testbed.LoadAPIServerClient()
+	if err != nil {
+		panic(err) // made before any server started; it cannot fail now
+	}
 	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		TLSClientConfig:     id.TLSConfig(caPEM),
 		MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns,
 	}}
 }

@@ -90,7 +90,11 @@ func run(ctx context.Context, out string, d time.Duration, quick bool) (err erro
 		return err
 	}
 	noopPort, noopHealth := freePort(), freePort()
-	np, err := startProcess(noop, []string{"--cert-dir", noopDir, "--port", strconv.Itoa(noopPort), "--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(noopHealth)},
+	id, err := testbed.LoadAPIServerClient()
+	if err != nil {
+		return err
+	}
+	np, err := startProcess(noop, []string{"--cert-dir", noopDir, "--client-ca-file", id.CAFile, "--port", strconv.Itoa(noopPort), "--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(noopHealth)},
 		"http://127.0.0.1:"+strconv.Itoa(noopHealth)+"/readyz")
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
 	"os"
@@ -117,7 +118,20 @@ policy:
 		return err == nil && v >= 1
 	}, 20*time.Second, 100*time.Millisecond, "the refused reload is counted")
 
+	// A caller without the API server's client certificate is refused.
+	_, err = tls.Dial("tcp", wh.Addr, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12})
+	require.Error(t, err, "a caller without a client certificate completed the handshake")
+
 	webhookSeries := scrape(t, http.DefaultClient, wh.MetricsURL, "sops_webhook_")
+
+	// A webhook that answers anyone says so; the one above, which requires
+	// the API server's certificate, does not fire the same alert.
+	open, err := testbed.StartWebhookWith(ctx, b.bin, testbed.WebhookOptions{
+		Config: filepath.Join(b.work, "alerts", "config.yaml"), WorkDir: filepath.Join(b.work, "open"), Args: []string{"--caller-auth", "network-policy"},
+	})
+	require.NoError(t, err)
+	webhookSeries = append(webhookSeries, scrape(t, http.DefaultClient, open.MetricsURL, "sops_webhook_unauthenticated_callers_served")...)
+	require.NoError(t, open.Stop())
 
 	// The webhook stops answering: the API server fails the call.
 	require.NoError(t, wh.Stop())
@@ -138,15 +152,17 @@ policy:
 
 	// What each alert must report, given what was driven above.
 	want := map[string][]map[string]string{
-		"SopsWebhookErrors":                {{"kind": "Secret", "operation": "CREATE"}},
-		"SopsWebhookKeyServiceUnavailable": {{"format": "yaml"}},
-		"SopsWebhookKeyNotGranted":         {{"format": "yaml"}},
-		"SopsWebhookTamperedPayload":       {{"format": "yaml", "outcome": "mac_mismatch"}, {"format": "yaml", "outcome": "corrupt"}},
-		"SopsWebhookDenials":               {{"kind": "Secret"}},
-		"SopsWebhookConfigReloadFailed":    {{"result": "failure"}},
-		"SopsWebhookSlow":                  {{}},
-		"SopsWebhookBusy":                  {{"lane": "heavy"}},
-		"SopsWebhookUnreachable":           {{}},
+		"SopsWebhookErrors":                 {{"kind": "Secret", "operation": "CREATE"}},
+		"SopsWebhookKeyServiceUnavailable":  {{"format": "yaml"}},
+		"SopsWebhookKeyNotGranted":          {{"format": "yaml"}},
+		"SopsWebhookTamperedPayload":        {{"format": "yaml", "outcome": "mac_mismatch"}, {"format": "yaml", "outcome": "corrupt"}},
+		"SopsWebhookDenials":                {{"kind": "Secret"}},
+		"SopsWebhookConfigReloadFailed":     {{"result": "failure"}},
+		"SopsWebhookSlow":                   {{}},
+		"SopsWebhookBusy":                   {{"lane": "heavy"}},
+		"SopsWebhookUnreachable":            {{}},
+		"SopsWebhookUnauthenticatedCallers": {{"mode": "network-policy"}},
+		"SopsWebhookCallersRefused":         {{"reason": "no_certificate"}},
 	}
 	var tests []map[string]any
 	for _, r := range rules {
@@ -258,7 +274,7 @@ func scrape(t *testing.T, c *http.Client, url, prefix string) []series {
 	return out
 }
 
-// parseSeries flattens the counters and histograms of an exposition whose
+// parseSeries flattens the counters, gauges and histograms of an exposition whose
 // family names start with prefix, as Prometheus stores them.
 func parseSeries(t *testing.T, raw []byte, prefix string) []series {
 	t.Helper()
@@ -285,6 +301,8 @@ func parseSeries(t *testing.T, raw []byte, prefix string) []series {
 			switch f.GetType() {
 			case dto.MetricType_COUNTER:
 				out = append(out, series{name, labels, m.GetCounter().GetValue()})
+			case dto.MetricType_GAUGE:
+				out = append(out, series{name, labels, m.GetGauge().GetValue()})
 			case dto.MetricType_HISTOGRAM:
 				h := m.GetHistogram()
 				for _, bk := range h.GetBucket() {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"net/http"
 	"os"
 	"strconv"
@@ -170,7 +169,16 @@ func TestAWSKMS(t *testing.T) {
 // caClient is an AWS SDK HTTP client trusting only caPEM.
 func caClient(t *testing.T, caPEM []byte) *http.Client {
 	t.Helper()
-	pool := x509.NewCertPool()
-	require.True(t, pool.AppendCertsFromPEM(caPEM))
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: apiServerTLS(t, caPEM)}}
+}
+
+// apiServerTLS trusts caPEM and presents the test bed's API-server client
+// certificate, which every webhook of the test bed requires.
+func apiServerTLS(t *testing.T, caPEM []byte) *tls.Config {
+	t.Helper()
+	id, err := testbed.LoadAPIServerClient()
+	require.NoError(t, err)
+	c := id.TLSConfig(caPEM)
+	require.NotNil(t, c.RootCAs)
+	return c
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -104,11 +105,21 @@ func runKubectl(kubeconfig string, stdin []byte, args ...string) (string, error)
 	return string(out), nil
 }
 
-// render builds a kustomization of the repository with kubectl.
-func (s *deploySuite) render(t *testing.T, dir string) []byte {
+// render builds a kustomization of the repository with kubectl, with the
+// repository's components (manifests/components/NAME) added to it.
+func (s *deploySuite) render(t *testing.T, dir string, components ...string) []byte {
 	root, err := testbed.RepoRoot()
 	require.NoError(t, err)
-	return []byte(s.kubectl(t, nil, "kustomize", filepath.Join(root, dir)))
+	if len(components) == 0 {
+		return []byte(s.kubectl(t, nil, "kustomize", filepath.Join(root, dir)))
+	}
+	k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [" + filepath.Join(root, dir) + "]\ncomponents:\n"
+	for _, c := range components {
+		k += "  - " + filepath.Join(root, "manifests/components", c) + "\n"
+	}
+	wrap := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(wrap, "kustomization.yaml"), []byte(k), 0o644))
+	return []byte(s.kubectl(t, nil, "kustomize", wrap))
 }
 
 func (s *deploySuite) manifestsAccepted(t *testing.T) {
@@ -131,6 +142,7 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 	for _, overlay := range []string{"manifests/overlays/cert-manager", "manifests/overlays/self-managed"} {
 		t.Run(overlay, func(t *testing.T) {
 			rendered := s.render(t, overlay)
+			assert.Contains(t, string(rendered), "--client-ca-file=/etc/sops-webhook/client-ca/ca.crt", "the base requires the API server's client certificate")
 			out := s.kubectl(t, rendered, "apply", "--server-side", "--dry-run=server", "--field-manager=sops-webhook-test", "-f", "-")
 			kinds := strings.Count(string(rendered), "\nkind: ")
 			assert.Equal(t, kinds, strings.Count(out, "serverside-applied"), "every object accepted:\n%s", out)
@@ -145,6 +157,47 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 			}
 		})
 	}
+
+	for _, component := range []string{"caller-auth-network-policy", "caller-auth-none"} {
+		t.Run("manifests/components/"+component, func(t *testing.T) {
+			for _, overlay := range []string{"manifests/overlays/cert-manager", "manifests/overlays/self-managed"} {
+				rendered := s.render(t, overlay, component)
+				out := s.kubectl(t, rendered, "apply", "--server-side", "--dry-run=server", "--field-manager=sops-webhook-test", "-f", "-")
+				assert.Equal(t, strings.Count(string(rendered), "\nkind: "), strings.Count(out, "serverside-applied"), "every object accepted:\n%s", out)
+				dep := testbed.ParseObjects(t, string(rendered))["Deployment"]
+				raw, err := json.Marshal(dep)
+				require.NoError(t, err)
+				mode := strings.TrimPrefix(component, "caller-auth-")
+				assert.Contains(t, string(raw), `"--caller-auth=`+mode+`"`, overlay)
+				assert.NotContains(t, string(raw), "client-ca", "%s: the client CA is gone with client certificates", overlay)
+				if strings.HasSuffix(overlay, "self-managed") {
+					assert.Contains(t, string(raw), "--certificates=self-managed", "the overlay's own argument is kept")
+				}
+				np, err := json.Marshal(testbed.ParseObjects(t, string(rendered))["NetworkPolicy"])
+				require.NoError(t, err)
+				assert.Equal(t, mode == "network-policy", strings.Contains(string(np), `"ipBlock"`), "only network-policy narrows the webhook port: %s", np)
+			}
+		})
+	}
+
+	t.Run("the chart refuses to render until the caller authentication is chosen", func(t *testing.T) {
+		h := testbed.HelmCLIs(t, "")[0]
+		root, err := testbed.RepoRoot()
+		require.NoError(t, err)
+		for _, c := range []struct {
+			args []string
+			want string
+		}{
+			{nil, "set callerAuth.mode"},
+			{[]string{"--set", "callerAuth.mode=clientCertificate"}, "needs callerAuth.clientCertificate.caBundle"},
+			{[]string{"--set", "callerAuth.mode=networkPolicy"}, "needs networkPolicy.enabled and networkPolicy.apiServerSources"},
+			{[]string{"--set", "callerAuth.mode=networkPolicy", "--set", "networkPolicy.enabled=false", "--set", "networkPolicy.apiServerSources[0].ipBlock.cidr=10.0.0.2/32"}, "needs networkPolicy.enabled"},
+		} {
+			_, err := h.Run(append([]string{"template", "sw", filepath.Join(root, "charts/sops-webhook")}, c.args...)...)
+			require.Error(t, err, "rendered with %v", c.args)
+			assert.Contains(t, err.Error(), c.want)
+		}
+	})
 
 	for _, h := range testbed.HelmCLIs(t, s.kubeconfig) {
 		for _, vs := range chartValueSets {
@@ -161,7 +214,7 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 
 	t.Run("chart and manifests register the same webhook and policy", func(t *testing.T) {
 		h := testbed.HelmCLIs(t, "")[0]
-		chart := testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook"))
+		chart := testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook", chartNone...))
 		kustomized := testbed.ParseObjects(t, string(s.render(t, "manifests/overlays/cert-manager")))
 		for _, kind := range []string{"MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
 			a, b := chart[kind], kustomized[kind]
@@ -175,31 +228,44 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 		root, err := testbed.RepoRoot()
 		require.NoError(t, err)
 		h := testbed.HelmCLIs(t, "")[0]
-		chart := testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook", "--set", "prometheusRule.enabled=true"))["PrometheusRule"]
+		chart := testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook", append(chartNone, "--set", "prometheusRule.enabled=true")...))["PrometheusRule"]
 		raw, err := os.ReadFile(filepath.Join(root, "manifests/monitoring/prometheusrule.yaml"))
 		require.NoError(t, err)
 		file := testbed.ParseObjects(t, string(raw))["PrometheusRule"]
 		require.NotNil(t, chart, "the chart renders a PrometheusRule")
 		require.NotNil(t, file)
 		assert.Equal(t, file["spec"], chart["spec"])
-		assert.Nil(t, testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook"))["PrometheusRule"], "off by default")
+		assert.Nil(t, testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook", chartNone...))["PrometheusRule"], "off by default")
 	})
 }
 
-// chartValueSets are the chart's default values and non-default ones.
+// chartNone are the chart values of the one choice the chart needs made,
+// for renders that check something else.
+var chartNone = []string{"--set", "callerAuth.mode=none"}
+
+// chartValueSets are the chart's default values, with each caller
+// authentication, and non-default ones.
 var chartValueSets = []struct {
 	name string
 	args []string
 	want []string
 }{
-	{"defaults", nil, []string{"certificate.cert-manager.io/sops-webhook", "issuer.cert-manager.io/sops-webhook-selfsigned",
-		"validatingadmissionpolicy.admissionregistration.k8s.io/sops-webhook-no-ciphertext"}},
+	{"defaults, client certificate", []string{"--set", "callerAuth.mode=clientCertificate", "--set-file", "callerAuth.clientCertificate.caBundle=testdata/client-ca.crt"},
+		[]string{"certificate.cert-manager.io/sops-webhook", "issuer.cert-manager.io/sops-webhook-selfsigned",
+			"validatingadmissionpolicy.admissionregistration.k8s.io/sops-webhook-no-ciphertext", "configmap/sops-webhook-client-ca",
+			"networkpolicy.networking.k8s.io/sops-webhook"}},
+	{"network policy", []string{"--set", "callerAuth.mode=networkPolicy", "--set", "networkPolicy.apiServerSources[0].ipBlock.cidr=172.16.0.2/32"},
+		[]string{"networkpolicy.networking.k8s.io/sops-webhook"}},
+	{"none, no NetworkPolicy", []string{"--set", "callerAuth.mode=none", "--set", "networkPolicy.enabled=false"},
+		[]string{"deployment.apps/sops-webhook"}},
 	{"self-managed, ServiceMonitor, no VAP, pinned image", []string{
+		"--set", "callerAuth.mode=clientCertificate", "--set", "callerAuth.clientCertificate.existingConfigMap=corp-ca",
 		"--set", "certificates.mode=self-managed", "--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true", "--set", "validatingAdmissionPolicy.enabled=false",
 		"--set", "replicas=3", "--set", "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
 		"--set", "webhook.excludedNamespaces={kube-system,flux-system}", "--set", "priorityClassName=system-cluster-critical",
 	}, []string{"servicemonitor.monitoring.coreos.com/sops-webhook", "prometheusrule.monitoring.coreos.com/sops-webhook", "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle"}},
 	{"cert-manager with a ClusterIssuer", []string{
+		"--set", "callerAuth.mode=none",
 		"--set", "certificates.certManager.issuerRef.name=corp-ca", "--set", "certificates.certManager.issuerRef.kind=ClusterIssuer",
 	}, []string{"certificate.cert-manager.io/sops-webhook"}},
 }
@@ -249,7 +315,8 @@ func (s *deploySuite) helmInstall(t *testing.T) {
 	require.NoError(t, err)
 	for _, h := range testbed.HelmCLIs(t, s.kubeconfig) {
 		t.Run(h.Name, func(t *testing.T) {
-			h.MustRun(t, "install", "sw", filepath.Join(root, "charts/sops-webhook"), "-n", "sops-webhook", "--set", "certificates.mode=self-managed")
+			h.MustRun(t, "install", "sw", filepath.Join(root, "charts/sops-webhook"), "-n", "sops-webhook", "--set", "certificates.mode=self-managed",
+				"--set", "callerAuth.mode=clientCertificate", "--set-file", "callerAuth.clientCertificate.caBundle="+clientCAFile(t))
 			live, err := testbed.LoadWebhookConfiguration("https://unused", nil)
 			require.NoError(t, err)
 			mwc := live.DeepCopy()
@@ -488,7 +555,7 @@ func (s *deploySuite) selfManaged(t *testing.T) {
 			newCA = firstCert(t, sec.Data["ca.crt"])
 			pool := x509.NewCertPool()
 			pool.AddCert(newCA)
-			conn, err := tls.Dial("tcp", wh.Addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12})
+			conn, err := tls.Dial("tcp", wh.Addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{wh.ClientCert}})
 			if err != nil {
 				return false
 			}

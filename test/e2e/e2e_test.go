@@ -44,9 +44,12 @@ type suite struct {
 	kubeconfig string
 	c          client.Client
 	webhook    *testbed.Webhook
-	age        testbed.AgeKey
-	pgp        testbed.PGPKey
-	other      testbed.AgeKey
+	// bin, config and work are the webhook's binary, its config file and
+	// the suite's folder, for tests that start another one.
+	bin, config, work string
+	age               testbed.AgeKey
+	pgp               testbed.PGPKey
+	other             testbed.AgeKey
 }
 
 // TestMain gives controller-runtime's clients a logger that discards: the
@@ -75,6 +78,7 @@ func TestE2E(t *testing.T) {
 	for _, h := range testbed.HelmCLIs(t, s.kubeconfig) {
 		t.Run(h.Name, func(t *testing.T) { s.helm(t, h) })
 	}
+	t.Run("auth/only the API server's client certificate gets an answer", s.callerAuth)
 	t.Run("tls/1.1 refused, certificate reloaded from --cert-dir", s.tlsReload)
 	// Last: everything above ran through the webhook with debug logging.
 	t.Run("g/webhook logs hold no plaintext", s.logsClean)
@@ -115,7 +119,7 @@ keys:
 	wh, err := testbed.StartWebhook(ctx, bin, config, work, echo, "--log-level", "debug")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = wh.Stop() })
-	s.webhook = wh
+	s.webhook, s.bin, s.config, s.work = wh, bin, config, work
 	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, wh.CABundle))
 
 	for _, ns := range []struct {
@@ -353,7 +357,7 @@ func (s *suite) tlsReload(t *testing.T) {
 	_, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11})
 	require.Error(t, err, "TLS 1.1 handshake accepted")
 	require.Contains(t, err.Error(), "protocol version", "the server refused the version, not the client")
-	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12})
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12, Certificates: []tls.Certificate{s.webhook.ClientCert}})
 	require.NoError(t, err, "TLS 1.2 refused")
 	conn.Close()
 
@@ -366,7 +370,7 @@ func (s *suite) tlsReload(t *testing.T) {
 	pool := x509.NewCertPool()
 	require.True(t, pool.AppendCertsFromPEM(b.CACert))
 	require.Eventually(t, func() bool {
-		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12})
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{s.webhook.ClientCert}})
 		if err != nil {
 			return false
 		}

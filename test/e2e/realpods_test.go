@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -139,12 +140,17 @@ images:
 	return out
 }
 
-// prepareNamespace follows docs/operations.md, "1. The keys": the
-// namespace, enforcing Pod Security restricted, and the keys Secret.
+// prepareNamespace follows docs/operations.md, "1. The keys" and "2. Who
+// may ask": the namespace, enforcing Pod Security restricted, the keys
+// Secret, and the ConfigMap with the CA of the API server's client
+// certificate, which the manifests' base requires.
 func (b *podsBed) prepareNamespace(t *testing.T) {
 	b.kubectl(t, nil, "create", "namespace", webhookNS)
 	b.kubectl(t, nil, "label", "namespace", webhookNS, "pod-security.kubernetes.io/enforce=restricted")
 	b.kubectl(t, nil, "-n", webhookNS, "create", "secret", "generic", "sops-webhook-keys", "--from-file=default.agekey="+b.key.IdentityFile)
+	id, err := testbed.LoadAPIServerClient()
+	require.NoError(t, err)
+	b.kubectl(t, nil, "-n", webhookNS, "create", "configmap", "sops-webhook-client-ca", "--from-file=ca.crt="+id.CAFile)
 }
 
 // deleteNamespace deletes the webhook's namespace and waits until it is
@@ -233,6 +239,29 @@ func (b *podsBed) checkInstall(t *testing.T, in installation) {
 	t.Run("a Secret created with kubectl is stored decrypted", func(t *testing.T) {
 		b.createDecrypted(t, "kubectl-"+in.name, b.doc, b.plain)
 	})
+
+	t.Run("a forged review from a pod's neighbour gets no answer", func(t *testing.T) {
+		b.forged(t, in)
+	})
+}
+
+// forged posts a forged review of the installation's document straight to
+// each pod, as any host that reaches the pod network could: without a
+// client certificate it gets no answer; with the API server's it gets the
+// plaintext, so the refusal is the certificate's doing.
+func (b *podsBed) forged(t *testing.T, in installation) {
+	review := forgedReview(t, "app.env", b.doc)
+	want := base64.StdEncoding.EncodeToString(b.plain)
+	for name, c := range b.podClients(t, in) {
+		r, err := testbed.SendReview(context.Background(), c.client, c.url, review)
+		require.NoError(t, err, name)
+		assert.Contains(t, string(r.Patch), want, "%s: the API server's certificate is answered", name)
+		anon := c.client.Transport.(*http.Transport).TLSClientConfig.Clone()
+		anon.Certificates = nil
+		r, err = testbed.SendReview(context.Background(), &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: anon}}, c.url, review)
+		assert.Error(t, err, "%s: a caller without a client certificate got an answer", name)
+		assert.Empty(t, r.Patch, name)
+	}
 }
 
 // createDecrypted creates a Secret holding doc with kubectl in the
@@ -467,6 +496,7 @@ func (b *podsBed) podClients(t *testing.T, in installation) map[string]podClient
 			url: "https://" + net.JoinHostPort(p.Status.PodIP, "9443") + "/mutate",
 			client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 				RootCAs: pool, ServerName: in.service + "." + webhookNS + ".svc", MinVersion: tls.VersionTLS12,
+				Certificates: apiServerTLS(t, nil).Certificates,
 			}}},
 		}
 	}
@@ -560,7 +590,8 @@ func (b *podsBed) chart(t *testing.T) {
 			in.name = h.Name
 			b.prepareNamespace(t)
 			h.MustRun(t, "install", "sw", filepath.Join(root, "charts/sops-webhook"), "-n", webhookNS,
-				"--set", "certificates.mode=self-managed", "--set", "image.repository="+podsImageName, "--set", "image.tag="+podsImageTag)
+				"--set", "certificates.mode=self-managed", "--set", "callerAuth.mode=clientCertificate", "--set-file", "callerAuth.clientCertificate.caBundle="+clientCAFile(t),
+				"--set", "image.repository="+podsImageName, "--set", "image.tag="+podsImageTag)
 			b.checkInstall(t, in)
 			h.MustRun(t, "uninstall", "sw", "-n", webhookNS, "--wait", "--timeout=3m")
 			b.gone(t, in)

@@ -24,13 +24,30 @@ type ControlPlane struct {
 	Client client.Client
 }
 
-// StartControlPlane starts kube-apiserver and etcd from the test bed.
+// StartControlPlane starts kube-apiserver and etcd from the test bed. The
+// API server presents the test bed's client certificate
+// (LoadAPIServerClient) to every webhook it calls.
 func StartControlPlane() (*ControlPlane, error) {
+	return StartControlPlaneWith(nil)
+}
+
+// StartControlPlaneWith is StartControlPlane with extra kube-apiserver
+// flags (name without dashes, value).
+func StartControlPlaneWith(flags map[string]string) (*ControlPlane, error) {
 	tools, err := Load()
 	if err != nil {
 		return nil, err
 	}
+	id, err := LoadAPIServerClient()
+	if err != nil {
+		return nil, err
+	}
 	env := &envtest.Environment{BinaryAssetsDirectory: tools.KubebuilderAssets}
+	env.ControlPlane.APIServer = &envtest.APIServer{}
+	args := env.ControlPlane.APIServer.Configure().Set("admission-control-config-file", id.AdmissionConfig)
+	for k, v := range flags {
+		args.Set(k, v)
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("start control plane from %s: %w", tools.KubebuilderAssets, err)

@@ -181,6 +181,10 @@ func (n *Node) startControlPlane(tools Tools) error {
 	if err := n.apiServerCerts(api); err != nil {
 		return err
 	}
+	id, err := LoadAPIServerClient()
+	if err != nil {
+		return err
+	}
 	api.SecureServing.ListenAddr.Address = n.NS.NodeIP
 	api.SecureServing.ListenAddr.Port = "6443"
 	api.Configure().
@@ -191,7 +195,9 @@ func (n *Node) startControlPlane(tools Tools) error {
 		Disable("disable-admission-plugins").
 		Set("kubelet-preferred-address-types", "InternalIP").
 		Set("service-cluster-ip-range", ServiceCIDR).
-		Set("advertise-address", n.NS.NodeIP)
+		Set("advertise-address", n.NS.NodeIP).
+		// It presents the test bed's client certificate to webhooks.
+		Set("admission-control-config-file", id.AdmissionConfig)
 	n.env.ControlPlane.APIServer = api
 	if n.Config, err = n.env.Start(); err != nil {
 		return fmt.Errorf("start the node's control plane: %w", err)

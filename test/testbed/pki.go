@@ -55,6 +55,36 @@ func NewTLS(hosts []string, validity time.Duration) (*certs.Bundle, error) {
 	return &certs.Bundle{CACert: caPEM, Cert: leafPEM, Key: keyPEM}, nil
 }
 
+// NewClientTLS issues a fresh self-signed CA and a client certificate it
+// signs for the common name name, for client authentication only, both
+// valid for validity, like NewTLS; the Bundle's Cert and Key are the client
+// certificate and key.
+func NewClientTLS(name string, validity time.Duration) (*certs.Bundle, error) {
+	ca := &cmapi.Certificate{Spec: cmapi.CertificateSpec{
+		CommonName: "sops-webhook test bed API server client CA",
+		Duration:   &metav1.Duration{Duration: validity},
+		IsCA:       true,
+		Usages:     []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageDigitalSignature},
+		PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
+	}}
+	leaf := ca.DeepCopy()
+	leaf.Spec.CommonName, leaf.Spec.IsCA = name, false
+	leaf.Spec.Usages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageClientAuth}
+	caPEM, caCert, caKey, err := issue(ca, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("client CA: %w", err)
+	}
+	leafPEM, _, key, err := issue(leaf, caCert, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	keyPEM, err := pki.EncodePrivateKey(key, cmapi.PKCS8)
+	if err != nil {
+		return nil, err
+	}
+	return &certs.Bundle{CACert: caPEM, Cert: leafPEM, Key: keyPEM}, nil
+}
+
 // issue makes a key and a certificate for crt, signed by parent and
 // parentKey, or self-signed when parent is nil.
 func issue(crt *cmapi.Certificate, parent *x509.Certificate, parentKey crypto.Signer) ([]byte, *x509.Certificate, crypto.Signer, error) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +50,10 @@ type Webhook struct {
 	MetricsURL string
 	// CertDir is the --cert-dir the webhook watches.
 	CertDir string
+	// ClientCert is the client certificate Client presents: the test
+	// bed's API server's.
+	ClientCert tls.Certificate
+	id         *APIServerClient
 	// Addr is the admission endpoint's host:port; ReadyURL its /readyz.
 	Addr, ReadyURL string
 
@@ -80,7 +84,10 @@ type WebhookOptions struct {
 	// SelfManaged leaves the cert dir empty: the webhook issues its own
 	// (pass --certificates=self-managed and its flags in Args).
 	SelfManaged bool
-	Args        []string
+	// Args are extra flags. Unless they choose --caller-auth or
+	// --client-ca-file, the webhook requires the test bed's API-server
+	// client certificate (LoadAPIServerClient).
+	Args []string
 	// Env is extra environment for the webhook process.
 	Env []string
 	// Cgroup, if not nil, is the memory cgroup the webhook runs in from
@@ -113,6 +120,16 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 	if err != nil {
 		return nil, err
 	}
+	id, err := LoadAPIServerClient()
+	if err != nil {
+		return nil, err
+	}
+	var auth []string
+	if !slices.ContainsFunc(o.Args, func(a string) bool {
+		return strings.HasPrefix(a, "--caller-auth") || strings.HasPrefix(a, "--client-ca-file")
+	}) {
+		auth = []string{"--client-ca-file", id.CAFile, "--client-names", APIServerClientName}
+	}
 	args := append([]string{
 		"--config", o.Config,
 		"--cert-dir", certDir,
@@ -120,7 +137,7 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 		"--port", strconv.Itoa(ports[0]),
 		"--metrics-bind-address", "127.0.0.1:" + strconv.Itoa(ports[1]),
 		"--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(ports[2]),
-	}, o.Args...)
+	}, append(auth, o.Args...)...)
 	w := &Webhook{
 		URL:        fmt.Sprintf("https://127.0.0.1:%d/mutate", ports[0]),
 		Addr:       fmt.Sprintf("127.0.0.1:%d", ports[0]),
@@ -128,6 +145,8 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 		CABundle:   caBundle,
 		MetricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", ports[1]),
 		CertDir:    certDir,
+		ClientCert: id.Certificate,
+		id:         id,
 		logs:       &syncBuffer{},
 		done:       make(chan error, 1),
 	}
@@ -216,12 +235,14 @@ func (w *Webhook) stop() error {
 	}
 }
 
-// Client returns an HTTPS client that trusts the webhook's CA.
+// Client returns an HTTPS client that trusts the webhook's CA and presents
+// the test bed's API-server client certificate, as the API server does.
 func (w *Webhook) Client() *http.Client {
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(w.CABundle)
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: w.TLSConfig()}}
 }
+
+// TLSConfig is Client's TLS configuration.
+func (w *Webhook) TLSConfig() *tls.Config { return w.id.TLSConfig(w.CABundle) }
 
 func freePorts(n int) ([]int, error) {
 	var ports []int

@@ -40,3 +40,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "sops-webhook.selfManaged" -}}
 {{- if eq .Values.certificates.mode "self-managed" }}true{{ else if eq .Values.certificates.mode "cert-manager" }}{{ else }}{{ fail "certificates.mode must be cert-manager or self-managed" }}{{ end -}}
 {{- end -}}
+
+{{- /* The caller-authentication mode as the binary's --caller-auth, or a render failure naming the choice. */ -}}
+{{- define "sops-webhook.callerAuth" -}}
+{{- $m := .Values.callerAuth.mode -}}
+{{- if eq $m "clientCertificate" -}}
+{{- if not (or .Values.callerAuth.clientCertificate.caBundle .Values.callerAuth.clientCertificate.existingConfigMap) -}}
+{{- fail "callerAuth.mode=clientCertificate needs callerAuth.clientCertificate.caBundle or .existingConfigMap: the CA of the API server's client certificate (docs/operations.md, Security model)" -}}
+{{- end -}}
+client-certificate
+{{- else if eq $m "networkPolicy" -}}
+{{- if not (and .Values.networkPolicy.enabled .Values.networkPolicy.apiServerSources) -}}
+{{- fail "callerAuth.mode=networkPolicy needs networkPolicy.enabled and networkPolicy.apiServerSources: where the API server's calls come from (docs/operations.md, Security model)" -}}
+{{- end -}}
+network-policy
+{{- else if eq $m "none" -}}
+none
+{{- else -}}
+{{- fail "set callerAuth.mode: clientCertificate (the API server presents a client certificate), networkPolicy (only the API server's addresses reach the webhook) or none (any pod can ask for plaintext); docs/operations.md, Security model" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "sops-webhook.clientCAConfigMap" -}}
+{{- .Values.callerAuth.clientCertificate.existingConfigMap | default (printf "%s-client-ca" (include "sops-webhook.fullname" .)) -}}
+{{- end -}}

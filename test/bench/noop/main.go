@@ -24,6 +24,8 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
 )
 
 func main() {
@@ -31,15 +33,22 @@ func main() {
 	host := flag.String("host", "127.0.0.1", "listen address")
 	port := flag.Int("port", 9443, "HTTPS port")
 	health := flag.String("health-probe-bind-address", "", "address of /readyz")
+	clientCA := flag.String("client-ca-file", "", "require client certificates from this CA, as cmd/webhook does")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	srv := webhook.NewServer(webhook.Options{
-		Host: *host, Port: *port, CertDir: *certDir,
-		// The TLS settings of cmd/webhook (hardenTLS).
-		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.MinVersion = tls.VersionTLS12; c.NextProtos = []string{"http/1.1"} }},
-	})
+	// The TLS settings of cmd/webhook (hardenTLS, callerauth).
+	opts := []func(*tls.Config){func(c *tls.Config) { c.MinVersion = tls.VersionTLS12; c.NextProtos = []string{"http/1.1"} }}
+	if *clientCA != "" {
+		v, err := callerauth.New(*clientCA, []string{"kube-apiserver"}, nil)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "noop:", err)
+			os.Exit(1)
+		}
+		opts = append(opts, v.Configure)
+	}
+	srv := webhook.NewServer(webhook.Options{Host: *host, Port: *port, CertDir: *certDir, TLSOpts: opts})
 	srv.Register("/mutate", &webhook.Admission{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
 		return admission.Allowed("")
 	})})

@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionv1 "k8s.io/api/admission/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
+	"github.com/sops-webhook/sops-webhook/test/testbed"
+)
+
+// forgedReview is what an attacker posts straight to the webhook: another
+// tenant's SOPS file in a Secret of namespace team-b, claimed to come from
+// system:admin in system:masters.
+func forgedReview(t *testing.T, file string, enc []byte) []byte {
+	t.Helper()
+	sec, err := json.Marshal(&corev1.Secret{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: metav1.ObjectMeta{Name: "forged", Namespace: "team-b"},
+		Data:       map[string][]byte{file: enc},
+	})
+	require.NoError(t, err)
+	b, err := json.Marshal(&admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{
+			UID:       "forged-1",
+			Kind:      metav1.GroupVersionKind{Version: "v1", Kind: "Secret"},
+			Resource:  metav1.GroupVersionResource{Version: "v1", Resource: "secrets"},
+			Namespace: "team-b", Name: "forged", Operation: admissionv1.Create,
+			UserInfo: authenticationv1.UserInfo{Username: "system:admin", Groups: []string{"system:masters"}},
+			Object:   runtime.RawExtension{Raw: sec},
+		},
+	})
+	require.NoError(t, err)
+	return b
+}
+
+// clientCAFile is the CA of the test bed's API-server client certificate.
+func clientCAFile(t *testing.T) string {
+	t.Helper()
+	id, err := testbed.LoadAPIServerClient()
+	require.NoError(t, err)
+	return id.CAFile
+}
+
+// callerAuth posts a forged review straight to the suite's webhook, which
+// requires the API server's client certificate as every webhook of the
+// test bed does: only the test bed's API-server certificate gets an
+// answer. The API server's own writes are decrypted throughout. A second
+// webhook started with --caller-auth=none answers the same forged review
+// with the plaintext, which is what the default prevents.
+func (s *suite) callerAuth(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := plaintexts["dotenv"]
+	enc := testbed.SopsEncrypt(t, []byte(p.plain), "dotenv", s.recipients("age"))
+	want := base64.StdEncoding.EncodeToString(testbed.SopsDecrypt(t, enc, "dotenv", s.recipients("age")))
+	review := forgedReview(t, p.file, enc)
+
+	other, err := testbed.NewClientTLS(testbed.APIServerClientName, time.Hour)
+	require.NoError(t, err)
+	otherCert, err := tls.X509KeyPair(other.Cert, other.Key)
+	require.NoError(t, err)
+	send := func(wh *testbed.Webhook, certs []tls.Certificate, version uint16) (testbed.ReviewResult, error) {
+		cfg := wh.TLSConfig()
+		cfg.Certificates, cfg.MaxVersion = certs, version
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+		defer c.CloseIdleConnections()
+		return testbed.SendReview(ctx, c, wh.URL, review)
+	}
+
+	refusedBefore := map[string]float64{}
+	for _, r := range callerauth.Reasons {
+		refusedBefore[r] = s.metric(t, callerauth.RefusalsMetric+`{reason="`+r+`"}`)
+	}
+	callers := []struct {
+		name   string
+		certs  []tls.Certificate
+		reason string // "" when answered
+	}{
+		{"no client certificate", nil, callerauth.ReasonNoCertificate},
+		{"a certificate of another CA for the same name", []tls.Certificate{otherCert}, callerauth.ReasonUntrusted},
+		{"the API server's certificate", []tls.Certificate{s.webhook.ClientCert}, ""},
+	}
+	for _, c := range callers {
+		for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+			t.Run(c.name+"/"+tls.VersionName(version), func(t *testing.T) {
+				r, err := send(s.webhook, c.certs, version)
+				if c.reason == "" {
+					// The forged review is one the webhook would decrypt:
+					// what keeps it from others is the certificate alone.
+					require.NoError(t, err)
+					assert.True(t, r.Allowed)
+					assert.Contains(t, string(r.Patch), want)
+					return
+				}
+				require.Error(t, err, "a caller without the API server's certificate got an answer")
+				assert.Equal(t, testbed.ReviewResult{}, r)
+			})
+		}
+	}
+	for _, r := range callerauth.Reasons {
+		wantMore := map[string]float64{callerauth.ReasonNoCertificate: 2, callerauth.ReasonUntrusted: 2}[r]
+		assert.Equal(t, wantMore, s.metric(t, callerauth.RefusalsMetric+`{reason="`+r+`"}`)-refusedBefore[r], r)
+	}
+	assert.Equal(t, 0.0, s.metric(t, callerauth.UnauthenticatedMetric+`{mode="client-certificate"}`))
+
+	t.Run("the API server's writes are decrypted", func(t *testing.T) {
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "through-the-api-server", Namespace: "team-a"}, Data: map[string][]byte{p.file: enc}}
+		require.NoError(t, s.c.Create(ctx, sec))
+		got := &corev1.Secret{}
+		require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
+		assert.Equal(t, want, base64.StdEncoding.EncodeToString(got.Data[p.file]))
+	})
+
+	t.Run("caller-auth none answers anyone, and says so", func(t *testing.T) {
+		open, err := testbed.StartWebhookWith(ctx, s.bin, testbed.WebhookOptions{
+			Config: s.config, WorkDir: filepath.Join(s.work, "open"), Args: []string{"--caller-auth", "none"},
+		})
+		require.NoError(t, err)
+		defer open.Stop()
+		r, err := send(open, nil, tls.VersionTLS13)
+		require.NoError(t, err)
+		assert.Contains(t, string(r.Patch), want, "without caller authentication a forged review gets the plaintext")
+		v, err := open.Metric(callerauth.UnauthenticatedMetric + `{mode="none"}`)
+		require.NoError(t, err)
+		assert.Equal(t, 1.0, v)
+		assert.Contains(t, open.Logs(), "answers callers it cannot authenticate")
+	})
+}
