@@ -28,6 +28,7 @@ type options struct {
 	host            string
 	port            int
 	metricsAddr     string
+	metricsSecure   bool
 	healthAddr      string
 	logLevel        string
 	decryptTimeout  time.Duration
@@ -92,7 +93,8 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.certDir, "cert-dir", "", "folder holding tls.crt and tls.key, reloaded when they change (required)")
 	fs.StringVar(&o.host, "host", "", "address the admission endpoint listens on (default: all)")
 	fs.IntVar(&o.port, "port", 9443, "port of the HTTPS admission endpoint /mutate")
-	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus /metrics endpoint; 0 disables it")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":8443", "address of the Prometheus /metrics endpoint; 0 disables it")
+	fs.BoolVar(&o.metricsSecure, "metrics-secure", true, "serve /metrics over HTTPS with the serving certificate, to scrapers whose bearer token a TokenReview accepts and a SubjectAccessReview allows to get /metrics; needs API access. false: plain HTTP to anyone who reaches the port")
 	fs.StringVar(&o.healthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: info, debug or error")
 	fs.DurationVar(&o.decryptTimeout, "decrypt-timeout", mutate.DefaultDecryptTimeout, "longest time one admission request may spend decrypting")

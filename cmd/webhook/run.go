@@ -16,12 +16,12 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/certwatcher"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
@@ -43,7 +43,7 @@ const mutatePath = "/mutate"
 func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) error {
 	ctx = ctrllog.IntoContext(ctx, log)
 
-	kube, err := kubeClient(o.kubeconfig)
+	restCfg, kube, err := kubeClient(o.kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -85,6 +85,17 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		}
 	}
 
+	// After the certificate files of self-managed mode exist.
+	var (
+		metricsHandler http.Handler
+		metricsTLS     *tls.Config
+		metricsCW      *certwatcher.CertWatcher
+	)
+	if o.metricsAddr != "0" {
+		if metricsHandler, metricsTLS, metricsCW, err = metricsServer(o, restCfg, prometheus.Gatherers{reg, ctrlmetrics.Registry}, log); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
 	callers, err := newCallerAuth(o, reg, log)
 	if err != nil {
 		return err
@@ -153,13 +164,13 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		c.Close()
 		fmt.Fprintln(w, "ok")
 	})
-	g.Go(func() error { return serveHTTP(gctx, "health probes", o.healthAddr, probes, o.shutdownTimeout) })
+	g.Go(func() error { return serveHTTP(gctx, "health probes", o.healthAddr, probes, nil, o.shutdownTimeout) })
 
 	if o.metricsAddr != "0" {
-		gatherers := prometheus.Gatherers{reg, ctrlmetrics.Registry}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(gatherers, promhttp.HandlerOpts{}))
-		g.Go(func() error { return serveHTTP(gctx, "metrics", o.metricsAddr, mux, o.shutdownTimeout) })
+		g.Go(func() error { return runWatcher(gctx, metricsCW) })
+		g.Go(func() error {
+			return serveHTTP(gctx, "metrics", o.metricsAddr, metricsHandler, metricsTLS, o.shutdownTimeout)
+		})
 	}
 
 	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
@@ -222,9 +233,9 @@ func closeWhen(stopping *atomic.Bool, h http.Handler) http.Handler {
 	})
 }
 
-// kubeClient returns a client for --kubeconfig, or the in-cluster one when
-// running in a pod, or nil when neither is available.
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+// kubeClient returns the config and a client for --kubeconfig, or the
+// in-cluster ones when running in a pod, or nils when neither is available.
+func kubeClient(kubeconfig string) (*rest.Config, kubernetes.Interface, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -235,14 +246,15 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
 		cfg, err = rest.InClusterConfig()
 	default:
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("Kubernetes client: %w", err)
+		return nil, nil, fmt.Errorf("Kubernetes client: %w", err)
 	}
 	// Every API call the webhook makes has a deadline.
 	cfg.Timeout = 10 * time.Second
-	return kubernetes.NewForConfig(cfg)
+	c, err := kubernetes.NewForConfig(cfg)
+	return cfg, c, err
 }
 
 // newSelfCerts builds the self-managed certificate manager.
@@ -266,12 +278,15 @@ func hardenTLS(c *tls.Config) {
 	c.NextProtos = []string{"http/1.1"}
 }
 
-// serveHTTP serves plain HTTP for probes and metrics on addr until ctx ends,
-// then drains for at most timeout.
-func serveHTTP(ctx context.Context, what, addr string, h http.Handler, timeout time.Duration) error {
+// serveHTTP serves h on addr until ctx ends, then drains for at most
+// timeout: HTTPS with tlsCfg, plain HTTP when it is nil.
+func serveHTTP(ctx context.Context, what, addr string, h http.Handler, tlsCfg *tls.Config, timeout time.Duration) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)

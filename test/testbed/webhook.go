@@ -86,7 +86,8 @@ type WebhookOptions struct {
 	SelfManaged bool
 	// Args are extra flags. Unless they choose --caller-auth or
 	// --client-ca-file, the webhook requires the test bed's API-server
-	// client certificate (LoadAPIServerClient).
+	// client certificate (LoadAPIServerClient); unless they choose
+	// --metrics-secure, it serves MetricsURL over plain HTTP.
 	Args []string
 	// Env is extra environment for the webhook process.
 	Env []string
@@ -129,6 +130,10 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 		return strings.HasPrefix(a, "--caller-auth") || strings.HasPrefix(a, "--client-ca-file")
 	}) {
 		auth = []string{"--client-ca-file", id.CAFile, "--client-names", APIServerClientName}
+	}
+	// The tests scrape MetricsURL over plain HTTP, unless they choose.
+	if !slices.ContainsFunc(o.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-secure") }) {
+		auth = append(auth, "--metrics-secure=false")
 	}
 	args := append([]string{
 		"--config", o.Config,
