@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
+	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
@@ -113,6 +114,7 @@ func TestParseFlags(t *testing.T) {
 		{"network policy chosen", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "network-policy"}, ""},
 		{"a client CA contradicts none", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "none", "--client-ca-file", "ca.crt"}, "need --caller-auth=client-certificate"},
 		{"names without a CA", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "network-policy", "--client-names", "kube-apiserver"}, "need --caller-auth=client-certificate"},
+		{"self-managed issues the API server's certificate", []string{"--config", "c", "--cert-dir", t.TempDir(), "--certificates", "self-managed", "--namespace", "x", "--caller-auth", "client-certificate"}, ""},
 		{"unknown caller authentication", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "trust-me"}, `--caller-auth "trust-me"`},
 	}
 	for _, tt := range tests {
@@ -167,4 +169,18 @@ func TestPlanMemory(t *testing.T) {
 		_, err := planMemory(memoryOptions{})
 		require.ErrorContains(t, err, memoryLimitEnv)
 	})
+}
+
+func TestSelfManagedClientCertificate(t *testing.T) {
+	dir := t.TempDir()
+	o, err := parseFlags([]string{"--config", "c", "--cert-dir", dir, "--certificates", "self-managed", "--namespace", "x",
+		"--caller-auth", "client-certificate", "--client-names", "apiserver.example,kube-apiserver"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "apiserver.example", o.selfCerts.clientName, "the certificate carries the first allowed name")
+	assert.Equal(t, filepath.Join(dir, selfcerts.FileClientCA), o.clientCAFile)
+
+	o, err = parseFlags([]string{"--config", "c", "--cert-dir", dir, "--certificates", "self-managed", "--namespace", "x",
+		"--client-ca-file", "corp-ca.crt"}, io.Discard)
+	require.NoError(t, err)
+	assert.Empty(t, o.selfCerts.clientName, "a CA of the operator's: nothing to issue")
 }

@@ -77,6 +77,9 @@ type selfCertOptions struct {
 	service              string
 	hosts                []string
 	interval             time.Duration
+	// clientName, when set, is the name of the API server's client
+	// certificate the webhook issues (selfcerts.Options.ClientName).
+	clientName string
 }
 
 const (
@@ -102,7 +105,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, how long to keep serving while reporting not ready, so endpoints drop this replica before it stops")
 	fs.StringVar(&o.certificates, "certificates", certificatesFiles, `where the serving certificate comes from: "files" in --cert-dir (cert-manager, a mounted Secret), or "self-managed" (the webhook issues it, stores it in --tls-secret and patches the caBundle of --webhook-configuration)`)
 	fs.StringVar(&o.callerAuth, "caller-auth", "", `how the webhook knows its caller is the API server: "client-certificate" (only TLS clients with a certificate from --client-ca-file are answered; the default when that flag is set), "network-policy" or "none" (any caller that reaches the port is answered: a NetworkPolicy must keep everything but the API server out, or you accept that any pod can ask for plaintext). Required without --client-ca-file`)
-	fs.StringVar(&o.clientCAFile, "client-ca-file", "", "PEM CA certificates that sign the API server's client certificate for this webhook; reloaded when it changes")
+	fs.StringVar(&o.clientCAFile, "client-ca-file", "", "PEM CA certificates that sign the API server's client certificate for this webhook; reloaded when it changes. With --certificates=self-managed and --caller-auth=client-certificate but no file, the webhook issues that certificate itself into --tls-secret and trusts its own CA")
 	clientNames := fs.String("client-names", "", "comma-separated names (common name or DNS name) one of which the caller's client certificate must carry, e.g. kube-apiserver; default: any certificate the client CA signed for client authentication")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file for API access (default: in-cluster when in a pod); used by self-managed certificates and by policies with namespaceSelector or requireRBAC")
 	fs.IntVar(&o.cacheSize, "data-key-cache-size", keysource.DefaultCacheSize, "how many unwrapped data keys are kept in memory; 0 disables the cache")
@@ -139,6 +142,15 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	}
 	if o.callerAuth == "" && o.clientCAFile != "" {
 		o.callerAuth = callerauth.ModeClientCertificate
+	}
+	// Self-managed, client certificates and no CA of the operator's: the
+	// webhook issues the API server's certificate from its own CA.
+	if o.callerAuth == callerauth.ModeClientCertificate && o.clientCAFile == "" && o.certificates == certificatesSelfManaged {
+		o.selfCerts.clientName = "kube-apiserver"
+		if len(o.clientNames) > 0 {
+			o.selfCerts.clientName = o.clientNames[0]
+		}
+		o.clientCAFile = filepath.Join(o.certDir, selfcerts.FileClientCA)
 	}
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -193,7 +205,7 @@ func (o options) validate() error {
 	switch o.callerAuth {
 	case callerauth.ModeClientCertificate:
 		if o.clientCAFile == "" {
-			errs = append(errs, errors.New("--caller-auth=client-certificate needs --client-ca-file"))
+			errs = append(errs, errors.New("--caller-auth=client-certificate needs --client-ca-file, or --certificates=self-managed to issue the API server's certificate"))
 		}
 	case callerauth.ModeNetworkPolicy, callerauth.ModeNone:
 		if o.clientCAFile != "" || len(o.clientNames) > 0 {

@@ -266,6 +266,7 @@ func newSelfCerts(o options, kube kubernetes.Interface, log logr.Logger) (*selfc
 		WebhookConfiguration: o.selfCerts.webhookConfiguration,
 		Hosts:                o.selfCerts.hosts,
 		CertDir:              o.certDir,
+		ClientName:           o.selfCerts.clientName,
 		Interval:             o.selfCerts.interval,
 		Log:                  log.WithName("certificates"),
 	})

@@ -75,6 +75,10 @@ func New(file string, names []string, refused func(reason string)) (*Verifier, e
 	return v, nil
 }
 
+// SetClock replaces the clock certificates are checked against (time.Now);
+// tests that move time set it. Call it before the Verifier is in use.
+func (v *Verifier) SetClock(now func() time.Time) { v.now = now }
+
 // Reload reads the CA file again and reports whether its content changed.
 // A file that cannot be read or holds no certificate is an error, and the
 // CAs read before stay in use.

@@ -30,7 +30,16 @@ const (
 	keyCAKey   = "ca.key"
 	keyCert    = "tls.crt"
 	keyKey     = "tls.key"
+	// KeyClientCert and KeyClientKey hold the API server's client
+	// certificate and key, when Options.ClientName is set: what the
+	// operator copies to the control-plane nodes.
+	KeyClientCert = "apiserver-client.crt"
+	KeyClientKey  = "apiserver-client.key"
 )
+
+// FileClientCA is the file of the cert dir that holds the trusted CAs, the
+// webhook's --client-ca-file when it issues the client certificate.
+const FileClientCA = "client-ca.crt"
 
 // AnnotationRotate on the Secret asks for a new CA and serving certificate
 // now; set it to any new value (a timestamp). The webhook copies the value
@@ -63,8 +72,13 @@ type Options struct {
 	WebhookConfiguration string
 	// Hosts are the serving certificate's DNS names and IP addresses.
 	Hosts []string
-	// CertDir receives tls.crt, tls.key and ca.crt.
-	CertDir                  string
+	// CertDir receives tls.crt, tls.key and ca.crt, and FileClientCA when
+	// ClientName is set.
+	CertDir string
+	// ClientName, when set, is the common name of a client certificate
+	// for the API server that the Manager issues and renews in the Secret
+	// (KeyClientCert, KeyClientKey), signed by the same CA.
+	ClientName               string
 	CAValidity, CertValidity time.Duration
 	// Interval is how often Run checks the Secret and the caBundle.
 	Interval time.Duration
@@ -156,6 +170,8 @@ type state struct {
 	cert    *x509.Certificate
 	certPEM []byte
 	keyPEM  []byte
+	// client is the API server's client certificate, nil when absent.
+	client *x509.Certificate
 }
 
 // Reconcile makes one pass: it creates or renews the CA and the serving
@@ -208,12 +224,22 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		return err
 	}
 
-	if rotate || m.certNeedsRenewal(st, now) {
-		certPEM, keyPEM, err := st.ca.Issue(m.o.Hosts, now, m.o.CertValidity)
-		if err != nil {
-			return err
+	serving, client := rotate || m.certNeedsRenewal(st, now), m.o.ClientName != "" && (rotate || m.clientNeedsRenewal(st, now))
+	if serving || client {
+		if serving {
+			certPEM, keyPEM, err := st.ca.Issue(m.o.Hosts, now, m.o.CertValidity)
+			if err != nil {
+				return err
+			}
+			sec.Data[keyCert], sec.Data[keyKey] = certPEM, keyPEM
 		}
-		sec.Data[keyCert], sec.Data[keyKey] = certPEM, keyPEM
+		if client {
+			certPEM, keyPEM, err := st.ca.IssueClient(m.o.ClientName, now, m.o.CertValidity)
+			if err != nil {
+				return err
+			}
+			sec.Data[KeyClientCert], sec.Data[KeyClientKey] = certPEM, keyPEM
+		}
 		if rotate {
 			if sec.Annotations == nil {
 				sec.Annotations = map[string]string{}
@@ -221,9 +247,9 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			sec.Annotations[AnnotationRotated] = sec.Annotations[AnnotationRotate]
 		}
 		if sec, err = secrets.Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("store new serving certificate: %w", err)
+			return fmt.Errorf("store new certificates: %w", err)
 		}
-		m.o.Log.Info("new serving certificate", "notAfter", now.Add(m.o.CertValidity).UTC().Format(time.RFC3339))
+		m.o.Log.Info("new certificates", "serving", serving, "apiServerClient", client, "notAfter", now.Add(m.o.CertValidity).UTC().Format(time.RFC3339))
 		if st, err = parseState(sec); err != nil {
 			return err
 		}
@@ -262,6 +288,13 @@ func (m *Manager) certNeedsRenewal(st *state, now time.Time) bool {
 	return false
 }
 
+// clientNeedsRenewal reports whether the API server's client certificate
+// is missing, expiring, not signed by the signing CA, or for another name.
+func (m *Manager) clientNeedsRenewal(st *state, now time.Time) bool {
+	c := st.client
+	return c == nil || expiring(c, now, m.o.CertValidity) || c.CheckSignatureFrom(st.ca.Cert) != nil || c.Subject.CommonName != m.o.ClientName
+}
+
 // ensureCABundle sets every webhook's caBundle in the configuration to the
 // trusted CAs plus the ones it already holds that have not expired.
 func (m *Manager) ensureCABundle(ctx context.Context, trusted []*x509.Certificate, now time.Time) error {
@@ -295,8 +328,21 @@ func (m *Manager) ensureCABundle(ctx context.Context, trusted []*x509.Certificat
 }
 
 // writeFiles writes the serving certificate, its key and the signing CA to
-// the cert dir when they differ from what is there.
+// the cert dir when they differ from what is there, and with ClientName the
+// trusted CAs to FileClientCA, which the webhook re-reads on its own.
 func (m *Manager) writeFiles(st *state) error {
+	if m.o.ClientName != "" {
+		bundle, path := encodeCerts(st.trusted), filepath.Join(m.o.CertDir, FileClientCA)
+		if old, err := os.ReadFile(path); err != nil || !bytes.Equal(old, bundle) {
+			tmp := path + ".tmp"
+			if err := os.WriteFile(tmp, bundle, 0o644); err != nil {
+				return fmt.Errorf("write client CA to %s: %w", m.o.CertDir, err)
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				return fmt.Errorf("write client CA to %s: %w", m.o.CertDir, err)
+			}
+		}
+	}
 	old, err := os.ReadFile(filepath.Join(m.o.CertDir, keyCert))
 	if err == nil && bytes.Equal(old, st.certPEM) {
 		return nil
@@ -321,6 +367,9 @@ func parseState(sec *corev1.Secret) (*state, error) {
 	st := &state{ca: ca, trusted: trusted, certPEM: sec.Data[keyCert], keyPEM: sec.Data[keyKey]}
 	if c := certs.ParseCertificates(st.certPEM); len(c) > 0 && len(st.keyPEM) > 0 {
 		st.cert = c[0]
+	}
+	if c := certs.ParseCertificates(sec.Data[KeyClientCert]); len(c) > 0 && len(sec.Data[KeyClientKey]) > 0 {
+		st.client = c[0]
 	}
 	return st, nil
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/sops-webhook/sops-webhook/certs"
+	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
 )
 
 const (
@@ -207,4 +208,70 @@ func TestNewNamesMissingOptions(t *testing.T) {
 	for _, want := range []string{"Kubernetes client", "namespace", "secret name", "webhook configuration", "cert dir", "hosts"} {
 		assert.Contains(t, err.Error(), want)
 	}
+}
+
+// clientVerifies checks the API server's client certificate in the Secret
+// against the client CA file the webhook reads, as the webhook does, and
+// returns it.
+func clientVerifies(t *testing.T, f *fixture, m *Manager, leaf *x509.Certificate) error {
+	t.Helper()
+	v, err := callerauth.New(filepath.Join(m.o.CertDir, FileClientCA), []string{"kube-apiserver"}, nil)
+	require.NoError(t, err)
+	v.SetClock(func() time.Time { return f.now })
+	return v.Verify(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}})
+}
+
+func (f *fixture) clientCert(t *testing.T) *x509.Certificate {
+	t.Helper()
+	s := f.secret(t)
+	require.NotEmpty(t, s.Data[KeyClientKey])
+	pair, err := tls.X509KeyPair(s.Data[KeyClientCert], s.Data[KeyClientKey])
+	require.NoError(t, err, "the Secret holds a matching client certificate and key")
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	require.NoError(t, err)
+	return leaf
+}
+
+func TestAPIServerClientCertificate(t *testing.T) {
+	f := newFixture()
+	m := f.manager(t)
+	m.o.ClientName = "kube-apiserver"
+	require.NoError(t, m.Reconcile(context.Background()))
+	first := f.clientCert(t)
+	assert.Equal(t, "kube-apiserver", first.Subject.CommonName)
+	assert.Equal(t, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, first.ExtKeyUsage)
+	assert.NoError(t, clientVerifies(t, f, m, first))
+	assert.Error(t, clientVerifies(t, f, m, servedVerifies(t, f, m)), "the serving certificate is no client certificate")
+
+	t.Run("a stable pass changes nothing", func(t *testing.T) {
+		f.client.ClearActions()
+		require.NoError(t, m.Reconcile(context.Background()))
+		assert.Empty(t, writes(f))
+	})
+	t.Run("renewed before expiry", func(t *testing.T) {
+		f.now = f.now.Add(21 * 24 * time.Hour)
+		require.NoError(t, m.Reconcile(context.Background()))
+		renewed := f.clientCert(t)
+		assert.False(t, first.Equal(renewed))
+		assert.NoError(t, clientVerifies(t, f, m, renewed))
+		first = renewed
+	})
+	t.Run("a rotated CA signs a new one and the old one still verifies", func(t *testing.T) {
+		s := f.secret(t)
+		s.Annotations = map[string]string{AnnotationRotate: "now"}
+		_, err := f.client.CoreV1().Secrets(ns).Update(context.Background(), s, metav1.UpdateOptions{})
+		require.NoError(t, err)
+		require.NoError(t, m.Reconcile(context.Background()))
+		rotated := f.clientCert(t)
+		assert.False(t, first.Equal(rotated))
+		ca := certs.ParseCertificates(f.secret(t).Data[keyTrusted])[0]
+		assert.NoError(t, rotated.CheckSignatureFrom(ca), "signed by the new CA")
+		assert.NoError(t, clientVerifies(t, f, m, rotated))
+		assert.NoError(t, clientVerifies(t, f, m, first), "the API server keeps working until its copy is replaced")
+	})
+	t.Run("without a client name none is issued", func(t *testing.T) {
+		g := newFixture()
+		require.NoError(t, g.manager(t).Reconcile(context.Background()))
+		assert.NotContains(t, g.secret(t).Data, KeyClientCert)
+	})
 }

@@ -126,8 +126,10 @@ policy:
 
 	// A webhook that answers anyone says so; the one above, which requires
 	// the API server's certificate, does not fire the same alert.
+	openConfig := filepath.Join(b.work, "open.yaml")
+	require.NoError(t, os.WriteFile(openConfig, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: local\n    age: {identityFile: "+local.IdentityFile+"}\n"), 0o600))
 	open, err := testbed.StartWebhookWith(ctx, b.bin, testbed.WebhookOptions{
-		Config: filepath.Join(b.work, "alerts", "config.yaml"), WorkDir: filepath.Join(b.work, "open"), Args: []string{"--caller-auth", "network-policy"},
+		Config: openConfig, WorkDir: filepath.Join(b.work, "open"), Args: []string{"--caller-auth", "network-policy"},
 	})
 	require.NoError(t, err)
 	webhookSeries = append(webhookSeries, scrape(t, http.DefaultClient, open.MetricsURL, "sops_webhook_unauthenticated_callers_served")...)

@@ -20,6 +20,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
+	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 )
 
@@ -141,4 +143,56 @@ func (s *suite) callerAuth(t *testing.T) {
 		assert.Equal(t, 1.0, v)
 		assert.Contains(t, open.Logs(), "answers callers it cannot authenticate")
 	})
+}
+
+// selfIssuedClient runs a self-managed webhook that issues the API
+// server's client certificate itself (--caller-auth=client-certificate, no
+// --client-ca-file), copies that certificate from its Secret into a second
+// API server's AdmissionConfiguration as docs/operations.md says, and
+// checks that this API server's writes are decrypted while a caller with
+// the test bed's own API-server certificate (another CA) is refused.
+func (s *deploySuite) selfIssuedClient(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const name = "sops-webhook-issued"
+	// The configuration whose caBundle the webhook keeps; it selects no
+	// namespace of this API server.
+	mwc, err := testbed.LoadWebhookConfiguration("https://127.0.0.1:1/unused", nil)
+	require.NoError(t, err)
+	mwc.Name = name
+	for i := range mwc.Webhooks {
+		mwc.Webhooks[i].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"never": "true"}}
+	}
+	require.NoError(t, s.c.Create(ctx, mwc))
+	defer func() { _ = s.c.Delete(context.Background(), mwc) }()
+	wh, err := testbed.StartWebhookWith(ctx, s.bin, testbed.WebhookOptions{
+		Config: s.config, WorkDir: filepath.Join(s.work, "issued"), SelfManaged: true, Log: verbose(),
+		Args: []string{"--certificates=self-managed", "--kubeconfig", s.kubeconfig, "--namespace", "sops-webhook",
+			"--tls-secret", name, "--webhook-configuration", name, "--tls-hosts", "127.0.0.1", "--caller-auth", "client-certificate"},
+	})
+	require.NoError(t, err)
+	defer wh.Stop()
+	var sec corev1.Secret
+	require.NoError(t, s.c.Get(ctx, client.ObjectKey{Namespace: "sops-webhook", Name: name}, &sec))
+	require.NotEmpty(t, sec.Data[selfcerts.KeyClientCert])
+	require.NotEmpty(t, sec.Data[selfcerts.KeyClientKey])
+
+	admission, err := testbed.WriteAdmissionConfig(t.TempDir(), sec.Data[selfcerts.KeyClientCert], sec.Data[selfcerts.KeyClientKey])
+	require.NoError(t, err)
+	cp, err := testbed.StartControlPlaneWith(map[string]string{"admission-control-config-file": admission})
+	require.NoError(t, err)
+	defer cp.Stop()
+	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, sec.Data["ca.crt"]))
+	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
+	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
+	created := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "issued", Namespace: "apps"}, Data: map[string][]byte{"app.env": s.doc}}
+	require.NoError(t, cp.Client.Create(ctx, created))
+	got := &corev1.Secret{}
+	require.NoError(t, cp.Client.Get(ctx, client.ObjectKeyFromObject(created), got))
+	assert.Equal(t, string(s.plain), string(got.Data["app.env"]), "the API server with the issued certificate is answered")
+
+	wh.CABundle = sec.Data["ca.crt"]
+	r, err := testbed.SendReview(ctx, wh.Client(), wh.URL, forgedReview(t, "app.env", s.doc))
+	assert.Error(t, err, "a certificate of another CA is refused")
+	assert.Empty(t, r.Patch)
 }

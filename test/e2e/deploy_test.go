@@ -77,6 +77,7 @@ func TestDeployment(t *testing.T) {
 	t.Run("VAP rejects ciphertext while no webhook is registered", s.vapWithoutWebhook)
 	t.Run("self-managed certificates: issued, caBundle patched, rotated under load", s.selfManaged)
 	t.Run("two replicas behind one Service: stopping one loses no request", s.twoReplicas)
+	t.Run("self-managed certificates: the webhook issues the API server's client certificate", s.selfIssuedClient)
 	// Last: it registers a webhook with no endpoints.
 	t.Run("helm install and uninstall of the chart", s.helmInstall)
 }
@@ -113,11 +114,17 @@ func (s *deploySuite) render(t *testing.T, dir string, components ...string) []b
 	if len(components) == 0 {
 		return []byte(s.kubectl(t, nil, "kustomize", filepath.Join(root, dir)))
 	}
-	k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [" + filepath.Join(root, dir) + "]\ncomponents:\n"
-	for _, c := range components {
-		k += "  - " + filepath.Join(root, "manifests/components", c) + "\n"
-	}
+	// kustomize takes only relative paths.
 	wrap := t.TempDir()
+	rel := func(p string) string {
+		r, err := filepath.Rel(wrap, filepath.Join(root, p))
+		require.NoError(t, err)
+		return r
+	}
+	k := "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [" + rel(dir) + "]\ncomponents:\n"
+	for _, c := range components {
+		k += "  - " + rel(filepath.Join("manifests/components", c)) + "\n"
+	}
 	require.NoError(t, os.WriteFile(filepath.Join(wrap, "kustomization.yaml"), []byte(k), 0o644))
 	return []byte(s.kubectl(t, nil, "kustomize", wrap))
 }
@@ -193,7 +200,7 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 			{[]string{"--set", "callerAuth.mode=networkPolicy"}, "needs networkPolicy.enabled and networkPolicy.apiServerSources"},
 			{[]string{"--set", "callerAuth.mode=networkPolicy", "--set", "networkPolicy.enabled=false", "--set", "networkPolicy.apiServerSources[0].ipBlock.cidr=10.0.0.2/32"}, "needs networkPolicy.enabled"},
 		} {
-			_, err := h.Run(append([]string{"template", "sw", filepath.Join(root, "charts/sops-webhook")}, c.args...)...)
+			_, err := h.Run(append([]string{"template", "sw", filepath.Join(root, "charts/sops-webhook"), "--kube-version", "1.37.2"}, c.args...)...)
 			require.Error(t, err, "rendered with %v", c.args)
 			assert.Contains(t, err.Error(), c.want)
 		}
@@ -256,6 +263,8 @@ var chartValueSets = []struct {
 			"networkpolicy.networking.k8s.io/sops-webhook"}},
 	{"network policy", []string{"--set", "callerAuth.mode=networkPolicy", "--set", "networkPolicy.apiServerSources[0].ipBlock.cidr=172.16.0.2/32"},
 		[]string{"networkpolicy.networking.k8s.io/sops-webhook"}},
+	{"self-managed issues the API server's certificate", []string{"--set", "callerAuth.mode=clientCertificate", "--set", "certificates.mode=self-managed"},
+		[]string{"clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle"}},
 	{"none, no NetworkPolicy", []string{"--set", "callerAuth.mode=none", "--set", "networkPolicy.enabled=false"},
 		[]string{"deployment.apps/sops-webhook"}},
 	{"self-managed, ServiceMonitor, no VAP, pinned image", []string{

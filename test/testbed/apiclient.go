@@ -61,8 +61,32 @@ func newAPIServerClient() (*APIServerClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("API server client certificate: %w", err)
 	}
-	files := map[string][]byte{"client-ca.crt": b.CACert, "client.crt": b.Cert, "client.key": b.Key}
+	if err := os.WriteFile(filepath.Join(dir, "client-ca.crt"), b.CACert, 0o600); err != nil {
+		return nil, err
+	}
+	admission, err := WriteAdmissionConfig(dir, b.Cert, b.Key)
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.X509KeyPair(b.Cert, b.Key)
+	if err != nil {
+		return nil, err
+	}
+	return &APIServerClient{
+		CAFile:          filepath.Join(dir, "client-ca.crt"),
+		CAPEM:           b.CACert,
+		AdmissionConfig: admission,
+		Certificate:     pair,
+	}, nil
+}
+
+// WriteAdmissionConfig writes into dir the client certificate and key
+// (PEM), a kubeconfig that hands them to every webhook ('*'), and
+// manifests/apiserver's AdmissionConfiguration pointed at it, whose path it
+// returns: kube-apiserver's --admission-control-config-file.
+func WriteAdmissionConfig(dir string, certPEM, keyPEM []byte) (string, error) {
 	kubeconfig := filepath.Join(dir, "webhook-kubeconfig.yaml")
+	files := map[string][]byte{"client.crt": certPEM, "client.key": keyPEM}
 	files["webhook-kubeconfig.yaml"] = fmt.Appendf(nil, `apiVersion: v1
 kind: Config
 users:
@@ -73,24 +97,15 @@ users:
 `, filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key"))
 	admission, err := shippedAdmissionConfig(kubeconfig)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	files["admission-configuration.yaml"] = admission
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return nil, err
+			return "", err
 		}
 	}
-	pair, err := tls.X509KeyPair(b.Cert, b.Key)
-	if err != nil {
-		return nil, err
-	}
-	return &APIServerClient{
-		CAFile:          filepath.Join(dir, "client-ca.crt"),
-		CAPEM:           b.CACert,
-		AdmissionConfig: filepath.Join(dir, "admission-configuration.yaml"),
-		Certificate:     pair,
-	}, nil
+	return filepath.Join(dir, "admission-configuration.yaml"), nil
 }
 
 // TLSConfig returns a client TLS configuration that trusts the PEM CAs of

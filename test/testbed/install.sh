@@ -40,6 +40,9 @@ KUSTOMIZE_CONTROLLER_VERSION=${KUSTOMIZE_CONTROLLER_VERSION:-v1.9.6}
 SOURCE_CONTROLLER_VERSION=${SOURCE_CONTROLLER_VERSION:-v1.9.0}
 # The real node (not in `all` yet: `install.sh node`).
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.4.2}
+# kube-router's firewall alone enforces NetworkPolicy on the node (test bed
+# only, never shipped; docs/design-notes.md, "Test bed", says why this one).
+KUBE_ROUTER_VERSION=${KUBE_ROUTER_VERSION:-v2.1.0}
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${TESTBED_CACHE:-$ROOT/.cache/testbed}
@@ -210,6 +213,45 @@ iptables() {
 	done
 }
 
+# ipset unpacks Debian's ipset and its library into $NODE/ipset and writes
+# an ipset command into $NODE/bin that loads them from there, for
+# kube-router's firewall.
+ipset() {
+	local root=$NODE/ipset
+	if [[ -x $root/usr/sbin/ipset ]]; then
+		step "ipset: cached"
+	else
+		step "ipset: unpacking Debian's ipset and its library into the cache"
+		rm -rf "$root"
+		mkdir -p "$root"
+		debroot ipset "$root"
+		debroot libipset13 "$root"
+		debroot libmnl0 "$root"
+	fi
+	printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$(echo "$root"/usr/lib/*-linux-gnu)" "$root/usr/sbin/ipset" >"$NODE/bin/ipset"
+	chmod +x "$NODE/bin/ipset"
+}
+
+# kuberouter builds kube-router with `go install`; the test bed runs only
+# its NetworkPolicy firewall.
+kuberouter() {
+	local v=$KUBE_ROUTER_VERSION target=$BIN/kube-router-$KUBE_ROUTER_VERSION
+	mkdir -p "$NODE/bin"
+	if [[ -x $target ]]; then
+		step "kube-router $v: cached"
+	else
+		step "kube-router $v: building github.com/cloudnativelabs/kube-router/v2/cmd/kube-router (cold: about 3 minutes)"
+		local tmp
+		tmp=$(mktemp -d)
+		: >"$CACHE/log/kube-router-$v.log"
+		GOBIN=$tmp go install -v -trimpath "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$v" 2>&1 |
+			progress "$CACHE/log/kube-router-$v.log" || fail "$CACHE/log/kube-router-$v.log"
+		mv "$tmp/kube-router" "$target"
+		rm -rf "$tmp"
+	fi
+	ln -sfn "$target" "$NODE/bin/kube-router"
+}
+
 # containerd builds containerd v2, its runc shim and ctr with `go install`,
 # without cgo and without the snapshotters that need it.
 containerd() {
@@ -250,6 +292,8 @@ node() {
 	nodedeb runc usr/sbin/runc
 	nodedeb containernetworking-plugins usr/lib/cni/bridge usr/lib/cni/host-local usr/lib/cni/loopback
 	iptables
+	ipset
+	kuberouter
 }
 
 etcd() {

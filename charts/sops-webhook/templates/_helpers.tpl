@@ -45,8 +45,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "sops-webhook.callerAuth" -}}
 {{- $m := .Values.callerAuth.mode -}}
 {{- if eq $m "clientCertificate" -}}
-{{- if not (or .Values.callerAuth.clientCertificate.caBundle .Values.callerAuth.clientCertificate.existingConfigMap) -}}
-{{- fail "callerAuth.mode=clientCertificate needs callerAuth.clientCertificate.caBundle or .existingConfigMap: the CA of the API server's client certificate (docs/operations.md, Security model)" -}}
+{{- if not (or (include "sops-webhook.clientCAMounted" .) (include "sops-webhook.selfManaged" .)) -}}
+{{- fail "callerAuth.mode=clientCertificate needs callerAuth.clientCertificate.caBundle or .existingConfigMap (the CA of the API server's client certificate), or certificates.mode=self-managed to have the webhook issue it (docs/operations.md, Who may ask)" -}}
 {{- end -}}
 client-certificate
 {{- else if eq $m "networkPolicy" -}}
@@ -63,4 +63,9 @@ none
 
 {{- define "sops-webhook.clientCAConfigMap" -}}
 {{- .Values.callerAuth.clientCertificate.existingConfigMap | default (printf "%s-client-ca" (include "sops-webhook.fullname" .)) -}}
+{{- end -}}
+
+{{- /* Whether the client CA comes from a ConfigMap; without one, self-managed mode issues the API server's certificate. */ -}}
+{{- define "sops-webhook.clientCAMounted" -}}
+{{- if or .Values.callerAuth.clientCertificate.caBundle .Values.callerAuth.clientCertificate.existingConfigMap }}true{{ end -}}
 {{- end -}}
