@@ -88,6 +88,8 @@ func TestRealPods(t *testing.T) {
 	t.Run("kustomize self-managed overlay", b.kustomizeSelfManaged)
 	t.Run("chart", b.chart)
 	t.Run("kustomize cert-manager overlay", b.certManager)
+	// Last: kube-router keeps enforcing NetworkPolicy until the node stops.
+	t.Run("NetworkPolicy enforced by kube-router", b.networkPolicy)
 }
 
 func (b *podsBed) kubectl(t *testing.T, stdin []byte, args ...string) string {
@@ -120,8 +122,9 @@ func (b *podsBed) importImage(ctx context.Context, t *testing.T) {
 }
 
 // overlay writes a kustomization that takes dir of the repository and
-// changes only the image reference, as the docs tell users to.
-func (b *podsBed) overlay(t *testing.T, dir string) string {
+// changes only the image reference, as the docs tell users to, followed by
+// extra, more of the kustomization's YAML.
+func (b *podsBed) overlay(t *testing.T, dir string, extra ...string) string {
 	root, err := testbed.RepoRoot()
 	require.NoError(t, err)
 	out := filepath.Join(b.work, strings.ReplaceAll(dir, "/", "-"))
@@ -135,7 +138,7 @@ images:
   - name: ghcr.io/sops-webhook/sops-webhook
     newName: %s
     newTag: %s
-`, rel, podsImageName, podsImageTag)
+`, rel, podsImageName, podsImageTag) + strings.Join(extra, "")
 	require.NoError(t, os.WriteFile(filepath.Join(out, "kustomization.yaml"), []byte(k), 0o644))
 	return out
 }

@@ -43,6 +43,10 @@ const (
 	ServiceCIDR  = "10.96.0.0/24"
 	APIServiceIP = "10.96.0.1"
 	PodCIDR      = "10.232.0.0/24"
+	// BridgeIP is the node's address on the pods' bridge: what pods see
+	// as the source of the node's own connections, the API server's calls
+	// to webhooks among them.
+	BridgeIP = "10.232.0.1"
 )
 
 // Node is the test bed's real single-node cluster: etcd, kube-apiserver,
@@ -698,4 +702,35 @@ func removeCgroups(rel string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// StartNetworkPolicy starts kube-router's NetworkPolicy firewall alone on
+// the node (no routing, no service proxy, no CNI), the test bed's
+// NetworkPolicy implementation: it turns the node's NetworkPolicies into
+// iptables and ipset rules inside the node's namespace, filtering the
+// bridge's traffic (bridge-nf-call-iptables, set in that namespace only).
+// It returns once kube-router has written its first rules. Stop stops it.
+func (n *Node) StartNetworkPolicy(ctx context.Context) error {
+	if err := ip("netns", "exec", n.NS.Name, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"); err != nil {
+		return fmt.Errorf("bridge-nf-call-iptables in the node: %w", err)
+	}
+	path := n.bin + ":" + os.Getenv("PATH")
+	if err := n.run("kube-router", []string{"PATH=" + path}, filepath.Join(n.bin, "kube-router"),
+		"--run-firewall=true", "--run-router=false", "--run-service-proxy=false", "--enable-cni=false",
+		"--kubeconfig", n.Kubeconfig, "--hostname-override", NodeName,
+		"--health-port", "0", "--metrics-port", "0", "--iptables-sync-period", "5s", "--v", "1"); err != nil {
+		return err
+	}
+	iptables := filepath.Join(n.bin, "iptables")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS.Name, iptables, "-S").CombinedOutput()
+		if err == nil && strings.Contains(string(out), "KUBE-ROUTER-FORWARD") {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("kube-router wrote no rules within a minute:\n%s", n.Log("kube-router"))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
