@@ -139,7 +139,9 @@ func (b *podsBed) metricsToken(ctx context.Context, t *testing.T) string {
 	t.Helper()
 	b.kubectl(t, nil, "-n", "monitoring", "create", "serviceaccount", "prometheus")
 	b.kubectl(t, nil, "create", "clusterrolebinding", "prometheus-sops-webhook", "--clusterrole", "sops-webhook-metrics-reader", "--serviceaccount", "monitoring:prometheus")
-	t.Cleanup(func() { _, _ = runKubectl(b.n.Kubeconfig, nil, "delete", "clusterrolebinding", "prometheus-sops-webhook") })
+	t.Cleanup(func() {
+		_, _ = runKubectl(b.n.Kubeconfig, nil, "delete", "clusterrolebinding", "prometheus-sops-webhook")
+	})
 	kube, err := kubernetes.NewForConfig(b.n.Config)
 	require.NoError(t, err)
 	exp := int64(600)
