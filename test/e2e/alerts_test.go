@@ -127,7 +127,7 @@ policy:
 	// A webhook that answers anyone says so; the one above, which requires
 	// the API server's certificate, does not fire the same alert.
 	openConfig := filepath.Join(b.work, "open.yaml")
-	require.NoError(t, os.WriteFile(openConfig, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: local\n    age: {identityFile: "+local.IdentityFile+"}\n"), 0o600))
+	require.NoError(t, os.WriteFile(openConfig, local.Config("local"), 0o600))
 	open, err := testbed.StartWebhookWith(ctx, b.bin, testbed.WebhookOptions{
 		Config: openConfig, WorkDir: filepath.Join(b.work, "open"), Args: []string{"--caller-auth", "network-policy"},
 	})

@@ -40,7 +40,7 @@ func TestAudit(t *testing.T) {
 	work := t.TempDir()
 	key := testbed.NewAgeKey(t, false)
 	config := filepath.Join(work, "config.yaml")
-	require.NoError(t, os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: audit\n    age: {identityFile: "+key.IdentityFile+"}\n"), 0o600))
+	require.NoError(t, os.WriteFile(config, key.Config("audit"), 0o600))
 	bin, err := testbed.BuildWebhook(work)
 	require.NoError(t, err)
 	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{Config: config, WorkDir: work, Log: verbose()})

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -194,5 +195,58 @@ func (s *deploySuite) selfIssuedClient(t *testing.T) {
 	wh.CABundle = sec.Data["ca.crt"]
 	r, err := testbed.SendReview(ctx, wh.Client(), wh.URL, forgedReview(t, "app.env", s.doc))
 	assert.Error(t, err, "a certificate of another CA is refused")
+	assert.Empty(t, r.Patch)
+}
+
+// certManagerIssuedClient applies the chart's client-certificate templates
+// of cert-manager mode (callerAuth.mode=clientCertificate, no CA given),
+// lets the cert-manager stand-in issue them with cert-manager's PKI
+// library, and runs a webhook with the CA those pods would mount: a second
+// API server presenting the issued certificate, copied as docs/operations.md
+// says, is answered; the test bed's API-server certificate is refused.
+func (s *deploySuite) certManagerIssuedClient(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h := testbed.HelmCLIs(t, "")[0]
+	rendered := s.renderChart(t, h, "sops-webhook", "--set", "callerAuth.mode=clientCertificate", "--show-only", "templates/clientcertificate.yaml")
+	s.kubectl(t, []byte(rendered), "apply", "-f", "-")
+	defer func() { _, _ = runKubectl(s.kubeconfig, []byte(rendered), "delete", "-f", "-") }()
+	cm, err := testbed.NewCertManagerStandIn(s.cp.Config)
+	require.NoError(t, err)
+	var ca, issued corev1.Secret
+	require.Eventually(t, func() bool {
+		_ = cm.Reconcile(ctx) // the client CA's Issuer needs its Secret first
+		return s.c.Get(ctx, client.ObjectKey{Namespace: "sops-webhook", Name: "sops-webhook-client-ca"}, &ca) == nil &&
+			s.c.Get(ctx, client.ObjectKey{Namespace: "sops-webhook", Name: "sops-webhook-apiserver-client"}, &issued) == nil
+	}, time.Minute, 200*time.Millisecond, "the stand-in issued the client CA and the API server's certificate")
+	require.NoError(t, cm.Reconcile(ctx))
+
+	// What the pods mount: the CA Secret's ca.crt.
+	work := filepath.Join(s.work, "cert-manager-client")
+	require.NoError(t, os.MkdirAll(work, 0o700))
+	caFile := filepath.Join(work, "client-ca.crt")
+	require.NoError(t, os.WriteFile(caFile, ca.Data["ca.crt"], 0o600))
+	wh, err := testbed.StartWebhookWith(ctx, s.bin, testbed.WebhookOptions{
+		Config: s.config, WorkDir: work, Log: verbose(), Args: []string{"--client-ca-file", caFile, "--client-names", "kube-apiserver"},
+	})
+	require.NoError(t, err)
+	defer wh.Stop()
+
+	admission, err := testbed.WriteAdmissionConfig(t.TempDir(), issued.Data["tls.crt"], issued.Data["tls.key"])
+	require.NoError(t, err)
+	cp, err := testbed.StartControlPlaneWith(map[string]string{"admission-control-config-file": admission})
+	require.NoError(t, err)
+	defer cp.Stop()
+	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, wh.CABundle))
+	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
+	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
+	created := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "cert-manager-issued", Namespace: "apps"}, Data: map[string][]byte{"app.env": s.doc}}
+	require.NoError(t, cp.Client.Create(ctx, created))
+	got := &corev1.Secret{}
+	require.NoError(t, cp.Client.Get(ctx, client.ObjectKeyFromObject(created), got))
+	assert.Equal(t, string(s.plain), string(got.Data["app.env"]), "the API server with cert-manager's certificate is answered")
+
+	r, err := testbed.SendReview(ctx, wh.Client(), wh.URL, forgedReview(t, "app.env", s.doc))
+	assert.Error(t, err, "the test bed's own API-server certificate, of another CA, is refused")
 	assert.Empty(t, r.Patch)
 }

@@ -65,7 +65,7 @@ func TestDeployment(t *testing.T) {
 	s.bin, err = testbed.BuildWebhook(s.work)
 	require.NoError(t, err)
 	s.config = filepath.Join(s.work, "config.yaml")
-	require.NoError(t, os.WriteFile(s.config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: team-a\n    age: {identityFile: "+s.age.IdentityFile+"}\n"), 0o600))
+	require.NoError(t, os.WriteFile(s.config, s.age.Config("team-a"), 0o600))
 	s.plain = []byte("PASSWORD=deploy-PLAINTEXT-1\n")
 	s.doc = testbed.SopsEncrypt(t, s.plain, "dotenv", testbed.Recipients{Age: []testbed.AgeKey{s.age}})
 	for _, ns := range []string{"sops-webhook", "apps"} {
@@ -78,6 +78,7 @@ func TestDeployment(t *testing.T) {
 	t.Run("self-managed certificates: issued, caBundle patched, rotated under load", s.selfManaged)
 	t.Run("two replicas behind one Service: stopping one loses no request", s.twoReplicas)
 	t.Run("self-managed certificates: the webhook issues the API server's client certificate", s.selfIssuedClient)
+	t.Run("cert-manager issues the API server's client certificate from the chart's templates", s.certManagerIssuedClient)
 	// Last: it registers a webhook with no endpoints.
 	t.Run("helm install and uninstall of the chart", s.helmInstall)
 }
@@ -196,7 +197,6 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 			want string
 		}{
 			{nil, "set callerAuth.mode"},
-			{[]string{"--set", "callerAuth.mode=clientCertificate"}, "needs callerAuth.clientCertificate.caBundle"},
 			{[]string{"--set", "callerAuth.mode=networkPolicy"}, "needs networkPolicy.enabled and networkPolicy.apiServerSources"},
 			{[]string{"--set", "callerAuth.mode=networkPolicy", "--set", "networkPolicy.enabled=false", "--set", "networkPolicy.apiServerSources[0].ipBlock.cidr=10.0.0.2/32"}, "needs networkPolicy.enabled"},
 		} {
@@ -263,6 +263,9 @@ var chartValueSets = []struct {
 			"networkpolicy.networking.k8s.io/sops-webhook"}},
 	{"network policy", []string{"--set", "callerAuth.mode=networkPolicy", "--set", "networkPolicy.apiServerSources[0].ipBlock.cidr=172.16.0.2/32"},
 		[]string{"networkpolicy.networking.k8s.io/sops-webhook"}},
+	{"cert-manager issues the API server's certificate", []string{"--set", "callerAuth.mode=clientCertificate"},
+		[]string{"certificate.cert-manager.io/sops-webhook-apiserver-client", "certificate.cert-manager.io/sops-webhook-client-ca",
+			"issuer.cert-manager.io/sops-webhook-client-ca", "issuer.cert-manager.io/sops-webhook-client-ca-selfsigned"}},
 	{"self-managed issues the API server's certificate", []string{"--set", "callerAuth.mode=clientCertificate", "--set", "certificates.mode=self-managed"},
 		[]string{"clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle"}},
 	{"none, no NetworkPolicy", []string{"--set", "callerAuth.mode=none", "--set", "networkPolicy.enabled=false"},

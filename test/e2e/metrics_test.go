@@ -78,7 +78,7 @@ current-context: c
 
 	config := filepath.Join(b.work, "metrics-config.yaml")
 	key := testbed.NewAgeKey(t, false)
-	require.NoError(t, os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: k\n    age: {identityFile: "+key.IdentityFile+"}\n"), 0o600))
+	require.NoError(t, os.WriteFile(config, key.Config("k"), 0o600))
 	if b.bin == "" {
 		b.bin, err = testbed.BuildWebhook(b.work)
 		require.NoError(t, err)

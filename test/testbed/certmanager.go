@@ -2,6 +2,8 @@ package testbed
 
 import (
 	"context"
+	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -26,8 +28,8 @@ const cainjectorAnnotation = "cert-manager.io/inject-ca-from"
 // CertManagerStandIn plays cert-manager for the test bed, whose controller
 // cannot be built here (its cmd modules are not on the module proxy). Like
 // cert-manager's controller, it issues each Certificate whose Secret is
-// missing, with cert-manager's PKI library, for a SelfSigned Issuer (the
-// only kind it knows; others are an error). Like cainjector, it copies the
+// missing, with cert-manager's PKI library, for a SelfSigned or CA Issuer
+// (the only kinds it knows; others are an error). Like cainjector, it copies the
 // CA of the Certificate a MutatingWebhookConfiguration names in
 // cert-manager.io/inject-ca-from into its webhooks' caBundle.
 type CertManagerStandIn struct {
@@ -97,14 +99,38 @@ func (s *CertManagerStandIn) issue(ctx context.Context, crt *cmapi.Certificate) 
 	if err := s.c.Get(ctx, client.ObjectKey{Namespace: crt.Namespace, Name: crt.Spec.IssuerRef.Name}, &issuer); err != nil {
 		return fmt.Errorf("certificate %s/%s: %w", crt.Namespace, crt.Name, err)
 	}
-	if issuer.Spec.SelfSigned == nil {
-		return fmt.Errorf("issuer %s/%s: the stand-in issues for SelfSigned issuers only", issuer.Namespace, issuer.Name)
-	}
 	// A SelfSigned issuer signs the certificate with its own key, and
-	// ca.crt is the certificate itself.
-	certPEM, _, priv, err := issue(crt, nil, nil)
+	// ca.crt is the certificate itself; a CA issuer signs with the CA of
+	// its Secret, which is ca.crt.
+	var (
+		parent    *x509.Certificate
+		parentKey crypto.Signer
+		caPEM     []byte
+	)
+	switch {
+	case issuer.Spec.SelfSigned != nil:
+	case issuer.Spec.CA != nil:
+		var caSec corev1.Secret
+		if err := s.c.Get(ctx, client.ObjectKey{Namespace: issuer.Namespace, Name: issuer.Spec.CA.SecretName}, &caSec); err != nil {
+			return fmt.Errorf("issuer %s/%s: its CA: %w", issuer.Namespace, issuer.Name, err)
+		}
+		var err error
+		if parentKey, err = pki.DecodePrivateKeyBytes(caSec.Data[corev1.TLSPrivateKeyKey]); err != nil {
+			return fmt.Errorf("issuer %s/%s: its CA key: %w", issuer.Namespace, issuer.Name, err)
+		}
+		if parent, err = pki.DecodeX509CertificateBytes(caSec.Data[corev1.TLSCertKey]); err != nil {
+			return fmt.Errorf("issuer %s/%s: its CA: %w", issuer.Namespace, issuer.Name, err)
+		}
+		caPEM = caSec.Data[corev1.TLSCertKey]
+	default:
+		return fmt.Errorf("issuer %s/%s: the stand-in issues for SelfSigned and CA issuers only", issuer.Namespace, issuer.Name)
+	}
+	certPEM, _, priv, err := issue(crt, parent, parentKey)
 	if err != nil {
 		return fmt.Errorf("certificate %s/%s: %w", crt.Namespace, crt.Name, err)
+	}
+	if caPEM == nil {
+		caPEM = certPEM
 	}
 	var encoding cmapi.PrivateKeyEncoding
 	if crt.Spec.PrivateKey != nil {
@@ -119,7 +145,7 @@ func (s *CertManagerStandIn) issue(ctx context.Context, crt *cmapi.Certificate) 
 			cmapi.CertificateNameKey: crt.Name, cmapi.IssuerNameAnnotationKey: issuer.Name, cmapi.IssuerKindAnnotationKey: cmapi.IssuerKind,
 		}},
 		Type: corev1.SecretTypeTLS,
-		Data: map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM, "ca.crt": certPEM},
+		Data: map[string][]byte{corev1.TLSCertKey: certPEM, corev1.TLSPrivateKeyKey: keyPEM, "ca.crt": caPEM},
 	}
 	return s.c.Create(ctx, sec)
 }

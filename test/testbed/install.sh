@@ -232,24 +232,12 @@ ipset() {
 	chmod +x "$NODE/bin/ipset"
 }
 
-# kuberouter builds kube-router with `go install`; the test bed runs only
-# its NetworkPolicy firewall.
+# kuberouter builds kube-router with `go install` and puts it on the node;
+# the test bed runs only its NetworkPolicy firewall.
 kuberouter() {
-	local v=$KUBE_ROUTER_VERSION target=$BIN/kube-router-$KUBE_ROUTER_VERSION
+	gobin kube-router "$KUBE_ROUTER_VERSION" "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
 	mkdir -p "$NODE/bin"
-	if [[ -x $target ]]; then
-		step "kube-router $v: cached"
-	else
-		step "kube-router $v: building github.com/cloudnativelabs/kube-router/v2/cmd/kube-router (cold: about 3 minutes)"
-		local tmp
-		tmp=$(mktemp -d)
-		: >"$CACHE/log/kube-router-$v.log"
-		GOBIN=$tmp go install -v -trimpath "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$v" 2>&1 |
-			progress "$CACHE/log/kube-router-$v.log" || fail "$CACHE/log/kube-router-$v.log"
-		mv "$tmp/kube-router" "$target"
-		rm -rf "$tmp"
-	fi
-	ln -sfn "$target" "$NODE/bin/kube-router"
+	ln -sfn "$BIN/kube-router-$KUBE_ROUTER_VERSION" "$NODE/bin/kube-router"
 }
 
 # containerd builds containerd v2, its runc shim and ctr with `go install`,

@@ -21,38 +21,15 @@ import (
 // pkg/util/pki). The test bed's servers, the webhook under test and the
 // stand-ins serve these; Bundle.WriteDir writes them as --cert-dir expects.
 func NewTLS(hosts []string, validity time.Duration) (*certs.Bundle, error) {
-	spec := func(cn string, isCA bool, usages ...cmapi.KeyUsage) *cmapi.Certificate {
-		return &cmapi.Certificate{Spec: cmapi.CertificateSpec{
-			CommonName: cn,
-			Duration:   &metav1.Duration{Duration: validity},
-			IsCA:       isCA,
-			Usages:     usages,
-			PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
-		}}
-	}
-	caCrt := spec("sops-webhook test bed CA", true, cmapi.UsageCertSign, cmapi.UsageDigitalSignature)
-	leafCrt := spec(hosts[0], false, cmapi.UsageDigitalSignature, cmapi.UsageServerAuth)
+	leaf := certSpec(hosts[0], validity, false, cmapi.UsageDigitalSignature, cmapi.UsageServerAuth)
 	for _, h := range hosts {
 		if net.ParseIP(h) != nil {
-			leafCrt.Spec.IPAddresses = append(leafCrt.Spec.IPAddresses, h)
+			leaf.Spec.IPAddresses = append(leaf.Spec.IPAddresses, h)
 		} else {
-			leafCrt.Spec.DNSNames = append(leafCrt.Spec.DNSNames, h)
+			leaf.Spec.DNSNames = append(leaf.Spec.DNSNames, h)
 		}
 	}
-
-	caPEM, caCert, caKey, err := issue(caCrt, nil, nil)
-	if err != nil {
-		return nil, fmt.Errorf("CA: %w", err)
-	}
-	leafPEM, _, key, err := issue(leafCrt, caCert, caKey)
-	if err != nil {
-		return nil, fmt.Errorf("serving certificate: %w", err)
-	}
-	keyPEM, err := pki.EncodePrivateKey(key, cmapi.PKCS8)
-	if err != nil {
-		return nil, err
-	}
-	return &certs.Bundle{CACert: caPEM, Cert: leafPEM, Key: keyPEM}, nil
+	return issueBundle(certSpec("sops-webhook test bed CA", validity, true, cmapi.UsageCertSign, cmapi.UsageDigitalSignature), leaf)
 }
 
 // NewClientTLS issues a fresh self-signed CA and a client certificate it
@@ -60,23 +37,31 @@ func NewTLS(hosts []string, validity time.Duration) (*certs.Bundle, error) {
 // valid for validity, like NewTLS; the Bundle's Cert and Key are the client
 // certificate and key.
 func NewClientTLS(name string, validity time.Duration) (*certs.Bundle, error) {
-	ca := &cmapi.Certificate{Spec: cmapi.CertificateSpec{
-		CommonName: "sops-webhook test bed API server client CA",
+	return issueBundle(certSpec("sops-webhook test bed API server client CA", validity, true, cmapi.UsageCertSign, cmapi.UsageDigitalSignature),
+		certSpec(name, validity, false, cmapi.UsageDigitalSignature, cmapi.UsageClientAuth))
+}
+
+// certSpec is a Certificate for an ECDSA P-256 key.
+func certSpec(cn string, validity time.Duration, isCA bool, usages ...cmapi.KeyUsage) *cmapi.Certificate {
+	return &cmapi.Certificate{Spec: cmapi.CertificateSpec{
+		CommonName: cn,
 		Duration:   &metav1.Duration{Duration: validity},
-		IsCA:       true,
-		Usages:     []cmapi.KeyUsage{cmapi.UsageCertSign, cmapi.UsageDigitalSignature},
+		IsCA:       isCA,
+		Usages:     usages,
 		PrivateKey: &cmapi.CertificatePrivateKey{Algorithm: cmapi.ECDSAKeyAlgorithm, Size: 256},
 	}}
-	leaf := ca.DeepCopy()
-	leaf.Spec.CommonName, leaf.Spec.IsCA = name, false
-	leaf.Spec.Usages = []cmapi.KeyUsage{cmapi.UsageDigitalSignature, cmapi.UsageClientAuth}
-	caPEM, caCert, caKey, err := issue(ca, nil, nil)
+}
+
+// issueBundle issues the self-signed CA of caCrt and the certificate of
+// leafCrt it signs.
+func issueBundle(caCrt, leafCrt *cmapi.Certificate) (*certs.Bundle, error) {
+	caPEM, caCert, caKey, err := issue(caCrt, nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("client CA: %w", err)
+		return nil, fmt.Errorf("CA: %w", err)
 	}
-	leafPEM, _, key, err := issue(leaf, caCert, caKey)
+	leafPEM, _, key, err := issue(leafCrt, caCert, caKey)
 	if err != nil {
-		return nil, fmt.Errorf("client certificate: %w", err)
+		return nil, fmt.Errorf("certificate for %q: %w", leafCrt.Spec.CommonName, err)
 	}
 	keyPEM, err := pki.EncodePrivateKey(key, cmapi.PKCS8)
 	if err != nil {

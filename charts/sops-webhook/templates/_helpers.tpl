@@ -45,9 +45,6 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "sops-webhook.callerAuth" -}}
 {{- $m := .Values.callerAuth.mode -}}
 {{- if eq $m "clientCertificate" -}}
-{{- if not (or (include "sops-webhook.clientCAMounted" .) (include "sops-webhook.selfManaged" .)) -}}
-{{- fail "callerAuth.mode=clientCertificate needs callerAuth.clientCertificate.caBundle or .existingConfigMap (the CA of the API server's client certificate), or certificates.mode=self-managed to have the webhook issue it (docs/operations.md, Who may ask)" -}}
-{{- end -}}
 client-certificate
 {{- else if eq $m "networkPolicy" -}}
 {{- if not (and .Values.networkPolicy.enabled .Values.networkPolicy.apiServerSources) -}}
@@ -65,7 +62,12 @@ none
 {{- .Values.callerAuth.clientCertificate.existingConfigMap | default (printf "%s-client-ca" (include "sops-webhook.fullname" .)) -}}
 {{- end -}}
 
-{{- /* Whether the client CA comes from a ConfigMap; without one, self-managed mode issues the API server's certificate. */ -}}
+{{- /* Whether the pods mount a client CA: from a ConfigMap (caBundle, existingConfigMap) or from cert-manager's; without one, self-managed mode issues the API server's certificate. */ -}}
 {{- define "sops-webhook.clientCAMounted" -}}
-{{- if or .Values.callerAuth.clientCertificate.caBundle .Values.callerAuth.clientCertificate.existingConfigMap }}true{{ end -}}
+{{- if or .Values.callerAuth.clientCertificate.caBundle .Values.callerAuth.clientCertificate.existingConfigMap (include "sops-webhook.clientCAFromCertManager" .) }}true{{ end -}}
+{{- end -}}
+
+{{- /* Whether cert-manager issues the API server's client certificate: client certificates, no CA of the operator's, cert-manager mode. */ -}}
+{{- define "sops-webhook.clientCAFromCertManager" -}}
+{{- if and (eq .Values.callerAuth.mode "clientCertificate") (not (or .Values.callerAuth.clientCertificate.caBundle .Values.callerAuth.clientCertificate.existingConfigMap)) (not (include "sops-webhook.selfManaged" .)) }}true{{ end -}}
 {{- end -}}

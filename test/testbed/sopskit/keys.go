@@ -27,6 +27,12 @@ type AgeKey struct {
 	Recipient string
 }
 
+// Config returns a webhook Config file that holds this one key, named
+// name.
+func (k AgeKey) Config(name string) []byte {
+	return []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: " + name + "\n    age: {identityFile: " + k.IdentityFile + "}\n")
+}
+
 // NewAgeKey generates an X25519 identity (with pq, a post-quantum hybrid
 // one) and writes it, as age-keygen would, into a temporary folder of t.
 func NewAgeKey(t testing.TB, pq bool) AgeKey {
