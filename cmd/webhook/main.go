@@ -4,6 +4,7 @@ package main
 import (
 	"context"
 	"fmt"
+	stdlog "log"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -36,6 +37,11 @@ func main1() int {
 		// sets it.
 		log := newLogger(opts.logLevel, os.Stderr)
 		ctrllog.SetLogger(log)
+		// net/http's servers log through the standard logger, a line per
+		// failed TLS handshake: every refused caller and every readiness
+		// probe's connect. Those go to debug, the rest to info, as JSON.
+		stdlog.SetFlags(0)
+		stdlog.SetOutput(stdLogWriter{log.WithName("net/http")})
 		decrypt.DiscardLibraryLogs()
 		goMemLimit := "from $GOMEMLIMIT"
 		switch {

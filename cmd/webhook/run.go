@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -312,4 +313,20 @@ func newLogger(level string, out io.Writer) logr.Logger {
 		lvl = zapcore.ErrorLevel
 	}
 	return zap.New(zap.WriteTo(out), zap.JSONEncoder(), zap.Level(lvl), zap.UseDevMode(false))
+}
+
+// stdLogWriter turns the standard logger's lines into log's: failed TLS
+// handshakes, which any client that reaches the port can cause (and
+// sops_webhook_caller_refusals_total counts), at debug level, the rest at
+// info.
+type stdLogWriter struct{ log logr.Logger }
+
+func (w stdLogWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	if strings.Contains(msg, "TLS handshake error") {
+		w.log.V(1).Info(msg)
+	} else {
+		w.log.Info(msg)
+	}
+	return len(p), nil
 }
