@@ -153,11 +153,16 @@ type target struct {
 // its throughput is what a client alone would get (1 / mean latency);
 // its CPU is the server's over the measured requests, as in load.
 func alternate(ctx context.Context, caPEM []byte, targets [2]target, body []byte, d time.Duration) [2]point {
+	clients := [2]*http.Client{httpsClient(caPEM, 1), httpsClient(caPEM, 1)}
+	return alternateWith(ctx, clients, targets, body, d)
+}
+
+// alternateWith is alternate with a client for each target.
+func alternateWith(ctx context.Context, clients [2]*http.Client, targets [2]target, body []byte, d time.Duration) [2]point {
 	var sends [2]func() (time.Duration, bool)
 	for i, t := range targets {
-		client := httpsClient(caPEM, 1)
-		defer client.CloseIdleConnections()
-		sends[i] = sender(ctx, client, t.url, body)
+		defer clients[i].CloseIdleConnections()
+		sends[i] = sender(ctx, clients[i], t.url, body)
 	}
 	for end := time.Now().Add(d / 5); time.Now().Before(end) && ctx.Err() == nil; {
 		sends[0]()
@@ -262,4 +267,41 @@ func goroutines(metricsURL string) int {
 		}
 	}
 	return 0
+}
+
+// handshakeCost measures what requiring the API server's client
+// certificate costs the no-op baseline: the no-op as the benchmarks run it
+// (withCert) against a second one on the same certificate without
+// --client-ca-file, at concurrency 1 in alternating rounds, once with a new
+// TLS connection per request (every request pays the handshake and the
+// certificate's verification) and once with the connections kept alive, as
+// the API server keeps them. Each ratio is with certificate to without.
+func handshakeCost(ctx context.Context, noop, certDir string, caPEM []byte, withCert target, body []byte, d time.Duration, rounds int) ([]ratio, error) {
+	port, health := freePort(), freePort()
+	open, err := startProcess(noop, []string{"--cert-dir", certDir, "--port", strconv.Itoa(port), "--health-probe-bind-address", "127.0.0.1:" + strconv.Itoa(health)},
+		"http://127.0.0.1:"+strconv.Itoa(health)+"/readyz")
+	if err != nil {
+		return nil, err
+	}
+	defer open.stop()
+	targets := [2]target{{"no-op without client certificate", fmt.Sprintf("https://127.0.0.1:%d/mutate", port), open.cmd.Process.Pid}, withCert}
+	var out []ratio
+	for _, keepAlive := range []bool{false, true} {
+		var measured [2][]point
+		for range rounds {
+			var clients [2]*http.Client
+			for i := range clients {
+				clients[i] = httpsClient(caPEM, 1)
+				clients[i].Transport.(*http.Transport).DisableKeepAlives = !keepAlive
+			}
+			pair := alternateWith(ctx, clients, targets, body, d/time.Duration(rounds))
+			measured[0], measured[1] = append(measured[0], pair[0]), append(measured[1], pair[1])
+		}
+		name := "a new TLS connection per request"
+		if keepAlive {
+			name = "connections kept alive (as the API server keeps them)"
+		}
+		out = append(out, ratio{scenario: name, concurrency: 1, noop: merge(measured[0]), wh: merge(measured[1])})
+	}
+	return out, nil
 }

@@ -35,8 +35,10 @@ type report struct {
 	helm             helmRun
 	cold             []coldRow
 	flood            []floodRun
-	goBench          []string
-	env              string
+	// handshake compares the no-op with and without client certificates.
+	handshake []ratio
+	goBench   []string
+	env       string
 }
 
 func step(format string, a ...any) {
@@ -139,6 +141,11 @@ func run(ctx context.Context, out string, d time.Duration, quick bool) (err erro
 		}
 	}
 	stopSampling()
+
+	step("client-certificate handshake: the no-op with and without it, new connections and kept alive")
+	if rep.handshake, err = handshakeCost(ctx, noop, noopDir, bundle.CACert, targets[0], scen[0].body, d, rounds); err != nil {
+		return err
+	}
 
 	step("sops CLI, one process per document")
 	rep.sopsCLI = sopsCLIRate(tb, key, quick)
