@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -228,4 +229,41 @@ func TestNewMetrics(t *testing.T) {
 	}
 	_, err := NewMetrics(prometheus.NewRegistry(), "trust-me")
 	require.Error(t, err)
+}
+
+// TestDocumentedRecipe runs the openssl commands of docs/operations.md
+// ("2. Who may ask") that make the client CA and the API server's
+// certificate, and checks that a Verifier for names kube-apiserver admits
+// that certificate: the recipe and the verifier agree.
+func TestDocumentedRecipe(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Fatalf("openssl is needed to check the documented recipe: %v", err)
+	}
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "operations.md"))
+	require.NoError(t, err)
+	_, rest, ok := strings.Cut(string(doc), "**Client certificate (kubeadm and self-hosted control planes).**")
+	require.True(t, ok, "the recipe's heading moved")
+	_, rest, ok = strings.Cut(rest, "```sh\n")
+	require.True(t, ok)
+	script, _, ok := strings.Cut(rest, "```")
+	require.True(t, ok)
+	var lines []string
+	for line := range strings.Lines(strings.ReplaceAll(script, "\\\n", "")) {
+		if !strings.HasPrefix(line, "kubectl ") {
+			lines = append(lines, line)
+		}
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("bash", "-euo", "pipefail", "-c", strings.Join(lines, ""))
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	v, err := New(filepath.Join(dir, "client-ca.crt"), []string{"kube-apiserver"}, nil)
+	require.NoError(t, err)
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key"))
+	require.NoError(t, err)
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	require.NoError(t, err)
+	assert.NoError(t, v.Verify(tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}}))
 }
