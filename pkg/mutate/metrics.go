@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
@@ -40,11 +41,11 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sops_webhook_admission_requests_total",
-			Help: "Admission requests by kind, operation and outcome (skipped, patched, denied: the request's fault, errored: the webhook's or a key service's, retryable).",
+			Help: "Admission requests by kind (Secret, ConfigMap, other), operation (CREATE, UPDATE, other) and outcome (skipped, patched, denied: the request's fault, errored: the webhook's or a key service's, retryable).",
 		}, []string{"kind", "operation", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "sops_webhook_admission_duration_seconds",
-			Help:    "Time spent handling an admission request, by kind and outcome.",
+			Help:    "Time spent handling an admission request, by kind (Secret, ConfigMap, other) and outcome.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}, []string{"kind", "outcome"}),
 		decryptions: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -94,9 +95,33 @@ func (m *Metrics) observeRequest(req admission.Request, resp admission.Response,
 	if m == nil {
 		return
 	}
-	outcome := requestOutcome(resp)
-	m.requests.WithLabelValues(req.Kind.Kind, string(req.Operation), outcome).Inc()
-	m.latency.WithLabelValues(req.Kind.Kind, outcome).Observe(d.Seconds())
+	outcome, kind := requestOutcome(resp), kindLabel(req.Kind.Kind)
+	m.requests.WithLabelValues(kind, operationLabel(req.Operation), outcome).Inc()
+	m.latency.WithLabelValues(kind, outcome).Observe(d.Seconds())
+}
+
+// LabelOther is the kind or operation label of any value outside the fixed
+// sets: labels come from fixed sets whatever a review says, since a series
+// per distinct string would let requests grow memory and scrapes without
+// bound.
+const LabelOther = "other"
+
+// kindLabel is Secret, ConfigMap or LabelOther.
+func kindLabel(kind string) string {
+	switch kind {
+	case "Secret", "ConfigMap":
+		return kind
+	}
+	return LabelOther
+}
+
+// operationLabel is CREATE, UPDATE or LabelOther.
+func operationLabel(op admissionv1.Operation) string {
+	switch op {
+	case admissionv1.Create, admissionv1.Update:
+		return string(op)
+	}
+	return LabelOther
 }
 
 // decryptionOutcome names a reason as an outcome label: the reason's own
