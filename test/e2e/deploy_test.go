@@ -76,6 +76,7 @@ func TestDeployment(t *testing.T) {
 	t.Run("every manifest of both overlays is accepted by the API server", s.manifestsAccepted)
 	t.Run("VAP rejects ciphertext while no webhook is registered", s.vapWithoutWebhook)
 	t.Run("self-managed certificates: issued, caBundle patched, rotated under load", s.selfManaged)
+	t.Run("self-managed certificates: the service account may write only its TLS Secret", s.confinedIdentity)
 	t.Run("two replicas behind one Service: stopping one loses no request", s.twoReplicas)
 	t.Run("self-managed certificates: the webhook issues the API server's client certificate", s.selfIssuedClient)
 	t.Run("cert-manager issues the API server's client certificate from the chart's templates", s.certManagerIssuedClient)
@@ -275,7 +276,8 @@ var chartValueSets = []struct {
 		"--set", "certificates.mode=self-managed", "--set", "serviceMonitor.enabled=true", "--set", "prometheusRule.enabled=true", "--set", "validatingAdmissionPolicy.enabled=false",
 		"--set", "replicas=3", "--set", "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
 		"--set", "webhook.excludedNamespaces={kube-system,flux-system}", "--set", "priorityClassName=system-cluster-critical",
-	}, []string{"servicemonitor.monitoring.coreos.com/sops-webhook", "prometheusrule.monitoring.coreos.com/sops-webhook", "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle"}},
+	}, []string{"servicemonitor.monitoring.coreos.com/sops-webhook", "prometheusrule.monitoring.coreos.com/sops-webhook", "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle",
+		"validatingadmissionpolicy.admissionregistration.k8s.io/sops-webhook-confine-self-managed"}},
 	{"cert-manager with a ClusterIssuer", []string{
 		"--set", "callerAuth.mode=none",
 		"--set", "certificates.certManager.issuerRef.name=corp-ca", "--set", "certificates.certManager.issuerRef.kind=ClusterIssuer",
