@@ -152,23 +152,29 @@ func (ca *CA) sign(tmpl *x509.Certificate, what string, now time.Time, validity 
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
-// WriteDir writes tls.crt, tls.key (mode 0600) and ca.crt into dir. Each file
-// is written to a temporary name and renamed, so a watcher never sees half.
+// WriteDir writes tls.crt, tls.key (mode 0600) and ca.crt into dir, each
+// with WriteFile.
 func (b *Bundle) WriteDir(dir string) error {
 	for _, f := range []struct {
 		name string
 		data []byte
 		mode os.FileMode
 	}{{"ca.crt", b.CACert, 0o644}, {"tls.key", b.Key, 0o600}, {"tls.crt", b.Cert, 0o644}} {
-		tmp := filepath.Join(dir, "."+f.name+".tmp")
-		if err := os.WriteFile(tmp, f.data, f.mode); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp, filepath.Join(dir, f.name)); err != nil {
+		if err := WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// WriteFile writes data to a temporary name beside path and renames it to
+// path, so that a watcher never reads half a file.
+func WriteFile(path string, data []byte, mode os.FileMode) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // ParseCertificates returns the certificates in PEM data, in order, skipping

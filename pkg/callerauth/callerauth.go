@@ -1,11 +1,9 @@
 package callerauth
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +11,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/sops-webhook/sops-webhook/certs"
 )
 
 // The modes in which the webhook serves callers, the values of
@@ -121,32 +121,19 @@ func readCapped(file string) ([]byte, error) {
 	return raw, nil
 }
 
-// parsePool parses every CERTIFICATE block of raw; it fails on a block that
-// does not parse, on a certificate that is not a CA, and when there is none.
+// parsePool makes a pool of the certificates in raw (certs.ParseCertificates);
+// it fails when there is none, or when one is not a CA.
 func parsePool(raw []byte) (*x509.CertPool, error) {
+	cas := certs.ParseCertificates(raw)
+	if len(cas) == 0 {
+		return nil, errors.New("no CA certificate")
+	}
 	pool := x509.NewCertPool()
-	n := 0
-	for rest := bytes.TrimSpace(raw); len(rest) > 0; rest = bytes.TrimSpace(rest) {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			return nil, errors.New("content that is not PEM")
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("certificate %d: %w", n+1, err)
-		}
+	for i, c := range cas {
 		if !c.IsCA {
-			return nil, fmt.Errorf("certificate %d (%q) is not a CA", n+1, c.Subject.CommonName)
+			return nil, fmt.Errorf("certificate %d (%q) is not a CA", i+1, c.Subject.CommonName)
 		}
 		pool.AddCert(c)
-		n++
-	}
-	if n == 0 {
-		return nil, errors.New("no CA certificate")
 	}
 	return pool, nil
 }

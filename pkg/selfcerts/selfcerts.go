@@ -334,11 +334,7 @@ func (m *Manager) writeFiles(st *state) error {
 	if m.o.ClientName != "" {
 		bundle, path := encodeCerts(st.trusted), filepath.Join(m.o.CertDir, FileClientCA)
 		if old, err := os.ReadFile(path); err != nil || !bytes.Equal(old, bundle) {
-			tmp := path + ".tmp"
-			if err := os.WriteFile(tmp, bundle, 0o644); err != nil {
-				return fmt.Errorf("write client CA to %s: %w", m.o.CertDir, err)
-			}
-			if err := os.Rename(tmp, path); err != nil {
+			if err := certs.WriteFile(path, bundle, 0o644); err != nil {
 				return fmt.Errorf("write client CA to %s: %w", m.o.CertDir, err)
 			}
 		}
