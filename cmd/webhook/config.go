@@ -28,8 +28,9 @@ type config struct {
 	APIVersion string      `json:"apiVersion"`
 	Kind       string      `json:"kind"`
 	Keys       []keyConfig `json:"keys"`
-	// Policy grants keys to namespaces and kinds; absent, every key is
-	// usable in every opted-in namespace.
+	// Policy grants keys to namespaces and kinds. Absent (nil), every key
+	// decrypts Secrets, and only Secrets, in every opted-in namespace; an
+	// empty list is refused, since it would grant nothing.
 	Policy []ruleConfig `json:"policy,omitempty"`
 }
 
@@ -141,6 +142,9 @@ func (c *config) validate() error {
 	if len(c.Keys) == 0 {
 		errs = append(errs, errors.New("keys: at least one key is required"))
 	}
+	if c.Policy != nil && len(c.Policy) == 0 {
+		errs = append(errs, errors.New("policy: an empty list would grant nothing: remove it for the default (every key decrypts Secrets in every opted-in namespace) or add rules"))
+	}
 	names := map[string]bool{}
 	for i, k := range c.Keys {
 		at := fmt.Sprintf("keys[%d]", i)
@@ -178,8 +182,14 @@ func (c *config) validate() error {
 	return errors.Join(errs...)
 }
 
-// rules converts the policy to policy.Rules. Errors name the rule.
+// rules converts the policy to policy.Rules. Errors name the rule. Without
+// a policy section it is the default rule: every key, every namespace,
+// Secrets only; ConfigMaps, which the view role can read, need a rule that
+// names them.
 func (c *config) rules() ([]policy.Rule, error) {
+	if c.Policy == nil {
+		return []policy.Rule{{Keys: c.names(), Namespaces: []string{"*"}, Kinds: []string{policy.KindSecret}}}, nil
+	}
 	var errs []error
 	out := make([]policy.Rule, 0, len(c.Policy))
 	for i, r := range c.Policy {
@@ -195,6 +205,21 @@ func (c *config) rules() ([]policy.Rule, error) {
 		out = append(out, rule)
 	}
 	return out, errors.Join(errs...)
+}
+
+// grants summarizes what the policy grants, one line per rule (keys ×
+// kinds × namespaces), for the log at startup and on each reload. A config
+// whose rules do not convert has no summary: it is refused anyway.
+func (c *config) grants() []string {
+	rules, err := c.rules()
+	if err != nil {
+		return nil
+	}
+	out := make([]string, len(rules))
+	for i, r := range rules {
+		out[i] = r.String()
+	}
+	return out
 }
 
 // needsAPI reports whether the policy reads namespaces or asks RBAC.

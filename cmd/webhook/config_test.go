@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	authenticationv1 "k8s.io/api/authentication/v1"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
@@ -54,6 +56,7 @@ func TestLoadConfig(t *testing.T) {
 		{"policy naming an unknown key", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [b]\n  namespaces: [x]\n", `policy rule 1: keys: "b" is not a configured key`},
 		{"policy with a bad selector", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n  namespaceSelector: {matchExpressions: [{key: x, operator: Bogus}]}\n", "policy[0].namespaceSelector"},
 		{"policy unknown field", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n  namespace: [x]\n", `unknown field "policy[0].namespace"`},
+		{"an empty policy list grants nothing: refused", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy: []\n", "policy: an empty list would grant nothing"},
 		{"requireRBAC without API access", header + "keys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\npolicy:\n- keys: [a]\n  namespaces: [\"*\"]\n  requireRBAC: true\n", "need API access"},
 		{"azure key vault", header + "keys:\n- name: az\n  azureKeyVault: {vaultURL: \"https://v.vault.azure.net\", keyName: \"sops-*\"}\n", ""},
 		{"azure key vault needs https", header + "keys:\n- name: az\n  azureKeyVault: {vaultURL: \"http://v\", keyName: k}\n", "must be an https:// URL"},
@@ -80,6 +83,40 @@ func TestLoadConfig(t *testing.T) {
 			require.Error(t, err)
 			assert.Contains(t, err.Error(), tt.wantErr)
 			assert.NotContains(t, err.Error(), secretLine[20:], "key material in a startup error")
+		})
+	}
+}
+
+// TestDefaultPolicy checks what a config grants without a policy section:
+// every key decrypts Secrets in every namespace, and ConfigMaps only where
+// a rule names them.
+func TestDefaultPolicy(t *testing.T) {
+	ageKey := testbed.NewAgeKey(t, false)
+	header := "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\n- name: b\n  age: {identityFile: " + ageKey.IdentityFile + "}\n"
+	tests := []struct {
+		name       string
+		policy     string
+		kind, key  string
+		want       bool
+		wantGrants []string
+	}{
+		{"no policy: Secrets", "", "Secret", "b", true, []string{"keys a, b: Secret in namespaces *"}},
+		{"no policy: no ConfigMaps", "", "ConfigMap", "a", false, []string{"keys a, b: Secret in namespaces *"}},
+		{"null policy is no policy", "policy: null\n", "ConfigMap", "a", false, []string{"keys a, b: Secret in namespaces *"}},
+		{"ConfigMaps where a rule names them", "policy:\n- keys: [a]\n  namespaces: [team-*]\n  kinds: [Secret, ConfigMap]\n", "ConfigMap", "a", true, []string{"keys a: Secret, ConfigMap in namespaces team-*"}},
+		{"a rule leaves other keys out", "policy:\n- keys: [a]\n  namespaces: [team-*]\n", "Secret", "b", false, []string{"keys a: Secret in namespaces team-*"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := loadConfig(writeFile(t, t.TempDir(), "config.yaml", header+tt.policy))
+			require.NoError(t, err)
+			eng, ring, err := buildEngine(cfg, engineDeps{})
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = ring.Close() })
+			require.NotNil(t, eng.Policy, "every engine has a policy")
+			err = eng.Policy.Access("team-a", tt.kind, authenticationv1.UserInfo{Username: "u"}).Allowed(context.Background(), tt.key)
+			assert.Equal(t, tt.want, err == nil, "key %s for a %s in team-a: %v", tt.key, tt.kind, err)
+			assert.Equal(t, tt.wantGrants, cfg.grants())
 		})
 	}
 }

@@ -44,8 +44,8 @@ func buildEngine(cfg *config, deps engineDeps) (mutate.Engine, *keysource.Ring, 
 	}
 	eng := mutate.Engine{Decryptor: decrypt.New(ring, decrypt.WithResultCache(deps.cacheTTL, deps.resultCacheBytes))}
 	rules, err := cfg.rules()
-	if err != nil || len(rules) == 0 {
-		return eng, ring, closeOnError(ring, err)
+	if err != nil {
+		return mutate.Engine{}, nil, closeOnError(ring, err)
 	}
 	var (
 		namespaces policy.NamespaceLabels
@@ -109,6 +109,7 @@ func newReloader(path string, deps engineDeps, log logr.Logger) (*reloader, []st
 	}
 	r.current.Store(&engine{eng, ring})
 	r.loaded = fp
+	log.Info("policy", "grants", cfg.grants())
 	return r, ring.Names(), nil
 }
 
@@ -172,7 +173,7 @@ func (r *reloader) check() {
 		if eng, ring, err = buildEngine(cfg, r.deps); err == nil {
 			r.swap(&engine{eng, ring})
 			r.loaded = fp
-			r.log.Info("config reloaded", "keys", cfg.names())
+			r.log.Info("config reloaded", "keys", cfg.names(), "grants", cfg.grants())
 			if r.onReload != nil {
 				r.onReload(true)
 			}

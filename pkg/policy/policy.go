@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"strings"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -39,6 +40,28 @@ type Rule struct {
 	// RequireRBAC also requires the requesting user to hold verb use on
 	// keys.sops-webhook.io/<key> in the namespace.
 	RequireRBAC bool
+}
+
+// String summarizes what r grants, keys × kinds × namespaces, as in
+// "keys team-a: Secret in namespaces team-a, team-a-*; requireRBAC". Empty
+// kinds read as Secret, as New takes them.
+func (r Rule) String() string {
+	kinds := r.Kinds
+	if len(kinds) == 0 {
+		kinds = []string{KindSecret}
+	}
+	where := []string{}
+	if len(r.Namespaces) > 0 {
+		where = append(where, "namespaces "+strings.Join(r.Namespaces, ", "))
+	}
+	if r.NamespaceSelector != nil {
+		where = append(where, "namespaces labelled "+r.NamespaceSelector.String())
+	}
+	s := fmt.Sprintf("keys %s: %s in %s", strings.Join(r.Keys, ", "), strings.Join(kinds, ", "), strings.Join(where, " or "))
+	if r.RequireRBAC {
+		s += "; requireRBAC"
+	}
+	return s
 }
 
 // NamespaceLabels returns the labels of a namespace.

@@ -110,6 +110,12 @@ keys:
     age: {identityFile: %s}
   - name: legacy
     pgp: {privateKeyFile: %s}
+# Without a policy the keys decrypt Secrets only; these tests decrypt
+# ConfigMaps too.
+policy:
+  - keys: [team-a, legacy]
+    namespaces: ["*"]
+    kinds: [Secret, ConfigMap]
 `, s.age.IdentityFile, s.pgp.PrivateKeyFile)), 0o600))
 
 	var echo io.Writer

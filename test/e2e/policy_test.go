@@ -104,6 +104,7 @@ func TestPolicy(t *testing.T) {
 	t.Run("requireRBAC: only users with verb use on the key", s.requireRBAC)
 	t.Run("cache: 100 Secrets from one values file cost one unwrap", s.cache)
 	t.Run("reload: a policy change applies on the next request, cached keys included", s.reload)
+	t.Run("defaults: without a policy section keys decrypt Secrets only; policy: [] is refused", s.defaults)
 }
 
 func (s *policySuite) doc(t *testing.T, key string, plain string) []byte {
@@ -247,4 +248,35 @@ func (s *policySuite) reload(t *testing.T) {
 	logs := s.webhook.Logs()
 	assert.Contains(t, logs, "config reload failed; the previous config stays in use")
 	assert.NotContains(t, logs, "PLAINTEXT", "plaintext in the webhook's logs")
+}
+
+// defaults reloads a config without a policy section: every key decrypts
+// Secrets in every opted-in namespace, ConfigMaps nowhere; the log says so.
+// A config with an empty policy list is refused and the previous one stays.
+func (s *policySuite) defaults(t *testing.T) {
+	reloads := `sops_webhook_config_reloads_total{result="success"}`
+	failures := `sops_webhook_config_reloads_total{result="failure"}`
+	noPolicy := s.policyConfig("team-a")
+	noPolicy = noPolicy[:strings.Index(noPolicy, "policy:")]
+	before := s.metric(t, reloads)
+	require.NoError(t, os.WriteFile(s.config, []byte(noPolicy), 0o600))
+	require.Eventually(t, func() bool { return s.metric(t, reloads) > before }, 10*time.Second, 100*time.Millisecond)
+
+	require.NoError(t, s.createSecret(s.c, "shared", "default-secret", s.doc(t, "team-b", "X=policy-PLAINTEXT-default\n"), nil),
+		"any key decrypts Secrets in any opted-in namespace")
+	err := s.c.Create(context.Background(), &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "default-cm", Namespace: "shared"},
+		Data:       map[string]string{"app.env": string(s.doc(t, "team-b", "X=policy-PLAINTEXT-default-cm\n"))},
+	})
+	require.Error(t, err, "no ConfigMaps without a rule that names them")
+	assert.True(t, apierrors.IsForbidden(err))
+	assert.Contains(t, err.Error(), `key "team-b" is not granted to ConfigMaps in namespace "shared"`)
+	assert.Contains(t, s.webhook.Logs(), `"grants":["keys team-a, team-b, vault: Secret in namespaces *"]`, "the reload logs what it grants")
+
+	failed := s.metric(t, failures)
+	require.NoError(t, os.WriteFile(s.config, []byte(noPolicy+"policy: []\n"), 0o600))
+	require.Eventually(t, func() bool { return s.metric(t, failures) > failed }, 10*time.Second, 100*time.Millisecond)
+	assert.Contains(t, s.webhook.Logs(), "policy: an empty list would grant nothing")
+	require.NoError(t, s.createSecret(s.c, "shared", "after-empty-policy", s.doc(t, "team-a", "X=policy-PLAINTEXT-after\n"), nil),
+		"the previous config stays in use")
 }
