@@ -40,7 +40,9 @@ func TestAudit(t *testing.T) {
 	work := t.TempDir()
 	key := testbed.NewAgeKey(t, false)
 	config := filepath.Join(work, "config.yaml")
-	require.NoError(t, os.WriteFile(config, key.Config("audit"), 0o600))
+	// ConfigMaps are decrypted only where the policy names them.
+	grant := "policy:\n  - keys: [audit]\n    namespaces: [\"*\"]\n    kinds: [Secret, ConfigMap]\n"
+	require.NoError(t, os.WriteFile(config, append(key.Config("audit"), grant...), 0o600))
 	bin, err := testbed.BuildWebhook(work)
 	require.NoError(t, err)
 	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{Config: config, WorkDir: work, Log: verbose()})
