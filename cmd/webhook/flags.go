@@ -32,6 +32,9 @@ type options struct {
 	healthAddr      string
 	logLevel        string
 	decryptTimeout  time.Duration
+	// requestTimeout is the MutatingWebhookConfiguration's timeoutSeconds:
+	// a request's body must arrive within it.
+	requestTimeout  time.Duration
 	shutdownTimeout time.Duration
 	shutdownDelay   time.Duration
 
@@ -67,6 +70,8 @@ type memoryOptions struct {
 	limit int64
 	// decrypt and bodies are --decrypt-budget and --body-budget; 0: derived.
 	decrypt, bodies int64
+	// connections is --max-connections; 0: derived.
+	connections int
 }
 
 // selfCertOptions configure the self-managed certificate mode.
@@ -101,6 +106,8 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.healthAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: info, debug or error")
 	fs.DurationVar(&o.decryptTimeout, "decrypt-timeout", mutate.DefaultDecryptTimeout, "longest time one admission request may spend decrypting")
+	fs.DurationVar(&o.requestTimeout, "request-timeout", 10*time.Second, "the MutatingWebhookConfiguration's timeoutSeconds: a request's body must arrive within it (the API server has given up by then), and its answer be written within a second more")
+	fs.IntVar(&o.memory.connections, "max-connections", 0, "connections the admission endpoint holds open at once; more are closed at once (retryable). Default: derived from the memory limit (docs/operations.md, Sizing)")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 25*time.Second, "longest time to drain requests on SIGTERM")
 	fs.DurationVar(&o.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, how long to keep serving while reporting not ready, so endpoints drop this replica before it stops")
 	fs.StringVar(&o.certificates, "certificates", certificatesFiles, `where the serving certificate comes from: "files" in --cert-dir (cert-manager, a mounted Secret), or "self-managed" (the webhook issues it, stores it in --tls-secret and patches the caBundle of --webhook-configuration)`)
@@ -115,7 +122,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.DurationVar(&o.configCheckInterval, "config-check-interval", 10*time.Second, "how often the config file and the key files are checked for changes; 0 disables reloading")
 	memLimit := fs.String("memory-limit", "", "memory limit to size GOMEMLIMIT and the budgets for, as a quantity (256Mi); default: $"+memoryLimitEnv+" (the Downward API's limits.memory), else the memory cgroup's limit, else "+budget.MiB(budget.DefaultMemoryLimit)+" for the budgets and no GOMEMLIMIT")
 	decryptBudget := fs.String("decrypt-budget", "", "bytes of SOPS payload decrypted at once, as a quantity; default: derived from the memory limit (docs/operations.md, Sizing)")
-	bodyBudget := fs.String("body-budget", "", "bytes of request bodies over 64 KiB read at once, as a quantity; default: derived from the memory limit")
+	bodyBudget := fs.String("body-budget", "", "bytes of request bodies past their first 16 KiB held at once, as a quantity; default: derived from the memory limit")
 	fs.DurationVar(&o.budgetWait, "budget-wait", budget.DefaultWait, "longest time a request waits for room in a budget before it is refused as busy (retryable)")
 	fs.StringVar(&o.selfCerts.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "self-managed: the webhook's namespace (default $POD_NAMESPACE)")
 	fs.StringVar(&o.selfCerts.secretName, "tls-secret", "sops-webhook-tls", "self-managed: Secret holding the CA and serving certificate")
@@ -231,6 +238,12 @@ func (o options) validate() error {
 	}
 	if o.decryptTimeout <= 0 {
 		errs = append(errs, errors.New("--decrypt-timeout must be positive"))
+	}
+	if o.requestTimeout < o.decryptTimeout {
+		errs = append(errs, fmt.Errorf("--request-timeout (%s) must not be shorter than --decrypt-timeout (%s)", o.requestTimeout, o.decryptTimeout))
+	}
+	if o.memory.connections < 0 {
+		errs = append(errs, errors.New("--max-connections must not be negative"))
 	}
 	switch o.logLevel {
 	case "info", "debug", "error":

@@ -53,7 +53,7 @@ func main1() int {
 			goMemLimit = "none"
 		}
 		log.Info("memory", "limit", budget.MiB(mem.Limit), "source", mem.source, "goMemLimit", goMemLimit,
-			"decryptBudget", budget.MiB(mem.Decrypt), "bodyBudget", budget.MiB(mem.Bodies), "heavySlots", budget.HeavySlots())
+			"decryptBudget", budget.MiB(mem.Decrypt), "bodyBudget", budget.MiB(mem.Bodies), "maxConnections", mem.Connections, "heavySlots", budget.HeavySlots())
 		err = run(ctx, opts, mem.Sizes, log)
 	}
 	if err != nil {

@@ -43,5 +43,8 @@ func planMemory(m memoryOptions) (memoryPlan, error) {
 	if m.bodies > 0 {
 		p.Bodies = m.bodies
 	}
+	if m.connections > 0 {
+		p.Connections = m.connections
+	}
 	return p, nil
 }

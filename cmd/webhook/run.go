@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -26,7 +27,6 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
@@ -101,18 +101,25 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 	if err != nil {
 		return err
 	}
-	tlsOpts := []func(*tls.Config){hardenTLS}
-	if callers != nil {
-		tlsOpts = append(tlsOpts, callers.Configure)
+	servingCW, err := certwatcher.New(filepath.Join(o.certDir, "tls.crt"), filepath.Join(o.certDir, "tls.key"))
+	if err != nil {
+		return fmt.Errorf("serving certificate: %w", err)
 	}
-	server := webhook.NewServer(webhook.Options{
-		Host:    o.host,
-		Port:    o.port,
-		CertDir: o.certDir,
-		TLSOpts: tlsOpts,
-	})
+	admissionTLS := &tls.Config{GetCertificate: servingCW.GetCertificate}
+	hardenTLS(admissionTLS)
+	if callers != nil {
+		callers.Configure(admissionTLS)
+	}
+	conns := budget.NewConnectionLimiter(mem.Connections)
+	if err := metrics.WatchConnections(conns); err != nil {
+		return err
+	}
 	var stopping atomic.Bool
-	server.Register(mutatePath, closeWhen(&stopping, mutate.BodyGate(bodies, heavy, metrics, handler)))
+	mux := http.NewServeMux()
+	mux.Handle(mutatePath, closeWhen(&stopping, mutate.BodyGate(mutate.Gate{
+		Bodies: bodies, Handling: heavy, Metrics: metrics, Deadline: o.requestTimeout,
+	}, handler)))
+	admissionAddr := net.JoinHostPort(o.host, strconv.Itoa(o.port))
 
 	// On SIGTERM: report not ready and ask clients to reconnect elsewhere
 	// for --shutdown-delay while still serving, then stop the servers.
@@ -133,7 +140,10 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		stopServing()
 		return nil
 	})
-	g.Go(func() error { return server.Start(gctx) })
+	g.Go(func() error { return runWatcher(gctx, servingCW) })
+	g.Go(func() error {
+		return serveHTTP(gctx, "admission endpoint", admissionAddr, mux, admissionTLS, o.shutdownTimeout, conns)
+	})
 	if certs != nil {
 		g.Go(func() error { return certs.Run(gctx) })
 	}
@@ -144,7 +154,6 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		}
 	}
 
-	admissionAddr := net.JoinHostPort(o.host, strconv.Itoa(o.port))
 	probes := http.NewServeMux()
 	probes.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	probes.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -165,12 +174,14 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		c.Close()
 		fmt.Fprintln(w, "ok")
 	})
-	g.Go(func() error { return serveHTTP(gctx, "health probes", o.healthAddr, probes, nil, o.shutdownTimeout) })
+	g.Go(func() error {
+		return serveHTTP(gctx, "health probes", o.healthAddr, probes, nil, o.shutdownTimeout, nil)
+	})
 
 	if o.metricsAddr != "0" {
 		g.Go(func() error { return runWatcher(gctx, metricsCW) })
 		g.Go(func() error {
-			return serveHTTP(gctx, "metrics", o.metricsAddr, metricsHandler, metricsTLS, o.shutdownTimeout)
+			return serveHTTP(gctx, "metrics", o.metricsAddr, metricsHandler, metricsTLS, o.shutdownTimeout, nil)
 		})
 	}
 
@@ -280,17 +291,37 @@ func hardenTLS(c *tls.Config) {
 	c.NextProtos = []string{"http/1.1"}
 }
 
+// Every server's limits on what a client may hold before its handler runs.
+const (
+	// readHeaderTimeout bounds the TLS handshake and the request's
+	// headers, which the API server sends at once.
+	readHeaderTimeout = 5 * time.Second
+	// idleTimeout closes a kept-alive connection that sends nothing:
+	// net/http's default transport's keep-alive, which the API server's
+	// webhook client uses too.
+	idleTimeout = 90 * time.Second
+)
+
 // serveHTTP serves h on addr until ctx ends, then drains for at most
-// timeout: HTTPS with tlsCfg, plain HTTP when it is nil.
-func serveHTTP(ctx context.Context, what, addr string, h http.Handler, tlsCfg *tls.Config, timeout time.Duration) error {
+// timeout: HTTPS with tlsCfg, plain HTTP when it is nil. conns, when not
+// nil, caps the connections it holds open.
+func serveHTTP(ctx context.Context, what, addr string, h http.Handler, tlsCfg *tls.Config, timeout time.Duration, conns *budget.ConnectionLimiter) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	if conns != nil {
+		ln = conns.Listen(ln)
+	}
 	if tlsCfg != nil {
 		ln = tls.NewListener(ln, tlsCfg)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    budget.MaxHeaderBytes,
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

@@ -152,9 +152,11 @@ func TestForLimit(t *testing.T) {
 	s := ForLimit(256 << 20)
 	require.EqualValues(t, 256<<20/10*9, s.GoMemLimit)
 	require.Greater(t, s.Decrypt, int64(2<<20), "the default limit admits two of the largest documents")
-	require.LessOrEqual(t, ReservedBytes+s.Decrypt*DecryptFactor+s.Bodies*BodyFactor, s.GoMemLimit, "the budgets fit the soft limit")
+	require.LessOrEqual(t, ReservedBytes+int64(s.Connections)*ConnectionCost+s.Decrypt*DecryptFactor+s.Bodies*BodyFactor, s.GoMemLimit, "the budgets fit the soft limit")
+	require.Greater(t, s.Connections, 128, "the default limit holds more connections than the API server keeps")
 	tiny := ForLimit(64 << 20)
 	require.EqualValues(t, 1<<20, tiny.Decrypt, "a small limit still admits one document at a time")
+	require.EqualValues(t, MinConnections, tiny.Connections)
 }
 
 func TestMemoryLimit(t *testing.T) {

@@ -30,6 +30,11 @@ const DecryptFactor = 32
 // object's decoded data.
 const BodyFactor = 4
 
+// MinConnections is the fewest connections a replica holds open, however
+// small its limit: more than the API server keeps to one webhook at a
+// modest load.
+const MinConnections = 64
+
 // Sizes are what a memory limit affords one replica.
 type Sizes struct {
 	// Limit is the memory limit the sizes derive from.
@@ -40,16 +45,23 @@ type Sizes struct {
 	Decrypt int64
 	// Bodies is the budget in bytes of large request bodies.
 	Bodies int64
+	// Connections caps the connections the admission endpoint holds open.
+	Connections int
 }
 
-// ForLimit sizes a replica with memory limit bytes: GOMEMLIMIT at 90 %, and
-// what is left of that beyond ReservedBytes shared between decryption (at
-// DecryptFactor) and request bodies (at BodyFactor). Each budget admits at
+// ForLimit sizes a replica with memory limit bytes: GOMEMLIMIT at 90 %, a
+// sixteenth of the limit for open connections at ConnectionCost each, and
+// what is left of the 90 % beyond those and ReservedBytes shared between
+// decryption (at DecryptFactor) and request bodies (at BodyFactor). Each budget admits at
 // least one of the largest documents (1 MiB), so a small limit slows heavy
 // work down rather than refusing all of it.
 func ForLimit(limit int64) Sizes {
 	s := Sizes{Limit: limit, GoMemLimit: limit / 10 * 9}
-	spare := max(s.GoMemLimit-ReservedBytes, 0)
+	// A sixteenth of the limit for open connections (170 at the default
+	// limit), at least MinConnections of them.
+	conns := limit / 16 / ConnectionCost
+	s.Connections = int(max(conns, MinConnections))
+	spare := max(s.GoMemLimit-ReservedBytes-int64(s.Connections)*ConnectionCost, 0)
 	s.Decrypt = max(spare/2/DecryptFactor, 1<<20)
 	s.Bodies = max(spare/2/BodyFactor, 4<<20)
 	return s

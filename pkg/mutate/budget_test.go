@@ -1,12 +1,14 @@
 package mutate_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -123,7 +125,7 @@ func TestBodyGate(t *testing.T) {
 	m, err := mutate.NewMetrics(reg)
 	require.NoError(t, err)
 	var served atomic.Int64
-	srv := httptest.NewServer(mutate.BodyGate(lane, handling, m, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(mutate.BodyGate(mutate.Gate{Bodies: lane, Handling: handling, Metrics: m}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		served.Add(1)
 		_, _ = io.Copy(io.Discard, r.Body)
 	})))
@@ -219,7 +221,7 @@ func TestBodyGateHandlesLargeRequestsInSlots(t *testing.T) {
 	require.NoError(t, err)
 	var running, most atomic.Int64
 	answer := bytes.Repeat([]byte("x"), 16<<20) // more than the sockets buffer
-	srv := httptest.NewServer(mutate.BodyGate(bodies, handling, m, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(mutate.BodyGate(mutate.Gate{Bodies: bodies, Handling: handling, Metrics: m}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := running.Add(1)
 		defer running.Add(-1)
 		for old := most.Load(); n > old && !most.CompareAndSwap(old, n); old = most.Load() {
@@ -269,4 +271,52 @@ func TestBodyGateHandlesLargeRequestsInSlots(t *testing.T) {
 	n, err := io.Copy(io.Discard, unread.Body)
 	require.NoError(t, err)
 	assert.EqualValues(t, len(answer), n, "the buffered answer arrives whole")
+}
+
+// TestBodyGateAdmitsBytesAsTheyArrive announces large bodies and sends
+// little or nothing: the bodies lane admits only what arrived (fourfold at
+// most), an idle announcement holds nothing, and a body that does not
+// arrive within the deadline is answered 408 and its admission given back,
+// while another client's request is answered meanwhile.
+func TestBodyGateAdmitsBytesAsTheyArrive(t *testing.T) {
+	bodies := budget.NewLane("bodies", "reading", 64<<20, 0, time.Second)
+	handling := budget.NewLane("heavy", "handling", 64<<20, 1, time.Second)
+	m, err := mutate.NewMetrics(prometheus.NewRegistry())
+	require.NoError(t, err)
+	const deadline = 700 * time.Millisecond
+	srv := httptest.NewServer(mutate.BodyGate(mutate.Gate{Bodies: bodies, Handling: handling, Metrics: m, Deadline: deadline},
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) })))
+	defer srv.Close()
+
+	// announce opens a connection that announces n bytes and sends sent.
+	announce := func(n int, sent []byte) net.Conn {
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		_, err = fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", n)
+		require.NoError(t, err)
+		_, err = c.Write(sent)
+		require.NoError(t, err)
+		return c
+	}
+	idle := announce(3<<20, nil)
+	time.Sleep(100 * time.Millisecond)
+	assert.Zero(t, bodies.InFlight(), "an announced body that was not sent holds nothing")
+
+	trickle := announce(3<<20, withMarker(20<<10))
+	require.Eventually(t, func() bool { return bodies.InFlight() > 0 }, time.Second, 5*time.Millisecond)
+	assert.EqualValues(t, 3*budget.FreeBodyBytes, bodies.InFlight(), "20 KiB sent of 3 MiB announced: one fourfold buffer admitted, less the connection's free part")
+
+	resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(withMarker(512<<10)))
+	require.NoError(t, err, "another client is answered meanwhile")
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	for _, c := range []net.Conn{idle, trickle} {
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+		status, err := bufio.NewReader(c).ReadString('\n')
+		require.NoError(t, err, "answered when the deadline passed")
+		assert.Equal(t, "HTTP/1.1 408 Request Timeout\r\n", status)
+	}
+	assert.Zero(t, bodies.InFlight(), "given back after the deadline")
 }

@@ -176,6 +176,35 @@ func (m *Metrics) WatchLanes(lanes ...*budget.Lane) error {
 	return nil
 }
 
+// WatchConnections exports the admission endpoint's connection cap, its
+// open connections and those closed for the cap, as
+// sops_webhook_connections_max, sops_webhook_connections_open and
+// sops_webhook_connections_refused_total.
+func (m *Metrics) WatchConnections(c *budget.ConnectionLimiter) error {
+	if m == nil {
+		return nil
+	}
+	for _, col := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sops_webhook_connections_max",
+			Help: "Connections the admission endpoint holds open at most (--max-connections).",
+		}, func() float64 { return float64(c.Max()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sops_webhook_connections_open",
+			Help: "Connections the admission endpoint holds open.",
+		}, func() float64 { return float64(c.Open()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "sops_webhook_connections_refused_total",
+			Help: "Connections closed unread because the admission endpoint held its most.",
+		}, func() float64 { return float64(c.Refused()) }),
+	} {
+		if err := m.reg.Register(col); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Reloaded counts a config reload attempt.
 func (m *Metrics) Reloaded(ok bool) {
 	if m == nil {

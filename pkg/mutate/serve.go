@@ -161,7 +161,8 @@ var errTooLarge = fmt.Errorf("the request body is larger than %d bytes", MaxRevi
 
 // readBody returns r's body, as BodyGate already read it or read now, and
 // whether it may hold SOPS content (mayHoldSOPS with base64), from the
-// gate's screen when it made one.
+// gate's screen when it made one. Read here, outside a gate, it is read as
+// the gate reads it, with no lane.
 func readBody(r *http.Request) (body []byte, marked bool, err error) {
 	if b, ok := r.Body.(*readBodyOnce); ok {
 		if len(b.data) > MaxReviewSize {
@@ -169,45 +170,15 @@ func readBody(r *http.Request) (body []byte, marked bool, err error) {
 		}
 		return b.data, b.marked, nil
 	}
-	if r.Body == nil {
-		return nil, false, errors.New("the request has no body")
-	}
-	if body, err = readAll(r.Body, r.ContentLength); err != nil {
+	body, release, err := readAdmitted(r.Context(), nil, r.Body, r.ContentLength)
+	release()
+	if err != nil {
 		return nil, false, err
 	}
 	if len(body) == 0 {
 		return nil, false, errors.New("the request body is empty")
 	}
 	return body, mayHoldSOPS(body, true), nil
-}
-
-// readAll reads r to its end into one buffer of the announced length n (a
-// Content-Length; negative if unknown), where io.ReadAll would grow its
-// buffer by copies to twice a large body's size. Past MaxReviewSize it
-// stops with errTooLarge, and returns the MaxReviewSize+1 bytes read.
-func readAll(r io.Reader, n int64) ([]byte, error) {
-	if n < 0 || n > MaxReviewSize {
-		n = 512
-	}
-	// One byte more than announced, so the read that finds the end does
-	// not grow the buffer.
-	buf := make([]byte, 0, n+1)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		m, err := r.Read(buf[len(buf):min(cap(buf), MaxReviewSize+1)])
-		buf = buf[:len(buf)+m]
-		if len(buf) > MaxReviewSize {
-			return buf, errTooLarge
-		}
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading the request body: %w", err)
-		}
-	}
 }
 
 // readBodyOnce is a body BodyGate has read and screened, handed on without
