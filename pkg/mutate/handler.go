@@ -102,10 +102,12 @@ var _ admission.Handler = (*Handler)(nil)
 func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
 	return h.handle(ctx, req, func() (object, string, error) {
 		raw := req.Object.Raw
-		if !mayHoldSOPS(raw, mayHoldBase64(req.Kind.Kind, raw)) {
+		if !mayHoldSOPS(raw, mayHoldBase64(req.Kind.Kind, raw)) && !mentionsProvenance(raw) {
 			return object{}, skipNoSOPS, nil
 		}
-		return decodeObject(req.Kind.Kind, raw)
+		obj, skip, err := decodeObject(req.Kind.Kind, raw)
+		obj.old = decodeProvenance(req.OldObject.Raw)
+		return obj, skip, err
 	})
 }
 
@@ -163,6 +165,10 @@ func (h *Handler) handle(ctx context.Context, req admission.Request, decode func
 	ops := m.finish(obj)
 	if len(ops) == 0 {
 		return admission.Allowed(skipNoSOPS)
+	}
+	if m.corrected {
+		log.Info("provenance annotations the request wrote were corrected", "annotations", []string{AnnotationDecrypted, AnnotationKeys})
+		return admission.Patched("nothing decrypted; the provenance annotations, which only the webhook writes, were put back to its record", ops...)
 	}
 	if len(m.ops) == 0 {
 		return admission.Patched("removed the unused values index", ops...)

@@ -90,6 +90,20 @@ func request(t testing.TB, kind string, op admissionv1.Operation, obj runtime.Ob
 	}
 }
 
+// replacing makes r an update of old.
+func replacing(t testing.TB, r admissionv1.AdmissionRequest, old runtime.Object) admissionv1.AdmissionRequest {
+	raw, err := json.Marshal(old)
+	require.NoError(t, err)
+	r.Operation, r.OldObject = admissionv1.Update, runtime.RawExtension{Raw: raw}
+	return r
+}
+
+// recorded returns s with the provenance record decrypted and keys.
+func recorded(s *corev1.Secret, decrypted, keys string) *corev1.Secret {
+	s.Annotations = map[string]string{mutate.AnnotationDecrypted: decrypted, mutate.AnnotationKeys: keys, "team": "a"}
+	return s
+}
+
 func secret(name string, data map[string][]byte) *corev1.Secret {
 	return &corev1.Secret{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
@@ -147,19 +161,52 @@ var goldenCases = []goldenCase{
 				"old.env": []byte(plainEnv),
 				"new.env": g.enc(t, plainEnv, "dotenv"),
 			})
-			s.Annotations = map[string]string{
-				mutate.AnnotationDecrypted: "data.gone.env,data.old.env",
-				mutate.AnnotationKeys:      "golden",
-				"team":                     "a",
-			}
-			return request(t, "Secret", admissionv1.Update, s)
+			// The request's own record is not the webhook's: the stored
+			// object's is merged.
+			recorded(s, "data.forged.env,data.old.env", "stolen")
+			old := recorded(secret("app", map[string][]byte{"old.env": []byte(plainEnv), "gone.env": []byte(plainEnv)}), "data.gone.env,data.old.env", "golden")
+			return replacing(t, request(t, "Secret", admissionv1.Update, s), old)
 		},
 		check: func(t *testing.T, patched []byte) {
 			var s corev1.Secret
 			require.NoError(t, json.Unmarshal(patched, &s))
 			assert.Equal(t, plainEnv, string(s.Data["new.env"]))
 			assert.Equal(t, "data.new.env,data.old.env", s.Annotations[mutate.AnnotationDecrypted])
+			assert.Equal(t, "golden", s.Annotations[mutate.AnnotationKeys])
 			assert.Equal(t, "a", s.Annotations["team"])
+		},
+	},
+	{
+		name: "secret-provenance-forged-create",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			return request(t, "Secret", admissionv1.Create, recorded(secret("forged", map[string][]byte{"password": []byte("typed-in")}), "data.password", "team-a"))
+		},
+		check: func(t *testing.T, patched []byte) {
+			var s corev1.Secret
+			require.NoError(t, json.Unmarshal(patched, &s))
+			assert.Equal(t, map[string]string{"team": "a"}, s.Annotations, "a record nothing decrypted is removed")
+		},
+	},
+	{
+		name: "secret-provenance-forged-update",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			data := map[string][]byte{"app.env": []byte(plainEnv), "password": []byte("typed-in")}
+			s := recorded(secret("app", data), "data.app.env,data.password", "golden,team-b")
+			return replacing(t, request(t, "Secret", admissionv1.Update, s), recorded(secret("app", data), "data.app.env", "golden"))
+		},
+		check: func(t *testing.T, patched []byte) {
+			var s corev1.Secret
+			require.NoError(t, json.Unmarshal(patched, &s))
+			assert.Equal(t, "data.app.env", s.Annotations[mutate.AnnotationDecrypted], "put back to the stored record")
+			assert.Equal(t, "golden", s.Annotations[mutate.AnnotationKeys])
+		},
+	},
+	{
+		name: "secret-provenance-kept",
+		build: func(t *testing.T, g *generator) admissionv1.AdmissionRequest {
+			data := map[string][]byte{"app.env": []byte(plainEnv)}
+			return replacing(t, request(t, "Secret", admissionv1.Update, recorded(secret("app", data), "data.app.env", "golden")),
+				recorded(secret("app", data), "data.app.env", "golden"))
 		},
 	},
 	{

@@ -22,32 +22,60 @@ type mutation struct {
 	keys    []string
 	// expanded is the new sops-webhook.io/expanded value, if any.
 	expanded string
+	// corrected is set by finish when, nothing decrypted, it put the
+	// provenance record the request wrote back to what the webhook did.
+	corrected bool
 }
 
-// finish adds the annotation operations to the field operations: the audit
-// annotations when something was decrypted, and the removal of the values
-// index, which is transport and never stored.
+// finish adds the annotation operations to the field operations: the
+// provenance record, and the removal of the values index, which is
+// transport and never stored.
+//
+// The record says only what this webhook did: the fields it decrypted now,
+// and those of the replaced object's record (never the request's) that are
+// still present, with their keys. When nothing was decrypted now, a record
+// the request wrote that differs from that is put back to it, or removed;
+// a request that drops the record may. Writes the webhook never sees are
+// the ValidatingAdmissionPolicy sops-webhook-provenance's.
 func (m *mutation) finish(obj object) []jsonpatch.JsonPatchOperation {
 	ops := m.ops
+	present := make(map[string]bool, len(obj.fields)+len(m.decrypted))
+	for _, f := range obj.fields {
+		present[f.path()] = true
+	}
+	for _, p := range m.removed {
+		delete(present, p)
+	}
+	for _, p := range m.decrypted {
+		present[p] = true
+	}
+	all := func(string) bool { return true }
+	kept := mergeList(obj.old.decrypted, nil, func(p string) bool { return present[p] })
+	want := provenance{decrypted: mergeList(kept, m.decrypted, all)}
+	if kept != "" {
+		want.keys = obj.old.keys
+	}
+	if want.decrypted != "" {
+		want.keys = mergeList(want.keys, m.keys, all)
+	}
 	if len(m.ops) > 0 {
-		present := make(map[string]bool, len(obj.fields)+len(m.decrypted))
-		for _, f := range obj.fields {
-			present[f.path()] = true
-		}
-		for _, p := range m.removed {
-			delete(present, p)
-		}
-		for _, p := range m.decrypted {
-			present[p] = true
-		}
-		set := map[string]string{
-			AnnotationDecrypted: mergeList(obj.annotations[AnnotationDecrypted], m.decrypted, func(p string) bool { return present[p] }),
-			AnnotationKeys:      mergeList(obj.annotations[AnnotationKeys], m.keys, func(string) bool { return true }),
-		}
+		set := map[string]string{AnnotationDecrypted: want.decrypted, AnnotationKeys: want.keys}
 		if m.expanded != "" {
 			set[AnnotationExpanded] = m.expanded
 		}
 		ops = append(ops, annotationOps(obj.annotations, set)...)
+	} else {
+		for _, a := range []struct{ key, want string }{{AnnotationDecrypted, want.decrypted}, {AnnotationKeys, want.keys}} {
+			switch got, ok := obj.annotations[a.key]; {
+			case !ok || got == a.want:
+			case a.want == "":
+				ops = append(ops, jsonpatch.NewOperation("remove", annotationPointer(a.key), nil))
+				m.corrected = true
+			default:
+				ops = append(ops, jsonpatch.NewOperation("replace", annotationPointer(a.key), a.want))
+				m.corrected = true
+			}
+		}
 	}
 	if _, ok := obj.annotations[AnnotationValues]; ok {
 		ops = append(ops, jsonpatch.NewOperation("remove", annotationPointer(AnnotationValues), nil))

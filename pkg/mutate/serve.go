@@ -54,7 +54,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeReview(w, reviewV1, admission.Errored(int32(code), fmt.Errorf("sops-webhook: %w", err)))
 		return
 	}
-	rv, err := decodeReview(body, marked)
+	rv, err := decodeReview(body, marked || mentionsProvenance(body))
 	if err != nil {
 		writeReview(w, reviewV1, admission.Errored(http.StatusBadRequest, fmt.Errorf("sops-webhook: %w", err)))
 		return
@@ -80,6 +80,8 @@ type review struct {
 	// why it did not decode.
 	obj    *objectJSON
 	objErr error
+	// old is the provenance record of the object an update replaces.
+	old provenance
 }
 
 // object is handle's decode step for the review's object: skipped when it
@@ -91,7 +93,9 @@ func (rv review) object() (object, string, error) {
 	case rv.obj == nil:
 		return object{}, skipNoSOPS, nil
 	}
-	return rv.obj.object(rv.req.Kind.Kind)
+	obj, skip, err := rv.obj.object(rv.req.Kind.Kind)
+	obj.old = rv.old
+	return obj, skip, err
 }
 
 // reviewJSON is an AdmissionReview as the handler reads it: the request's
@@ -102,8 +106,8 @@ type reviewJSON[O any] struct {
 	Request    *struct {
 		admissionv1.AdmissionRequest
 		// These shadow AdmissionRequest's fields of the same names.
-		Object    O         `json:"object"`
-		OldObject skipValue `json:"oldObject"`
+		Object    O               `json:"object"`
+		OldObject oldObjectJSON `json:"oldObject"`
 	} `json:"request"`
 }
 
@@ -123,7 +127,7 @@ func decodeReview(body []byte, withObject bool) (review, error) {
 			if err != nil {
 				return review{}, err
 			}
-			return review{apiVersion: apiVersion, req: req, obj: &rv.Request.Object}, nil
+			return review{apiVersion: apiVersion, req: req, obj: &rv.Request.Object, old: rv.Request.OldObject.provenance}, nil
 		}
 	}
 	var rv reviewJSON[skipValue]
@@ -134,7 +138,7 @@ func decodeReview(body []byte, withObject bool) (review, error) {
 	if err != nil {
 		return review{}, err
 	}
-	return review{apiVersion: apiVersion, req: req, objErr: objErr}, nil
+	return review{apiVersion: apiVersion, req: req, objErr: objErr, old: rv.Request.OldObject.provenance}, nil
 }
 
 // check returns the review's version and request, or why it is not a

@@ -222,13 +222,16 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 
 	t.Run("chart and manifests register the same webhook and policy", func(t *testing.T) {
 		h := testbed.HelmCLIs(t, "")[0]
-		chart := testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook", chartNone...))
-		kustomized := testbed.ParseObjects(t, string(s.render(t, "manifests/overlays/cert-manager")))
-		for _, kind := range []string{"MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} {
-			a, b := chart[kind], kustomized[kind]
-			require.NotNil(t, a, kind)
-			require.NotNil(t, b, kind)
-			assert.Equal(t, normalizeSpace(specOf(t, kind, b)), normalizeSpace(specOf(t, kind, a)), kind)
+		chart := testbed.ParseObjectsByName(t, s.renderChart(t, h, "sops-webhook", chartNone...))
+		kustomized := testbed.ParseObjectsByName(t, string(s.render(t, "manifests/overlays/cert-manager")))
+		for _, name := range []string{"MutatingWebhookConfiguration/sops-webhook",
+			"ValidatingAdmissionPolicy/sops-webhook-no-ciphertext", "ValidatingAdmissionPolicyBinding/sops-webhook-no-ciphertext",
+			"ValidatingAdmissionPolicy/sops-webhook-provenance", "ValidatingAdmissionPolicyBinding/sops-webhook-provenance"} {
+			a, b := chart[name], kustomized[name]
+			require.NotNil(t, a, name)
+			require.NotNil(t, b, name)
+			kind, _, _ := strings.Cut(name, "/")
+			assert.Equal(t, normalizeSpace(specOf(t, kind, b)), normalizeSpace(specOf(t, kind, a)), name)
 		}
 	})
 
@@ -386,6 +389,13 @@ func (s *deploySuite) vapWithoutWebhook(t *testing.T) {
 		}, true},
 		{"namespace not opted in", "default", s.doc, nil, true},
 		{"the webhook's own namespace", "sops-webhook", s.doc, nil, true},
+		{"a provenance record where the webhook is not called", "default", []byte("PASSWORD=plain\n"), func(sec *corev1.Secret) {
+			sec.Annotations = map[string]string{mutate.AnnotationDecrypted: "data.app.env"}
+		}, false},
+		{"a provenance record on an object opted out", "apps", []byte("PASSWORD=plain\n"), func(sec *corev1.Secret) {
+			sec.Labels = map[string]string{mutate.LabelDecrypt: "disabled"}
+			sec.Annotations = map[string]string{mutate.AnnotationKeys: "default"}
+		}, false},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -398,7 +408,11 @@ func (s *deploySuite) vapWithoutWebhook(t *testing.T) {
 						_ = s.c.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: tt.ns}})
 						return false
 					}
-					assert.Contains(t, err.Error(), "still holds SOPS ciphertext")
+					if tt.mod != nil && strings.Contains(tt.name, "provenance") {
+						assert.Contains(t, err.Error(), "they are written only by it, and it is not called for this object")
+					} else {
+						assert.Contains(t, err.Error(), "still holds SOPS ciphertext")
+					}
 					assert.Contains(t, err.Error(), "Secret "+tt.ns+"/"+name)
 					return true
 				}, 20*time.Second, 200*time.Millisecond, "the VAP never rejected it")
@@ -407,6 +421,19 @@ func (s *deploySuite) vapWithoutWebhook(t *testing.T) {
 			require.NoError(t, s.create(ctx, tt.ns, name, tt.value, tt.mod))
 		})
 	}
+	t.Run("a provenance record kept as stored, or dropped, where the webhook is not called", func(t *testing.T) {
+		// Written while the namespace was opted in; the object is then
+		// updated where the webhook is not called.
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "vap-kept", Namespace: "sops-webhook"}}
+		require.NoError(t, s.c.Create(ctx, sec))
+		require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), sec))
+		sec.Data = map[string][]byte{"x": []byte("y")}
+		require.NoError(t, s.c.Update(ctx, sec), "no record: any update")
+		sec.Annotations = map[string]string{mutate.AnnotationDecrypted: "data.x"}
+		err := s.c.Update(ctx, sec)
+		require.Error(t, err, "a record added")
+		assert.Contains(t, err.Error(), "they are written only by it")
+	})
 	t.Run("ConfigMap with a SOPS document", func(t *testing.T) {
 		err := s.c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "vap-cm", Namespace: "apps"}, Data: map[string]string{"app.env": string(s.doc)}})
 		require.Error(t, err)

@@ -74,6 +74,7 @@ func TestE2E(t *testing.T) {
 	t.Run("c/tampered MAC and unknown key are rejected naming the field", s.rejected)
 	t.Run("d/objects the configuration excludes are not sent to the webhook", s.untouched)
 	t.Run("e/update to a new ciphertext stores the new plaintext", s.update)
+	t.Run("e/provenance: a record the request wrote is put back to the webhook's", s.provenance)
 	t.Run("f/server-side dry-run returns plaintext and stores nothing", s.dryRun)
 	for _, h := range testbed.HelmCLIs(t, s.kubeconfig) {
 		t.Run(h.Name, func(t *testing.T) { s.helm(t, h) })
@@ -322,6 +323,29 @@ func (s *suite) update(t *testing.T) {
 	require.NoError(t, s.c.Update(ctx, got))
 	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
 	assert.Equal(t, "PASSWORD=e2e-update-PLAINTEXT-7b\n", string(got.Data["app.env"]))
+}
+
+// provenance writes the annotations only the webhook writes, through the
+// API server: on a Secret with nothing encrypted they are removed; on one
+// the webhook decrypted they are put back to its record.
+func (s *suite) provenance(t *testing.T) {
+	ctx := context.Background()
+	forged := map[string]string{mutate.AnnotationDecrypted: "data.password", mutate.AnnotationKeys: "team-a", "team": "a"}
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "typed-in", Namespace: "team-a", Annotations: forged},
+		Data: map[string][]byte{"password": []byte("typed-in")}}
+	require.NoError(t, s.c.Create(ctx, sec))
+	got := &corev1.Secret{}
+	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(sec), got))
+	assert.Equal(t, map[string]string{"team": "a"}, got.Annotations, "a record of nothing decrypted is removed")
+
+	require.NoError(t, s.c.Get(ctx, client.ObjectKey{Namespace: "team-a", Name: "rotating"}, got))
+	require.Equal(t, "data.app.env", got.Annotations[mutate.AnnotationDecrypted], "decrypted by the update subtest")
+	got.Annotations[mutate.AnnotationDecrypted] = "data.app.env,data.other"
+	got.Annotations[mutate.AnnotationKeys] = "legacy,team-a"
+	require.NoError(t, s.c.Update(ctx, got))
+	require.NoError(t, s.c.Get(ctx, client.ObjectKey{Namespace: "team-a", Name: "rotating"}, got))
+	assert.Equal(t, "data.app.env", got.Annotations[mutate.AnnotationDecrypted], "put back to the webhook's record")
+	assert.Equal(t, "team-a", got.Annotations[mutate.AnnotationKeys])
 }
 
 func (s *suite) dryRun(t *testing.T) {

@@ -172,6 +172,22 @@ func decodeInto(t testing.TB, raw map[string]any, into any) {
 	}
 }
 
+// ParseObjectsByName is ParseObjects keyed by "Kind/name", for manifests
+// with several objects of a kind.
+func ParseObjectsByName(t testing.TB, manifests string) map[string]map[string]any {
+	t.Helper()
+	out := map[string]map[string]any{}
+	eachDocument(t, manifests, func(raw map[string]any) {
+		kind, _ := raw["kind"].(string)
+		meta, _ := raw["metadata"].(map[string]any)
+		name, _ := meta["name"].(string)
+		if kind != "" {
+			out[kind+"/"+name] = raw
+		}
+	})
+	return out
+}
+
 // ParseObjects parses a multi-document manifest stream into generic objects
 // by kind; a later object of the same kind replaces an earlier one.
 func ParseObjects(t testing.TB, manifests string) map[string]map[string]any {
