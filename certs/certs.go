@@ -35,7 +35,7 @@ type CA struct {
 // NewCA returns a fresh CA named name, valid from a minute before now for
 // validity.
 func NewCA(name string, now time.Time, validity time.Duration) (*CA, error) {
-	now = now.Add(-time.Minute)
+	now = now.Add(-Backdate)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generate CA key: %w", err)
@@ -127,8 +127,12 @@ func (ca *CA) IssueClient(name string, now time.Time, validity time.Duration) (c
 
 // sign completes tmpl with a serial, a validity and a fresh key, and signs
 // it; what names the certificate in errors.
+// Backdate is how far before their issuance certificates start: clocks of
+// the API server and the webhook may differ a little.
+const Backdate = time.Minute
+
 func (ca *CA) sign(tmpl *x509.Certificate, what string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
-	now = now.Add(-time.Minute)
+	now = now.Add(-Backdate)
 	notAfter := now.Add(validity)
 	if notAfter.After(ca.Cert.NotAfter) {
 		notAfter = ca.Cert.NotAfter

@@ -23,15 +23,15 @@ import (
 
 // options are the command-line flags (docs/reference.md §4).
 type options struct {
-	configFile      string
-	certDir         string
-	host            string
-	port            int
-	metricsAddr     string
-	metricsSecure   bool
-	healthAddr      string
-	logLevel        string
-	decryptTimeout  time.Duration
+	configFile     string
+	certDir        string
+	host           string
+	port           int
+	metricsAddr    string
+	metricsSecure  bool
+	healthAddr     string
+	logLevel       string
+	decryptTimeout time.Duration
 	// requestTimeout is the MutatingWebhookConfiguration's timeoutSeconds:
 	// a request's body must arrive within it.
 	requestTimeout  time.Duration
@@ -85,6 +85,8 @@ type selfCertOptions struct {
 	// clientName, when set, is the name of the API server's client
 	// certificate the webhook issues (selfcerts.Options.ClientName).
 	clientName string
+	// keepForeignCAs is --ca-bundle-keep-foreign.
+	keepForeignCAs bool
 }
 
 const (
@@ -130,6 +132,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.selfCerts.service, "service", "sops-webhook", "self-managed: Service name the certificate is issued for")
 	hosts := fs.String("tls-hosts", "", "self-managed: extra comma-separated DNS names or IPs for the certificate")
 	fs.DurationVar(&o.selfCerts.interval, "cert-check-interval", selfcerts.DefaultInterval, "self-managed: how often the Secret and caBundle are checked")
+	fs.BoolVar(&o.selfCerts.keepForeignCAs, "ca-bundle-keep-foreign", false, "self-managed: keep CAs that someone else put in the caBundle; by default it holds only the webhook's own CAs")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}

@@ -280,6 +280,7 @@ func newSelfCerts(o options, kube kubernetes.Interface, log logr.Logger) (*selfc
 		CertDir:              o.certDir,
 		ClientName:           o.selfCerts.clientName,
 		Interval:             o.selfCerts.interval,
+		KeepForeignCAs:       o.selfCerts.keepForeignCAs,
 		Log:                  log.WithName("certificates"),
 	})
 }

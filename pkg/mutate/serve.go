@@ -106,7 +106,7 @@ type reviewJSON[O any] struct {
 	Request    *struct {
 		admissionv1.AdmissionRequest
 		// These shadow AdmissionRequest's fields of the same names.
-		Object    O               `json:"object"`
+		Object    O             `json:"object"`
 		OldObject oldObjectJSON `json:"oldObject"`
 	} `json:"request"`
 }

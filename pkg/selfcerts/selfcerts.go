@@ -3,13 +3,16 @@ package selfcerts
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -49,6 +52,25 @@ const (
 	AnnotationRotated = "sops-webhook.io/rotated"
 )
 
+// AnnotationRevoke on the Secret asks to stop trusting every CA but the
+// signing one, after a rotation (for example once the Secret was exposed);
+// set it to any new value. It waits until the serving certificate, and the
+// API server's client certificate when the webhook issues it, are from the
+// signing CA and every replica has had revokeAfter to load them. The
+// webhook then copies the value to AnnotationRevoked and adds the revoked
+// CAs' SHA-256 fingerprints to AnnotationRevokedCAs (the last
+// maxRevokedCAs): no replica carries them forward in the caBundle again.
+const (
+	AnnotationRevoke     = "sops-webhook.io/revoke-previous-cas"
+	AnnotationRevoked    = "sops-webhook.io/revoked-previous-cas"
+	AnnotationRevokedCAs = "sops-webhook.io/revoked-cas"
+)
+
+// maxRevokedCAs caps the fingerprints AnnotationRevokedCAs keeps: more
+// than the CAs the caBundle ever holds (maxTrusted) across a few
+// revocations; an older one has long expired.
+const maxRevokedCAs = 16
+
 // Defaults. A certificate is renewed when a third of its validity is left.
 const (
 	DefaultCAValidity   = 5 * 365 * 24 * time.Hour
@@ -82,7 +104,10 @@ type Options struct {
 	CAValidity, CertValidity time.Duration
 	// Interval is how often Run checks the Secret and the caBundle.
 	Interval time.Duration
-	Log      logr.Logger
+	// KeepForeignCAs carries forward CAs that someone else put in the
+	// caBundle; by default the caBundle holds only this webhook's CAs.
+	KeepForeignCAs bool
+	Log            logr.Logger
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -220,7 +245,30 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		}
 	}
 
-	if err := m.ensureCABundle(ctx, st.trusted, now); err != nil {
+	if revoke := sec.Annotations[AnnotationRevoke]; revoke != "" && revoke != sec.Annotations[AnnotationRevoked] && !rotate {
+		if why := m.notRevocable(st, now); why != "" {
+			m.o.Log.Info("revoking the previous CAs waits", "reason", why)
+		} else {
+			revoked := strings.Split(sec.Annotations[AnnotationRevokedCAs], ",")
+			for _, c := range st.trusted[1:] {
+				revoked = append(revoked, fingerprint(c))
+			}
+			revoked = slices.DeleteFunc(revoked, func(s string) bool { return s == "" })
+			sec.Data[keyTrusted] = encodeCerts(st.trusted[:1])
+			sec.Annotations[AnnotationRevoked] = revoke
+			sec.Annotations[AnnotationRevokedCAs] = strings.Join(revoked[max(0, len(revoked)-maxRevokedCAs):], ",")
+			if sec, err = secrets.Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+				return fmt.Errorf("revoke the previous CAs: %w", err)
+			}
+			m.o.Log.Info("previous CAs revoked: only the signing CA is trusted", "revoked", len(st.trusted)-1)
+			if st, err = parseState(sec); err != nil {
+				return err
+			}
+		}
+	}
+
+	revoked := strings.Split(sec.Annotations[AnnotationRevokedCAs], ",")
+	if err := m.ensureCABundle(ctx, st.trusted, revoked, now); err != nil {
 		return err
 	}
 
@@ -295,9 +343,32 @@ func (m *Manager) clientNeedsRenewal(st *state, now time.Time) bool {
 	return c == nil || expiring(c, now, m.o.CertValidity) || c.CheckSignatureFrom(st.ca.Cert) != nil || c.Subject.CommonName != m.o.ClientName
 }
 
+// revokeAfter is how long a serving certificate must have been in the
+// Secret before the CAs before its own are revoked: two checks of every
+// replica, and the certificate watcher's polling after them.
+func (m *Manager) revokeAfter() time.Duration { return 2*m.o.Interval + 10*time.Second }
+
+// notRevocable says why the CAs before the signing one cannot be revoked
+// yet, or "" when they can: a replica may still serve, or the API server
+// still present, a certificate that only they verify.
+func (m *Manager) notRevocable(st *state, now time.Time) string {
+	switch {
+	case st.cert == nil || st.cert.CheckSignatureFrom(st.ca.Cert) != nil:
+		return "the serving certificate is not from the signing CA yet"
+	case m.o.ClientName != "" && (st.client == nil || st.client.CheckSignatureFrom(st.ca.Cert) != nil):
+		return "the API server's client certificate is not from the signing CA yet"
+	case now.Before(st.cert.NotBefore.Add(certs.Backdate + m.revokeAfter())):
+		return fmt.Sprintf("replicas have until %s to load the serving certificate", st.cert.NotBefore.Add(certs.Backdate+m.revokeAfter()).UTC().Format(time.RFC3339))
+	}
+	return ""
+}
+
 // ensureCABundle sets every webhook's caBundle in the configuration to the
-// trusted CAs plus the ones it already holds that have not expired.
-func (m *Manager) ensureCABundle(ctx context.Context, trusted []*x509.Certificate, now time.Time) error {
+// trusted CAs, plus the CAs of this webhook's own it already holds that
+// have not expired and were not revoked (a replica with a newer view of the
+// Secret may have added them; one whose Secret was lost still serves
+// from them), plus, with KeepForeignCAs, the others it holds.
+func (m *Manager) ensureCABundle(ctx context.Context, trusted []*x509.Certificate, revoked []string, now time.Time) error {
 	mwcs := m.o.Client.AdmissionregistrationV1().MutatingWebhookConfigurations()
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		mwc, err := mwcs.Get(ctx, m.o.WebhookConfiguration, metav1.GetOptions{})
@@ -307,7 +378,12 @@ func (m *Manager) ensureCABundle(ctx context.Context, trusted []*x509.Certificat
 		all := slices.Clone(trusted)
 		changed := false
 		for _, w := range mwc.Webhooks {
-			all = append(all, certs.ParseCertificates(w.ClientConfig.CABundle)...)
+			for _, c := range certs.ParseCertificates(w.ClientConfig.CABundle) {
+				own := c.Subject.CommonName == caName && c.IsCA
+				if own && !slices.Contains(revoked, fingerprint(c)) || !own && m.o.KeepForeignCAs {
+					all = append(all, c)
+				}
+			}
 		}
 		bundle := encodeCerts(keepValid(all, now))
 		for i := range mwc.Webhooks {
@@ -388,6 +464,12 @@ func keepValid(cs []*x509.Certificate, now time.Time) []*x509.Certificate {
 		}
 	}
 	return out
+}
+
+// fingerprint is c's SHA-256, hex: how AnnotationRevokedCAs names a CA.
+func fingerprint(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
 }
 
 func encodeCerts(cs []*x509.Certificate) []byte {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -274,4 +276,92 @@ func TestAPIServerClientCertificate(t *testing.T) {
 		require.NoError(t, g.manager(t).Reconcile(context.Background()))
 		assert.NotContains(t, g.secret(t).Data, KeyClientCert)
 	})
+}
+
+// annotate sets annotations on the Secret, as an operator's kubectl does.
+func (f *fixture) annotate(t *testing.T, kv ...string) {
+	t.Helper()
+	s := f.secret(t)
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	for i := 0; i < len(kv); i += 2 {
+		s.Annotations[kv[i]] = kv[i+1]
+	}
+	_, err := f.client.CoreV1().Secrets(ns).Update(context.Background(), s, metav1.UpdateOptions{})
+	require.NoError(t, err)
+}
+
+// TestRevokePreviousCAs rotates after an exposure and revokes the CAs
+// before the new one: the revocation waits until replicas had time to load
+// the new certificates, then neither the caBundle nor the client CA file
+// trusts a certificate of the old CA, which whoever holds its key could
+// still mint, while the new ones verify.
+func TestRevokePreviousCAs(t *testing.T) {
+	f := newFixture()
+	m := f.manager(t)
+	m.o.ClientName = "kube-apiserver"
+	require.NoError(t, m.Reconcile(context.Background()))
+	oldLeaf, oldClient := servedVerifies(t, f, m), f.clientCert(t)
+	oldCA := certs.ParseCertificates(f.secret(t).Data[keyTrusted])[0]
+
+	f.annotate(t, AnnotationRotate, "exposed", AnnotationRevoke, "exposed")
+	require.NoError(t, m.Reconcile(context.Background()))
+	require.NoError(t, m.Reconcile(context.Background()))
+	assert.Len(t, certs.ParseCertificates(f.caBundles(t)[0]), 2, "the revocation waits for replicas to load the new certificate")
+	assert.Empty(t, f.secret(t).Annotations[AnnotationRevoked])
+	require.NoError(t, clientVerifies(t, f, m, oldClient), "the API server keeps working while it waits")
+
+	f.now = f.now.Add(certs.Backdate + m.revokeAfter())
+	require.NoError(t, m.Reconcile(context.Background()))
+	s := f.secret(t)
+	assert.Equal(t, "exposed", s.Annotations[AnnotationRevoked])
+	newCA := certs.ParseCertificates(s.Data[keyTrusted])
+	require.Len(t, newCA, 1, "only the signing CA is trusted")
+	for _, bundle := range f.caBundles(t) {
+		trusted := certs.ParseCertificates(bundle)
+		require.Len(t, trusted, 1)
+		assert.True(t, trusted[0].Equal(newCA[0]))
+		pool := x509.NewCertPool()
+		pool.AddCert(trusted[0])
+		_, err := oldLeaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: "127.0.0.1", CurrentTime: f.now})
+		assert.Error(t, err, "a certificate of the old CA no longer verifies against the caBundle")
+	}
+	servedVerifies(t, f, m)
+	assert.Error(t, clientVerifies(t, f, m, oldClient), "a client certificate of the old CA is refused")
+	assert.NoError(t, clientVerifies(t, f, m, f.clientCert(t)))
+
+	// Another replica with an older view cannot bring the old CA back.
+	cfg, err := f.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(context.Background(), mwc, metav1.GetOptions{})
+	require.NoError(t, err)
+	cfg.Webhooks[0].ClientConfig.CABundle = append(cfg.Webhooks[0].ClientConfig.CABundle, encodeCerts([]*x509.Certificate{oldCA})...)
+	_, err = f.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(context.Background(), cfg, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, m.Reconcile(context.Background()))
+	assert.Len(t, certs.ParseCertificates(f.caBundles(t)[0]), 1)
+}
+
+// TestBundleDropsForeignCAs puts a CA of someone else's in the caBundle:
+// it is dropped on the next pass, unless KeepForeignCAs.
+func TestBundleDropsForeignCAs(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keep %v", keep), func(t *testing.T) {
+			f := newFixture()
+			m := f.manager(t)
+			m.o.KeepForeignCAs = keep
+			require.NoError(t, m.Reconcile(context.Background()))
+			foreign, err := certs.NewCA("someone else's CA", f.now, time.Hour)
+			require.NoError(t, err)
+			cfg, err := f.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(context.Background(), mwc, metav1.GetOptions{})
+			require.NoError(t, err)
+			cfg.Webhooks[1].ClientConfig.CABundle = append(cfg.Webhooks[1].ClientConfig.CABundle, foreign.CertPEM...)
+			_, err = f.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Update(context.Background(), cfg, metav1.UpdateOptions{})
+			require.NoError(t, err)
+			require.NoError(t, m.Reconcile(context.Background()))
+			for _, bundle := range f.caBundles(t) {
+				assert.Equal(t, keep, slices.ContainsFunc(certs.ParseCertificates(bundle), foreign.Cert.Equal))
+			}
+			servedVerifies(t, f, m)
+		})
+	}
 }

@@ -562,6 +562,9 @@ func (s *deploySuite) selfManaged(t *testing.T) {
 	for _, k := range []string{"ca.crt", "ca.key", "tls.crt", "tls.key"} {
 		require.NotEmpty(t, sec.Data[k], k)
 	}
+	// What someone who read the Secret now holds.
+	exposed, err := certs.ParseCA(sec.Data["ca.crt"], sec.Data["ca.key"])
+	require.NoError(t, err)
 	live, err := testbed.LoadWebhookConfiguration(wh.URL, nil)
 	require.NoError(t, err)
 	require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(live), live))
@@ -611,6 +614,9 @@ func (s *deploySuite) selfManaged(t *testing.T) {
 		st.assertDecrypted(t, names, s.plain)
 		require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(live), live))
 		assert.Len(t, certs.ParseCertificates(live.Webhooks[0].ClientConfig.CABundle), 2, "new and old CA trusted")
+	})
+	t.Run("revoking the exposed CA under a stream of creates loses no request, and an impostor of the old CA is refused", func(t *testing.T) {
+		s.revokeExposedCA(t, exposed)
 	})
 	require.NoError(t, wh.Stop())
 }
