@@ -116,8 +116,9 @@ type Options struct {
 // CA in the webhook configuration's caBundle, and the certificate files in
 // the cert dir. Every replica runs one; they agree through the Secret's
 // resourceVersion (a lost update is re-read and redone), and the caBundle
-// only ever gains CAs until they expire, so no replica can remove a CA
-// another replica's certificate needs.
+// keeps the webhook's own CAs until they expire or are revoked
+// (AnnotationRevoke), so no replica can remove a CA another replica's
+// certificate needs.
 type Manager struct {
 	o Options
 }
