@@ -183,6 +183,9 @@ func (d *Decryptor) unwrap(ctx context.Context, m sops.Metadata, access keysourc
 		if ctx.Err() != nil {
 			return nil, nil, fail(ReasonTimeout, "")
 		}
+		if exhausted := client.Exhausted(); len(exhausted) > 0 {
+			return nil, nil, fail(ReasonTooMuchWork, joinUnique(exhausted)+"; list only the keys that can open it, and encrypt the object's files with the same data key (one sops file, or a values file)")
+		}
 		if failed := client.CheckFailed(); len(failed) > 0 {
 			return nil, nil, fail(ReasonPolicyCheck, joinUnique(failed))
 		}

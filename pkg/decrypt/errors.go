@@ -19,6 +19,7 @@ const (
 	ReasonNoIndex     Reason = "ENC[...] tokens without SOPS metadata"
 	ReasonNotIndexed  Reason = "an ENC[...] token is missing from the values index"
 	ReasonBadIndex    Reason = "the sops-webhook.io/values index is unusable"
+	ReasonTooMuchWork Reason = "its keys ask more unwraps than one request may start"
 
 	ReasonUnavailable Reason = "the key that opens it could not be used"
 	ReasonPolicyCheck Reason = "the policy could not be checked"
@@ -52,6 +53,7 @@ var reasons = map[Reason]reasonInfo{
 	ReasonNoIndex:     {label: "no_index"},
 	ReasonNotIndexed:  {label: "not_indexed"},
 	ReasonBadIndex:    {label: "bad_index"},
+	ReasonTooMuchWork: {label: "too_many_unwraps"},
 
 	ReasonUnavailable: {label: "key_unavailable", retryable: true},
 	ReasonPolicyCheck: {label: "policy_check_failed", retryable: true},

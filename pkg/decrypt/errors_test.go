@@ -81,7 +81,7 @@ func TestEveryReasonHasItsOwnLabel(t *testing.T) {
 
 func TestErrorClassTable(t *testing.T) {
 	// The request's faults: retrying the same request fails the same way.
-	for _, r := range []Reason{ReasonTooLarge, ReasonMalformed, ReasonNoKey, ReasonNotGranted, ReasonCorrupt, ReasonMAC, ReasonNoMAC, ReasonUnsupported, ReasonNoIndex, ReasonNotIndexed, ReasonBadIndex} {
+	for _, r := range []Reason{ReasonTooLarge, ReasonMalformed, ReasonNoKey, ReasonNotGranted, ReasonCorrupt, ReasonMAC, ReasonNoMAC, ReasonUnsupported, ReasonNoIndex, ReasonNotIndexed, ReasonBadIndex, ReasonTooMuchWork} {
 		assert.False(t, r.Retryable(), "%s", r.Label())
 	}
 	// The webhook's or a dependency's: the same request can pass later.

@@ -11,10 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
+	ageArmor "filippo.io/age/armor"
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
@@ -107,5 +110,77 @@ func BenchmarkServeHTTP(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// hostileSmallRequest is the costliest small request a stranger can send
+// with only the webhook's public recipient: a Secret of under 64 KiB (no
+// handling slot, the small lane) whose one YAML document lists as many age
+// master keys as fit, each naming our recipient and wrapping a data key
+// for strangers in stanzas recipient stanzas, none of which opens.
+func hostileSmallRequest(b testing.TB, key sopskit.AgeKey, stanzas int) admissionv1.AdmissionRequest {
+	doc := sopskit.SopsEncrypt(b, []byte("password: hostile\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
+	var tree map[string]any
+	if err := sigsyaml.Unmarshal(doc, &tree); err != nil {
+		b.Fatal(err)
+	}
+	meta := tree["sops"].(map[string]any)
+	var entries []any
+	for size := len(doc); len(entries) < decrypt.MaxMasterKeys; {
+		var enc bytes.Buffer
+		aw := ageArmor.NewWriter(&enc)
+		var to []age.Recipient
+		for range stanzas {
+			id, err := age.GenerateX25519Identity()
+			if err != nil {
+				b.Fatal(err)
+			}
+			to = append(to, id.Recipient())
+		}
+		w, err := age.Encrypt(aw, to...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = w.Write(make([]byte, 32))
+		_ = w.Close()
+		_ = aw.Close()
+		if size += enc.Len() + 100; size*4/3 > 60<<10 {
+			break
+		}
+		entries = append(entries, map[string]any{"recipient": key.Recipient, "enc": enc.String()})
+	}
+	meta["age"] = entries
+	hostile, err := sigsyaml.Marshal(tree)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("%d stanzas: %d master keys, %d bytes", stanzas, len(entries), len(hostile))
+	return request(b, "Secret", admissionv1.Create, secret("hostile", map[string][]byte{"app.yaml": hostile}))
+}
+
+// BenchmarkWorstSmallRequest is what a hostile small request costs the
+// handler with a fresh key ring each time (nothing remembered, as for a
+// stranger who sends new payloads): with few stanzas per master key, the
+// request's failed unwraps are what bounds it; with many, the stanza cap.
+func BenchmarkWorstSmallRequest(b *testing.B) {
+	key := sopskit.NewAgeKey(b, false)
+	src, err := keysource.LoadAge("k", key.IdentityFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, stanzas := range []int{1, 4, 40} {
+		req := hostileSmallRequest(b, key, stanzas)
+		b.Run(fmt.Sprintf("stanzas-%d", stanzas), func(b *testing.B) {
+			areq := admission.Request{AdmissionRequest: req}
+			for b.Loop() {
+				ring, err := keysource.NewRing(src)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if resp := mutate.NewHandler(static(mutate.Engine{Decryptor: decrypt.New(ring)})).Handle(context.Background(), areq); resp.Allowed {
+					b.Fatal("a hostile request was allowed")
+				}
+			}
+		})
 	}
 }

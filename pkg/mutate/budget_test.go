@@ -27,6 +27,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // plainDecryptor decrypts every document to the same text and counts the
@@ -319,4 +320,31 @@ func TestBodyGateAdmitsBytesAsTheyArrive(t *testing.T) {
 		assert.Equal(t, "HTTP/1.1 408 Request Timeout\r\n", status)
 	}
 	assert.Zero(t, bodies.InFlight(), "given back after the deadline")
+}
+
+// TestHostileSmallRequestIsBounded sends the small requests of
+// BenchmarkWorstSmallRequest, built with only the webhook's public
+// recipient: each is denied as too much work, after at most
+// keysource.MaxFailedUnwrapsPerRequest unwraps, where every listed master
+// key used to be tried.
+func TestHostileSmallRequestIsBounded(t *testing.T) {
+	key := sopskit.NewAgeKey(t, false)
+	src, err := keysource.LoadAge("k", key.IdentityFile)
+	require.NoError(t, err)
+	require.Equal(t, mutate.MaxDocumentsPerObject+1, keysource.MaxUnwrapsPerRequest, "every document of an object, and a values file, may need its own unwrap")
+	for _, stanzas := range []int{1, 4, 40} {
+		t.Run(fmt.Sprintf("%d stanzas", stanzas), func(t *testing.T) {
+			var unwraps atomic.Int64
+			ring, err := keysource.NewRingWith([]keysource.Source{src}, []keysource.RingOption{keysource.WithStats(keysource.Stats{
+				Unwrap: func(string, bool) { unwraps.Add(1) },
+			})})
+			require.NoError(t, err)
+			h := mutate.NewHandler(static(mutate.Engine{Decryptor: decrypt.New(ring)}))
+			resp := h.Handle(context.Background(), admission.Request{AdmissionRequest: hostileSmallRequest(t, key, stanzas)})
+			require.False(t, resp.Allowed)
+			assert.EqualValues(t, http.StatusForbidden, resp.Result.Code, "the request's fault")
+			assert.Contains(t, resp.Result.Message, "its keys ask more unwraps than one request may start")
+			assert.LessOrEqual(t, unwraps.Load(), int64(keysource.MaxFailedUnwrapsPerRequest))
+		})
+	}
 }

@@ -149,7 +149,8 @@ func (h *Handler) handle(ctx context.Context, req admission.Request, decode func
 	}
 
 	// Mutate.
-	ctx, cancel := lazyctx.WithTimeout(ctx, h.timeout)
+	// One unwrap budget for all the object's payloads.
+	ctx, cancel := lazyctx.WithTimeout(keysource.WithRequestBudget(ctx), h.timeout)
 	defer cancel()
 	eng := h.engine()
 	var access keysource.Access

@@ -99,6 +99,9 @@ func (a *Age) Unwrap(_ context.Context, key *keyservice.Key, ciphertext []byte) 
 	if key.GetAgeKey() == nil {
 		return nil, ErrNotHeld
 	}
+	if n := ageStanzas(ciphertext); n > MaxAgeStanzas {
+		return nil, fmt.Errorf("age ciphertext with more than %d recipient stanzas", MaxAgeStanzas)
+	}
 	r, err := age.Decrypt(armor.NewReader(bytes.NewReader(ciphertext)), a.identities...)
 	if err != nil {
 		var noMatch *age.NoIdentityMatchError
@@ -112,4 +115,27 @@ func (a *Age) Unwrap(_ context.Context, key *keyservice.Key, ciphertext []byte) 
 		return nil, errors.New("age ciphertext failed authentication")
 	}
 	return plain, nil
+}
+
+// MaxAgeStanzas caps the recipient stanzas of a wrapped data key: each is
+// tried against every identity, and sops writes one.
+const MaxAgeStanzas = 4
+
+// ageStanzas counts the recipient stanzas in the header of an armored age
+// file, up to MaxAgeStanzas+1; a file that does not read as one has none,
+// and is age.Decrypt's to refuse.
+func ageStanzas(ciphertext []byte) int {
+	sc := bufio.NewScanner(armor.NewReader(bytes.NewReader(ciphertext)))
+	sc.Buffer(make([]byte, 0, 1024), MaxWrappedKeySize)
+	n := 0
+	for sc.Scan() && n <= MaxAgeStanzas {
+		line := sc.Bytes()
+		switch {
+		case bytes.HasPrefix(line, []byte("---")):
+			return n
+		case bytes.HasPrefix(line, []byte("-> ")):
+			n++
+		}
+	}
+	return n
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 
@@ -85,9 +86,13 @@ func (a *AWSKMS) Unwrap(ctx context.Context, key *keyservice.Key, ciphertext []b
 	if err != nil {
 		return nil, errors.New("aws kms: the wrapped data key is not base64")
 	}
+	c, err := a.client(region)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
-	out, err := a.client(region).Decrypt(ctx, &kms.DecryptInput{
+	out, err := c.Decrypt(ctx, &kms.DecryptInput{
 		KeyId:             aws.String(k.Arn),
 		CiphertextBlob:    blob,
 		EncryptionContext: k.Context,
@@ -98,11 +103,29 @@ func (a *AWSKMS) Unwrap(ctx context.Context, key *keyservice.Key, ciphertext []b
 	return out.Plaintext, nil
 }
 
-func (a *AWSKMS) client(region string) *kms.Client {
+// maxRegionClients caps the regional clients one AWS KMS key keeps: more
+// than AWS has regions. They share the config's HTTP client and its
+// connection pool.
+const maxRegionClients = 40
+
+// awsRegion is the form of an AWS region name (eu-west-1, us-gov-east-1).
+var awsRegion = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
+
+// client returns the KMS client of region, made on first use. A region
+// the allow-list's glob let through must still look like one, and at most
+// maxRegionClients are made, so a payload cannot make the webhook build
+// and keep clients by the thousand.
+func (a *AWSKMS) client(region string) (*kms.Client, error) {
+	if !awsRegion.MatchString(region) {
+		return nil, fmt.Errorf("aws kms: %.40q is not a region name", region)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	c, ok := a.clients[region]
 	if !ok {
+		if len(a.clients) >= maxRegionClients {
+			return nil, fmt.Errorf("aws kms: more than %d regions used", maxRegionClients)
+		}
 		c = kms.NewFromConfig(a.aws, func(o *kms.Options) {
 			o.Region = region
 			if a.cfg.Endpoint != "" {
@@ -111,7 +134,7 @@ func (a *AWSKMS) client(region string) *kms.Client {
 		})
 		a.clients[region] = c
 	}
-	return c
+	return c, nil
 }
 
 // arnRegion returns the region of a KMS key ARN,

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/getsops/sops/v3/keyservice"
+	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
 )
 
@@ -50,6 +52,10 @@ type Ring struct {
 	sources []Source
 	cache   *dataKeyCache
 	stats   Stats
+	// failed remembers unwraps by Local sources that failed.
+	failed *failedCache
+	// cpu bounds the Local unwraps running at once.
+	cpu *semaphore.Weighted
 }
 
 // Stats observes a Ring's unwraps; its methods may be nil.
@@ -95,7 +101,7 @@ func NewRingWith(sources []Source, opts []RingOption) (*Ring, error) {
 		}
 		seen[s.Name()] = true
 	}
-	r := &Ring{sources: append([]Source(nil), sources...)}
+	r := &Ring{sources: append([]Source(nil), sources...), failed: newFailedCache(nil), cpu: newCPUSlots(runtime.GOMAXPROCS(0) - 1)}
 	for _, o := range opts {
 		o(r)
 	}
@@ -145,6 +151,7 @@ type Client struct {
 	denied      []error
 	failures    []error
 	checkFailed []error
+	exhausted   []error
 }
 
 var _ keyservice.KeyServiceClient = (*Client)(nil)
@@ -152,8 +159,13 @@ var _ keyservice.KeyServiceClient = (*Client)(nil)
 // Decrypt unwraps req.Ciphertext with the first configured key that the
 // Access allows and that opens it: from the cache when it opened the same
 // wrapped key before, else by asking the Source. It never contacts a key that
-// is not configured or not allowed. The ctx argument is ignored in favour of
-// the Client's own: sops passes context.Background.
+// is not configured or not allowed, and asks a Source that is a Matcher only
+// for keys it matches (its recipient, fingerprint or allowed locator).
+// Each unwrap a Source runs is drawn from the request's budget
+// (WithRequestBudget), a Local one in a CPU slot; one by a Local source
+// that failed is remembered for failedTTL and fails again without work.
+// The ctx argument is ignored in favour of the Client's own: sops passes
+// context.Background.
 func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ...grpc.CallOption) (*keyservice.DecryptResponse, error) {
 	if err := c.ctx.Err(); err != nil {
 		return nil, err
@@ -177,6 +189,9 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 			}
 			continue
 		}
+		if m, ok := s.(Matcher); ok && !m.Matches(req.Key) {
+			continue
+		}
 		ck := newCacheKey(s.Name(), req.Key, req.Ciphertext)
 		plain, hit := c.ring.cache.Get(ck)
 		plain = append([]byte(nil), plain...) // callers may not share the cached slice
@@ -184,12 +199,24 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 			c.ring.stats.CacheLookup(hit)
 		}
 		if !hit {
-			var err error
-			plain, err = s.Unwrap(c.ctx, req.Key, req.Ciphertext)
-			if c.ring.stats.Unwrap != nil {
-				c.ring.stats.Unwrap(s.Name(), err == nil)
+			budget := budgetOf(c.ctx)
+			_, local := s.(Local)
+			err, failedBefore := c.ring.failed.Get(ck)
+			if !failedBefore {
+				if err = budget.start(); err != nil {
+					c.record(&c.exhausted, err)
+					return nil, err
+				}
+				plain, err = c.unwrap(s, local, req)
+				if c.ring.stats.Unwrap != nil {
+					c.ring.stats.Unwrap(s.Name(), err == nil)
+				}
+				if err != nil && local && c.ctx.Err() == nil {
+					c.ring.failed.Put(ck, err, 1)
+				}
 			}
 			if err != nil {
+				budget.fail()
 				if !errors.Is(err, ErrNotHeld) {
 					err = fmt.Errorf("key %q: %w", s.Name(), err)
 					errs = append(errs, err)
@@ -209,6 +236,25 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 		return nil, errors.Join(errs...)
 	}
 	return nil, ErrNoKey
+}
+
+// unwrap asks s, in a CPU slot when it is local.
+func (c *Client) unwrap(s Source, local bool, req *keyservice.DecryptRequest) ([]byte, error) {
+	if local {
+		if err := c.ring.cpu.Acquire(c.ctx, 1); err != nil {
+			return nil, err
+		}
+		defer c.ring.cpu.Release(1)
+	}
+	return s.Unwrap(c.ctx, req.Key, req.Ciphertext)
+}
+
+// Exhausted returns the errors of unwraps refused because the request's
+// budget was spent (ErrTooManyUnwraps).
+func (c *Client) Exhausted() []error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]error(nil), c.exhausted...)
 }
 
 // record appends err to one of the Client's lists.

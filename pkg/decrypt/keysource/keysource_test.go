@@ -71,13 +71,19 @@ func TestClientRecordsTheKeyThatUnwrapped(t *testing.T) {
 	ring, err := keysource.NewRing(a, b)
 	require.NoError(t, err)
 
-	// The metadata claims team-a's recipient, but only team-b can open it:
-	// authorisation follows the unwrap, not the claim.
 	c := ring.Client(context.Background(), nil)
-	resp, err := c.Decrypt(context.Background(), ageReq(wrapAge(t, idB.Recipient()), "age1claimed"))
+	resp, err := c.Decrypt(context.Background(), ageReq(wrapAge(t, idB.Recipient()), idB.Recipient().String()))
 	require.NoError(t, err)
 	assert.Equal(t, dataKey, resp.Plaintext)
 	assert.Equal(t, []string{"team-b"}, c.Used())
+
+	// A key is only tried for payloads whose metadata names it: one that
+	// claims a stranger's recipient is not opened, even by the identity
+	// its stanza is for, so a payload cannot make every key work.
+	c = ring.Client(context.Background(), nil)
+	_, err = c.Decrypt(context.Background(), ageReq(wrapAge(t, idB.Recipient()), "age1claimed"))
+	require.ErrorIs(t, err, keysource.ErrNoKey)
+	assert.Empty(t, c.Used())
 }
 
 func TestClientRefusesWhatItDoesNotHold(t *testing.T) {

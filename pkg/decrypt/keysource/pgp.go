@@ -12,6 +12,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	pgperrors "github.com/ProtonMail/go-crypto/openpgp/errors"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
 	"github.com/getsops/sops/v3/keyservice"
 )
 
@@ -97,8 +98,15 @@ func (p *PGP) Unwrap(_ context.Context, key *keyservice.Key, ciphertext []byte) 
 	if err != nil {
 		return nil, errors.New("malformed OpenPGP armor")
 	}
+	body, err := io.ReadAll(io.LimitReader(block.Body, MaxWrappedKeySize))
+	if err != nil {
+		return nil, errors.New("malformed OpenPGP armor")
+	}
+	if n := pgpKeyPackets(body); n > MaxPGPKeyPackets {
+		return nil, fmt.Errorf("OpenPGP message with more than %d encrypted-key packets", MaxPGPKeyPackets)
+	}
 	prompt := func([]openpgp.Key, bool) ([]byte, error) { return nil, ErrNotHeld }
-	md, err := openpgp.ReadMessage(block.Body, p.keyring, prompt, nil)
+	md, err := openpgp.ReadMessage(bytes.NewReader(body), p.keyring, prompt, nil)
 	if err != nil {
 		if errors.Is(err, ErrNotHeld) || errors.Is(err, pgperrors.ErrKeyIncorrect) {
 			return nil, ErrNotHeld
@@ -113,4 +121,28 @@ func (p *PGP) Unwrap(_ context.Context, key *keyservice.Key, ciphertext []byte) 
 		return nil, errors.New("OpenPGP message failed its integrity check")
 	}
 	return plain, nil
+}
+
+// MaxPGPKeyPackets caps the encrypted-key packets of a wrapped data key:
+// each is tried against every private key of the keyring (all of them for
+// a packet with the wildcard key ID 0), and sops writes one.
+const MaxPGPKeyPackets = 4
+
+// pgpKeyPackets counts the encrypted-key packets at the start of an
+// OpenPGP message, up to MaxPGPKeyPackets+1; the packets after them are
+// ReadMessage's to judge.
+func pgpKeyPackets(body []byte) int {
+	n := 0
+	r := packet.NewReader(bytes.NewReader(body))
+	for n <= MaxPGPKeyPackets {
+		p, err := r.Next()
+		if err != nil {
+			return n
+		}
+		if _, ok := p.(*packet.EncryptedKey); !ok {
+			return n
+		}
+		n++
+	}
+	return n
 }
