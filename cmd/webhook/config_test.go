@@ -150,6 +150,8 @@ func TestParseFlags(t *testing.T) {
 		{"client certificates need a CA", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "client-certificate"}, "needs --client-ca-file"},
 		{"network policy chosen", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "network-policy"}, ""},
 		{"a client CA contradicts none", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "none", "--client-ca-file", "ca.crt"}, "need --caller-auth=client-certificate"},
+		{"caBundle controller", []string{"--ca-bundle-controller", "--ca-bundle-configmap", "sops-webhook-ca", "--namespace", "sops-webhook"}, ""},
+		{"caBundle controller without its ConfigMap", []string{"--ca-bundle-controller", "--namespace", "sops-webhook"}, "--ca-bundle-controller needs --ca-bundle-configmap"},
 		{"names without a CA", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "network-policy", "--client-names", "kube-apiserver"}, "need --caller-auth=client-certificate"},
 		{"self-managed issues the API server's certificate", []string{"--config", "c", "--cert-dir", t.TempDir(), "--certificates", "self-managed", "--namespace", "x", "--caller-auth", "client-certificate"}, ""},
 		{"unknown caller authentication", []string{"--config", "c", "--cert-dir", certDir, "--caller-auth", "trust-me"}, `--caller-auth "trust-me"`},

@@ -23,6 +23,10 @@ import (
 
 // options are the command-line flags (docs/reference.md §4).
 type options struct {
+	// caBundleController runs only the caBundle controller
+	// (--ca-bundle-controller), no admission endpoint.
+	caBundleController bool
+
 	configFile     string
 	certDir        string
 	host           string
@@ -87,6 +91,10 @@ type selfCertOptions struct {
 	clientName string
 	// keepForeignCAs is --ca-bundle-keep-foreign.
 	keepForeignCAs bool
+	// caBundleConfigMap is --ca-bundle-configmap: where the replicas
+	// publish their CAs for the caBundle controller; empty, they write the
+	// caBundle themselves.
+	caBundleConfigMap string
 }
 
 const (
@@ -132,6 +140,8 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.selfCerts.service, "service", "sops-webhook", "self-managed: Service name the certificate is issued for")
 	hosts := fs.String("tls-hosts", "", "self-managed: extra comma-separated DNS names or IPs for the certificate")
 	fs.DurationVar(&o.selfCerts.interval, "cert-check-interval", selfcerts.DefaultInterval, "self-managed: how often the Secret and caBundle are checked")
+	fs.StringVar(&o.selfCerts.caBundleConfigMap, "ca-bundle-configmap", "", "self-managed: publish the trusted CAs (no key) in this ConfigMap of --namespace and leave the caBundle to the caBundle controller, so the webhook's identity needs no write access to the webhook configuration; empty: the webhook writes the caBundle itself")
+	fs.BoolVar(&o.caBundleController, "ca-bundle-controller", false, "run only the caBundle controller of self-managed mode: copy the CAs the replicas publish in --ca-bundle-configmap into --webhook-configuration's caBundle, under an identity of its own; serves health probes only, needs API access, ignores --config and --cert-dir")
 	fs.BoolVar(&o.selfCerts.keepForeignCAs, "ca-bundle-keep-foreign", false, "self-managed: keep CAs that someone else put in the caBundle; by default it holds only the webhook's own CAs")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
@@ -186,6 +196,9 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 }
 
 func (o options) validate() error {
+	if o.caBundleController {
+		return o.validateCABundleController()
+	}
 	var errs []error
 	if o.configFile == "" {
 		errs = append(errs, errors.New("--config is required"))
@@ -252,6 +265,21 @@ func (o options) validate() error {
 	case "info", "debug", "error":
 	default:
 		errs = append(errs, fmt.Errorf("--log-level %q is not info, debug or error", o.logLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// validateCABundleController checks the flags --ca-bundle-controller uses.
+func (o options) validateCABundleController() error {
+	var errs []error
+	if o.selfCerts.caBundleConfigMap == "" {
+		errs = append(errs, errors.New("--ca-bundle-controller needs --ca-bundle-configmap"))
+	}
+	if o.selfCerts.namespace == "" {
+		errs = append(errs, errors.New("--namespace (or $POD_NAMESPACE) is required with --ca-bundle-controller"))
+	}
+	if o.selfCerts.interval <= 0 {
+		errs = append(errs, errors.New("--cert-check-interval must be positive"))
 	}
 	return errors.Join(errs...)
 }

@@ -54,7 +54,11 @@ func main1() int {
 		}
 		log.Info("memory", "limit", budget.MiB(mem.Limit), "source", mem.source, "goMemLimit", goMemLimit,
 			"decryptBudget", budget.MiB(mem.Decrypt), "bodyBudget", budget.MiB(mem.Bodies), "maxConnections", mem.Connections, "heavySlots", budget.HeavySlots())
-		err = run(ctx, opts, mem.Sizes, log)
+		if opts.caBundleController {
+			err = runCABundleController(ctx, opts, log)
+		} else {
+			err = run(ctx, opts, mem.Sizes, log)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sops-webhook:", err)

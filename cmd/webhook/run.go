@@ -281,6 +281,7 @@ func newSelfCerts(o options, kube kubernetes.Interface, log logr.Logger) (*selfc
 		ClientName:           o.selfCerts.clientName,
 		Interval:             o.selfCerts.interval,
 		KeepForeignCAs:       o.selfCerts.keepForeignCAs,
+		PublishTo:            o.selfCerts.caBundleConfigMap,
 		Log:                  log.WithName("certificates"),
 	})
 }

@@ -107,7 +107,14 @@ type Options struct {
 	// KeepForeignCAs carries forward CAs that someone else put in the
 	// caBundle; by default the caBundle holds only this webhook's CAs.
 	KeepForeignCAs bool
-	Log            logr.Logger
+	// PublishTo, when set, names a ConfigMap in Namespace where the Manager
+	// publishes the trusted CAs (KeyCABundle) instead of writing the
+	// caBundle itself: a CABundleController, under another identity,
+	// copies them there. The Manager then only reads the webhook
+	// configuration, and issues a certificate from a new CA once every
+	// webhook's caBundle trusts it.
+	PublishTo string
+	Log       logr.Logger
 	// Now is the clock; tests set it.
 	Now func() time.Time
 }
@@ -237,6 +244,12 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		if err := m.newCA(st, sec); err != nil {
 			return err
 		}
+		if rotate {
+			// Acknowledged with the new CA: with a published caBundle,
+			// the certificates it signs come in a later pass, and a
+			// request still open would rotate again.
+			sec.Annotations[AnnotationRotated] = sec.Annotations[AnnotationRotate]
+		}
 		if sec, err = secrets.Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("store new CA: %w", err)
 		}
@@ -269,7 +282,12 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	}
 
 	revoked := strings.Split(sec.Annotations[AnnotationRevokedCAs], ",")
-	if err := m.ensureCABundle(ctx, st.trusted, revoked, now); err != nil {
+	if m.o.PublishTo == "" {
+		err = m.ensureCABundle(ctx, st.trusted, revoked, now)
+	} else if err = m.publish(ctx, st.trusted, sec.Annotations[AnnotationRevokedCAs]); err == nil {
+		err = m.caBundleTrusts(ctx, st.ca.Cert)
+	}
+	if err != nil {
 		return err
 	}
 

@@ -365,3 +365,57 @@ func TestBundleDropsForeignCAs(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishedCABundle splits the self-managed mode in two identities: the
+// replicas publish their CAs and only read the webhook configuration; the
+// caBundle controller, which never reads the Secret, writes the caBundle.
+// No certificate is issued from a CA before the caBundle trusts it, through
+// bootstrap, rotation and revocation.
+func TestPublishedCABundle(t *testing.T) {
+	f := newFixture()
+	m := f.manager(t)
+	m.o.PublishTo = "sops-webhook-ca"
+	c, err := NewCABundleController(CABundleOptions{Client: f.client, Namespace: ns, ConfigMap: "sops-webhook-ca", WebhookConfiguration: mwc,
+		Log: logr.Discard(), Now: func() time.Time { return f.now }})
+	require.NoError(t, err)
+	ctx := context.Background()
+	// byWhom runs pass and returns what it wrote and read, by resource.
+	byWhom := func(pass func() error) (wrote, read []string) {
+		f.client.ClearActions()
+		_ = pass()
+		for _, a := range f.client.Actions() {
+			if a.GetVerb() == "get" {
+				read = append(read, a.GetResource().Resource)
+			} else {
+				wrote = append(wrote, a.GetVerb()+" "+a.GetResource().Resource)
+			}
+		}
+		return wrote, read
+	}
+
+	wrote, _ := byWhom(func() error { return m.Reconcile(ctx) })
+	assert.NotContains(t, wrote, "update mutatingwebhookconfigurations", "the replicas never write the configuration")
+	require.Error(t, m.Reconcile(ctx), "no certificate before the caBundle trusts the CA")
+	assert.NoFileExists(t, filepath.Join(m.o.CertDir, "tls.crt"))
+
+	wrote, read := byWhom(func() error { return c.Reconcile(ctx) })
+	assert.Equal(t, []string{"update mutatingwebhookconfigurations"}, wrote)
+	assert.NotContains(t, read, "secrets", "the controller never reads the TLS Secret")
+	require.NoError(t, m.Reconcile(ctx))
+	servedVerifies(t, f, m)
+
+	f.annotate(t, AnnotationRotate, "exposed", AnnotationRevoke, "exposed")
+	require.Error(t, m.Reconcile(ctx), "the new CA waits for the controller")
+	require.NoError(t, c.Reconcile(ctx))
+	require.NoError(t, m.Reconcile(ctx))
+	servedVerifies(t, f, m)
+	assert.Len(t, certs.ParseCertificates(f.caBundles(t)[0]), 2)
+
+	f.now = f.now.Add(certs.Backdate + m.revokeAfter())
+	require.NoError(t, m.Reconcile(ctx))
+	require.NoError(t, c.Reconcile(ctx))
+	for _, bundle := range f.caBundles(t) {
+		assert.Len(t, certs.ParseCertificates(bundle), 1, "the revoked CA leaves the caBundle")
+	}
+	servedVerifies(t, f, m)
+}

@@ -76,7 +76,7 @@ func TestDeployment(t *testing.T) {
 	t.Run("every manifest of both overlays is accepted by the API server", s.manifestsAccepted)
 	t.Run("VAP rejects ciphertext while no webhook is registered", s.vapWithoutWebhook)
 	t.Run("self-managed certificates: issued, caBundle patched, rotated under load", s.selfManaged)
-	t.Run("self-managed certificates: the service account may write only its TLS Secret", s.confinedIdentity)
+	t.Run("self-managed certificates: the service account may write only its TLS Secret and CA ConfigMap, and not the webhook configuration", s.confinedIdentity)
 	t.Run("two replicas behind one Service: stopping one loses no request", s.twoReplicas)
 	t.Run("self-managed certificates: the webhook issues the API server's client certificate", s.selfIssuedClient)
 	t.Run("cert-manager issues the API server's client certificate from the chart's templates", s.certManagerIssuedClient)
@@ -163,6 +163,7 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 				assert.Contains(t, out, "certificate.cert-manager.io/sops-webhook")
 			} else {
 				assert.Contains(t, out, "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle")
+				assert.Contains(t, out, "deployment.apps/sops-webhook-cabundle")
 			}
 		})
 	}
@@ -271,7 +272,7 @@ var chartValueSets = []struct {
 		[]string{"certificate.cert-manager.io/sops-webhook-apiserver-client", "certificate.cert-manager.io/sops-webhook-client-ca",
 			"issuer.cert-manager.io/sops-webhook-client-ca", "issuer.cert-manager.io/sops-webhook-client-ca-selfsigned"}},
 	{"self-managed issues the API server's certificate", []string{"--set", "callerAuth.mode=clientCertificate", "--set", "certificates.mode=self-managed"},
-		[]string{"clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle"}},
+		[]string{"clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle", "deployment.apps/sops-webhook-cabundle", "clusterrole.rbac.authorization.k8s.io/sops-webhook-read-configuration"}},
 	{"none, no NetworkPolicy", []string{"--set", "callerAuth.mode=none", "--set", "networkPolicy.enabled=false"},
 		[]string{"deployment.apps/sops-webhook"}},
 	{"self-managed, ServiceMonitor, no VAP, pinned image", []string{

@@ -71,3 +71,8 @@ none
 {{- define "sops-webhook.clientCAFromCertManager" -}}
 {{- if and (eq .Values.callerAuth.mode "clientCertificate") (not (or .Values.callerAuth.clientCertificate.caBundle .Values.callerAuth.clientCertificate.existingConfigMap)) (not (include "sops-webhook.selfManaged" .)) }}true{{ end -}}
 {{- end -}}
+
+{{/* The ConfigMap the self-managed replicas publish their CAs in. */}}
+{{- define "sops-webhook.caConfigMap" -}}
+{{ include "sops-webhook.fullname" . }}-ca
+{{- end -}}
