@@ -500,6 +500,17 @@ func (st *stream) finish() ([]string, []error) {
 	return st.names, st.errs
 }
 
+// finishNoneLost stops the stream and checks that it wrote something during
+// what, lost no write, and stored every one decrypted to plain.
+func (st *stream) finishNoneLost(t *testing.T, what string, plain []byte) {
+	t.Helper()
+	names, errs := st.finish()
+	t.Logf("%s: %d writes sent, %d failed", what, len(names)+len(errs), len(errs))
+	require.Empty(t, errs, "writes failed during the %s", what)
+	require.NotEmpty(t, names)
+	st.assertDecrypted(t, names, plain)
+}
+
 // assertDecrypted checks every named Secret holds plain under app.env.
 func (st *stream) assertDecrypted(t *testing.T, names []string, plain []byte) {
 	t.Helper()
@@ -608,11 +619,7 @@ func (s *deploySuite) selfManaged(t *testing.T) {
 			return true
 		}, 30*time.Second, 100*time.Millisecond, "the webhook never served a certificate from the new CA")
 		time.Sleep(time.Second)
-		names, errs := st.finish()
-		require.Empty(t, errs, "requests lost during the rotation")
-		require.NotEmpty(t, names)
-		t.Logf("%d Secrets created during the rotation, none lost", len(names))
-		st.assertDecrypted(t, names, s.plain)
+		st.finishNoneLost(t, "rotation", s.plain)
 		require.NoError(t, s.c.Get(ctx, client.ObjectKeyFromObject(live), live))
 		assert.Len(t, certs.ParseCertificates(live.Webhooks[0].ClientConfig.CABundle), 2, "new and old CA trusted")
 	})

@@ -415,11 +415,7 @@ func (b *podsBed) kustomizeSelfManaged(t *testing.T) {
 func (b *podsBed) noWriteLost(t *testing.T, st *stream, what string) {
 	t.Helper()
 	time.Sleep(2 * time.Second)
-	names, errs := st.finish()
-	t.Logf("%s: %d writes sent, %d failed", what, len(names)+len(errs), len(errs))
-	require.Empty(t, errs, "writes failed during the %s", what)
-	require.NotEmpty(t, names)
-	st.assertDecrypted(t, names, b.plain)
+	st.finishNoneLost(t, what, b.plain)
 }
 
 func podNames(pods []corev1.Pod) []string {
