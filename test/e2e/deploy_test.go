@@ -174,7 +174,8 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 				rendered := s.render(t, overlay, component)
 				out := s.kubectl(t, rendered, "apply", "--server-side", "--dry-run=server", "--field-manager=sops-webhook-test", "-f", "-")
 				assert.Equal(t, strings.Count(string(rendered), "\nkind: "), strings.Count(out, "serverside-applied"), "every object accepted:\n%s", out)
-				dep := testbed.ParseObjects(t, string(rendered))["Deployment"]
+				dep := testbed.ParseObjectsByName(t, string(rendered))["Deployment/sops-webhook"]
+				require.NotNil(t, dep, "%s: the webhook's Deployment", overlay)
 				raw, err := json.Marshal(dep)
 				require.NoError(t, err)
 				mode := strings.TrimPrefix(component, "caller-auth-")
