@@ -19,11 +19,11 @@ cache=$(go env GOCACHE)/fuzz
 
 targets=(
 	"./pkg/decrypt FuzzDetect"
-	"./pkg/decrypt FuzzDocCipher"
+	"./pkg/decrypt/internal/store FuzzDocCipher"
 	"./pkg/decrypt FuzzDocument"
-	"./pkg/decrypt FuzzEmitJSON"
-	"./pkg/decrypt FuzzEmitYAML"
-	"./pkg/decrypt FuzzLoadYAML"
+	"./pkg/decrypt/internal/store FuzzEmitJSON"
+	"./pkg/decrypt/internal/store FuzzEmitYAML"
+	"./pkg/decrypt/internal/store FuzzLoadYAML"
 	"./pkg/decrypt FuzzTokens"
 	"./pkg/mutate FuzzHandler"
 	"./pkg/mutate FuzzPeekReview"

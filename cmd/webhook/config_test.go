@@ -15,7 +15,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 func writeFile(t *testing.T, dir, name, content string) string {
@@ -26,8 +26,8 @@ func writeFile(t *testing.T, dir, name, content string) string {
 }
 
 func TestLoadConfig(t *testing.T) {
-	ageKey := testbed.NewAgeKey(t, false)
-	pgpKey := testbed.NewPGPKey(t)
+	ageKey := sopskit.NewAgeKey(t, false)
+	pgpKey := sopskit.NewPGPKey(t)
 	dir := t.TempDir()
 	secretLine := "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ"
 	badAge := writeFile(t, dir, "bad.agekey", secretLine+"\n")
@@ -91,7 +91,7 @@ func TestLoadConfig(t *testing.T) {
 // every key decrypts Secrets in every namespace, and ConfigMaps only where
 // a rule names them.
 func TestDefaultPolicy(t *testing.T) {
-	ageKey := testbed.NewAgeKey(t, false)
+	ageKey := sopskit.NewAgeKey(t, false)
 	header := "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\n- name: b\n  age: {identityFile: " + ageKey.IdentityFile + "}\n"
 	tests := []struct {
 		name       string

@@ -17,12 +17,12 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 func TestReloaderSwapsValidConfigsAndKeepsTheOldOnError(t *testing.T) {
-	a, b := testbed.NewAgeKey(t, false), testbed.NewAgeKey(t, false)
-	docB := testbed.SopsEncrypt(t, []byte("K=v\n"), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{b}})
+	a, b := sopskit.NewAgeKey(t, false), sopskit.NewAgeKey(t, false)
+	docB := sopskit.SopsEncrypt(t, []byte("K=v\n"), "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{b}})
 	dir := t.TempDir()
 	keyFile := writeFile(t, dir, "current.agekey", mustRead(t, a.IdentityFile))
 	path := writeFile(t, dir, "config.yaml", "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n- name: team\n  age: {identityFile: "+keyFile+"}\n")
@@ -77,7 +77,7 @@ func userInfo(name string) authenticationv1.UserInfo {
 }
 
 func TestReloaderClosesTheReplacedRing(t *testing.T) {
-	a := testbed.NewAgeKey(t, false)
+	a := sopskit.NewAgeKey(t, false)
 	dir := t.TempDir()
 	// Credentials that fail at once: the open ring's unwrap never looks
 	// for a metadata server.

@@ -132,7 +132,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.DurationVar(&o.configCheckInterval, "config-check-interval", 10*time.Second, "how often the config file and the key files are checked for changes; 0 disables reloading")
 	memLimit := fs.String("memory-limit", "", "memory limit to size GOMEMLIMIT and the budgets for, as a quantity (256Mi); default: $"+memoryLimitEnv+" (the Downward API's limits.memory), else the memory cgroup's limit, else "+budget.MiB(budget.DefaultMemoryLimit)+" for the budgets and no GOMEMLIMIT")
 	decryptBudget := fs.String("decrypt-budget", "", "bytes of SOPS payload decrypted at once, as a quantity; default: derived from the memory limit (docs/operations.md, Sizing)")
-	bodyBudget := fs.String("body-budget", "", "bytes of request bodies past their first 16 KiB held at once, as a quantity; default: derived from the memory limit")
+	bodyBudget := fs.String("body-budget", "", fmt.Sprintf("bytes of request bodies past their first %d KiB held at once, as a quantity; default: derived from the memory limit", budget.FreeBodyBytes>>10))
 	fs.DurationVar(&o.budgetWait, "budget-wait", budget.DefaultWait, "longest time a request waits for room in a budget before it is refused as busy (retryable)")
 	fs.StringVar(&o.selfCerts.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "self-managed: the webhook's namespace (default $POD_NAMESPACE)")
 	fs.StringVar(&o.selfCerts.secretName, "tls-secret", "sops-webhook-tls", "self-managed: Secret holding the CA and serving certificate")

@@ -17,10 +17,13 @@ import (
 )
 
 func main() {
-	os.Exit(main1())
+	os.Exit(runWebhook())
 }
 
-func main1() int {
+// runWebhook parses the flags, makes the process-wide settings and runs
+// the webhook, or the caBundle controller, until a signal stops it. It
+// returns the exit code.
+func runWebhook() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	opts, err := parseFlags(os.Args[1:], os.Stderr)

@@ -30,6 +30,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
+	"github.com/sops-webhook/sops-webhook/pkg/metrics"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 )
@@ -50,27 +51,27 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics, err := mutate.NewMetrics(reg)
+	webhookMetrics, err := metrics.New(reg)
 	if err != nil {
 		return err
 	}
-	engines, names, err := newReloader(o.configFile, engineDeps{
-		kube: kube, cacheSize: o.cacheSize, cacheTTL: o.cacheTTL, resultCacheBytes: o.resultCacheBytes, policyTTL: o.policyCacheTTL, stats: metrics.KeyStats(),
+	config, names, err := newReloader(o.configFile, engineDeps{
+		kube: kube, cacheSize: o.cacheSize, cacheTTL: o.cacheTTL, resultCacheBytes: o.resultCacheBytes, policyTTL: o.policyCacheTTL, stats: webhookMetrics.KeyStats(),
 		// A request holds its Engine for at most its decrypt timeout.
 		retireAfter: 2 * o.decryptTimeout,
 	}, log.WithName("config"))
 	if err != nil {
 		return err
 	}
-	engines.onReload = metrics.Reloaded
+	config.onReload = webhookMetrics.Reloaded
 	log.Info("keys loaded", "keys", names)
 	decryptBudget := budget.New(budget.Config{Bytes: mem.Decrypt, Wait: o.budgetWait})
 	bodies := budget.NewLane("bodies", "reading", mem.Bodies, 0, o.budgetWait)
-	heavy := budget.NewLane("heavy", "handling", mem.Bodies, budget.HeavySlots(), o.budgetWait)
-	if err := metrics.WatchLanes(append(decryptBudget.Lanes(), bodies, heavy)...); err != nil {
+	handling := budget.NewLane("heavy", "handling", mem.Bodies, budget.HeavySlots(), o.budgetWait)
+	if err := webhookMetrics.WatchLanes(append(decryptBudget.Lanes(), bodies, handling)...); err != nil {
 		return err
 	}
-	handler := mutate.NewHandler(engines.Engine, mutate.WithMetrics(metrics), mutate.WithTimeout(o.decryptTimeout), mutate.WithBudget(decryptBudget), mutate.WithLogger(log.WithName("admission")))
+	handler := mutate.NewHandler(config.Engine, mutate.WithMetrics(webhookMetrics), mutate.WithTimeout(o.decryptTimeout), mutate.WithBudget(decryptBudget), mutate.WithLogger(log.WithName("admission")))
 
 	var certs *selfcerts.Manager
 	if o.certificates == certificatesSelfManaged {
@@ -111,14 +112,15 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		callers.Configure(admissionTLS)
 	}
 	conns := budget.NewConnectionLimiter(mem.Connections)
-	if err := metrics.WatchConnections(conns); err != nil {
+	if err := webhookMetrics.WatchConnections(conns); err != nil {
 		return err
 	}
 	var stopping atomic.Bool
 	mux := http.NewServeMux()
-	mux.Handle(mutatePath, closeWhen(&stopping, mutate.BodyGate(mutate.Gate{
-		Bodies: bodies, Handling: heavy, Metrics: metrics, Deadline: o.requestTimeout,
-	}, handler)))
+	admissionServer := mutate.NewServer(handler, mutate.Gate{
+		Bodies: bodies, Handling: handling, Metrics: webhookMetrics, Deadline: o.requestTimeout,
+	})
+	mux.Handle(mutatePath, admissionServer)
 	admissionAddr := net.JoinHostPort(o.host, strconv.Itoa(o.port))
 
 	// On SIGTERM: report not ready and ask clients to reconnect elsewhere
@@ -132,6 +134,7 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		case <-gctx.Done():
 		}
 		stopping.Store(true)
+		admissionServer.Drain()
 		log.Info("shutting down", "delay", o.shutdownDelay.String())
 		select {
 		case <-time.After(o.shutdownDelay):
@@ -148,7 +151,7 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		g.Go(func() error { return certs.Run(gctx) })
 	}
 	if o.configCheckInterval > 0 {
-		g.Go(func() error { return engines.run(gctx, o.configCheckInterval) })
+		g.Go(func() error { return config.run(gctx, o.configCheckInterval) })
 		if callers != nil {
 			g.Go(func() error { return reloadClientCA(gctx, callers, o.configCheckInterval, log) })
 		}
@@ -233,17 +236,8 @@ func reloadClientCA(ctx context.Context, v *callerauth.Verifier, interval time.D
 	}
 }
 
-// closeWhen asks clients to close their connection after each response once
-// stopping is set, so keep-alive connections move to other replicas while
-// this one drains.
-func closeWhen(stopping *atomic.Bool, h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if stopping.Load() {
-			w.Header().Set("Connection", "close")
-		}
-		h.ServeHTTP(w, r)
-	})
-}
+// apiCallTimeout bounds every call the webhook makes to the API server.
+const apiCallTimeout = 10 * time.Second
 
 // kubeClient returns the config and a client for --kubeconfig, or the
 // in-cluster ones when running in a pod, or nils when neither is available.
@@ -263,8 +257,7 @@ func kubeClient(kubeconfig string) (*rest.Config, kubernetes.Interface, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("Kubernetes client: %w", err)
 	}
-	// Every API call the webhook makes has a deadline.
-	cfg.Timeout = 10 * time.Second
+	cfg.Timeout = apiCallTimeout
 	c, err := kubernetes.NewForConfig(cfg)
 	return cfg, c, err
 }

@@ -49,6 +49,19 @@ type Sizes struct {
 	Connections int
 }
 
+// goMemLimitTenths is GOMEMLIMIT in tenths of the memory limit: the rest
+// is headroom for what the Go runtime does not count, and for the time
+// the collector takes to react.
+const goMemLimitTenths = 9
+
+// MinDecryptBytes and MinBodyBytes are the least decryption and body
+// budgets: one of the largest documents (1 MiB) decrypts, and a body as
+// large as the API server sends (3 MiB) is read, however small the limit.
+const (
+	MinDecryptBytes = 1 << 20
+	MinBodyBytes    = 4 << 20
+)
+
 // ForLimit sizes a replica with memory limit bytes: GOMEMLIMIT at 90 %, a
 // sixteenth of the limit for open connections at ConnectionCost each, and
 // what is left of the 90 % beyond those and ReservedBytes shared between
@@ -56,14 +69,14 @@ type Sizes struct {
 // least one of the largest documents (1 MiB), so a small limit slows heavy
 // work down rather than refusing all of it.
 func ForLimit(limit int64) Sizes {
-	s := Sizes{Limit: limit, GoMemLimit: limit / 10 * 9}
+	s := Sizes{Limit: limit, GoMemLimit: limit / 10 * goMemLimitTenths}
 	// A sixteenth of the limit for open connections (170 at the default
 	// limit), at least MinConnections of them.
 	conns := limit / 16 / ConnectionCost
 	s.Connections = int(max(conns, MinConnections))
 	spare := max(s.GoMemLimit-ReservedBytes-int64(s.Connections)*ConnectionCost, 0)
-	s.Decrypt = max(spare/2/DecryptFactor, 1<<20)
-	s.Bodies = max(spare/2/BodyFactor, 4<<20)
+	s.Decrypt = max(spare/2/DecryptFactor, MinDecryptBytes)
+	s.Bodies = max(spare/2/BodyFactor, MinBodyBytes)
 	return s
 }
 

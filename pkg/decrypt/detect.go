@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"path"
 	"strings"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/internal/token"
 )
 
 // Format is the kind of SOPS payload a value holds.
@@ -35,17 +37,13 @@ func (f Format) IsDocument() bool {
 	return false
 }
 
-// tokenMarker starts every value sops encrypts, the MAC included, so every
-// SOPS document and every values payload holds it.
-var tokenMarker = []byte("ENC[AES256_GCM,data:")
-
-// base64Markers are tokenMarker as it appears inside base64 text at each of
+// base64Markers are token.Marker as it appears inside base64 text at each of
 // the three byte alignments, so a base64 blob can be screened without
 // decoding it.
 var base64Markers = func() [3][]byte {
 	var out [3][]byte
 	for i := range 3 {
-		m := tokenMarker[i:]
+		m := token.Marker[i:]
 		m = m[:len(m)/3*3]
 		out[i] = []byte(base64.StdEncoding.EncodeToString(m))
 	}
@@ -55,7 +53,7 @@ var base64Markers = func() [3][]byte {
 // HasMarker reports whether value holds a SOPS marker. It is the cheap first
 // test: a value for which it is false is never parsed.
 func HasMarker(value []byte) bool {
-	return bytes.Contains(value, tokenMarker)
+	return bytes.Contains(value, token.Marker)
 }
 
 // MayHoldBase64Marker reports whether text may hold the base64 encoding of a

@@ -5,13 +5,13 @@
 //
 // Detection looks for marker bytes first (Detect), so a value without a SOPS
 // marker costs a substring search and nothing more. A document is then
-// capped by its structure (Items, which callers also weigh it by) and parsed
-// by sops' own store for its format (YAML by our loader, which makes sops'
-// checks in linear time and refuses aliases), its data key is unwrapped
-// through keysource (never through sops' default key service), its values
-// are decrypted with one AES-GCM per document (docCipher), and its MAC is
-// compared in constant time. The output is what `sops decrypt` prints for the same file.
-// Result.Entries splits a flat document into its entries.
+// capped by its structure (Items, which callers also weigh it by), loaded by
+// the store of its format (package store: sops' own stores where they hold
+// up, ours where sops' were measured to be quadratic or unbounded), its data
+// key unwrapped through keysource (never through sops' default key
+// service), its values decrypted with one AES-GCM per document, and its MAC
+// compared in constant time. The output is what `sops decrypt` prints for
+// the same file. Result.Entries splits a flat document into its entries.
 //
 // Values payloads are ENC[...] tokens from a SOPS-encrypted Helm values file,
 // without the file around them. ParseIndex reads the index the chart helper
@@ -20,9 +20,11 @@
 // text, authenticated with its path, rendered as Helm renders the plain value.
 //
 // Every error returned by this package is an *Error: a fixed reason and a
-// hint, written by us. Each Reason has a metric label and a class in one
-// table (errors.go): the request's fault, or retryable. sops' own error strings are never passed on, because
-// some of them quote values or the expected MAC.
+// detail, written by us. Each Reason has a metric label and a class in one
+// table (errors.go): the request's fault, or retryable. sops' own error
+// strings are never passed on, because some of them quote values or the
+// expected MAC. What a user should do about a Reason is the caller's to
+// say, in its own terms (package mutate's hints).
 //
 // A program that decrypts untrusted documents calls DiscardLibraryLogs once
 // at startup: sops' own loggers can print a value.

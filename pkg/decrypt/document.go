@@ -11,13 +11,10 @@ import (
 	"time"
 
 	"github.com/getsops/sops/v3"
-	"github.com/getsops/sops/v3/config"
 	"github.com/getsops/sops/v3/keyservice"
 	"github.com/getsops/sops/v3/logging"
-	"github.com/getsops/sops/v3/stores/dotenv"
-	"github.com/getsops/sops/v3/stores/ini"
-	"github.com/getsops/sops/v3/stores/json"
 
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/internal/store"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/internal/quote"
 )
@@ -29,12 +26,6 @@ const MaxDocumentSize = 1 << 20
 // MaxMasterKeys caps the master keys a document's metadata may list, which
 // bounds the unwrap attempts one document can cause.
 const MaxMasterKeys = 64
-
-// hintNoKey is the hint for a document no configured key opens.
-const hintNoKey = "encrypt it for a key the webhook holds (see its config), or label the object sops-webhook.io/decrypt=disabled to store it as is"
-
-// hintReencrypt is the hint for a document that fails authentication.
-const hintReencrypt = "re-encrypt the file with sops, and change encrypted files only with `sops edit` or `sops set`"
 
 // DiscardLibraryLogs silences the sops library's package-level loggers for
 // the whole process. sops logs through them, and one logs a comment's value
@@ -128,14 +119,14 @@ func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access
 	}()
 
 	st := stores[f]
-	tree, err := st.LoadEncryptedFile(value)
-	if errors.Is(err, errYAMLAlias) {
+	tree, err := st.Load(value)
+	if errors.Is(err, store.ErrAlias) {
 		return Result{}, fail(ReasonMalformed, "it uses a YAML alias (*name), which sops never writes")
 	}
 	if err != nil {
 		return Result{}, fail(ReasonMalformed, fmt.Sprintf("it does not parse as an encrypted %s document", f))
 	}
-	if tooDeep(tree.Branches) {
+	if store.TooDeep(tree.Branches) {
 		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("its maps and lists nest more than %d levels deep, the most the webhook accepts", MaxDocumentDepth))
 	}
 	if tree.Metadata.MessageAuthenticationCode == "" {
@@ -147,10 +138,10 @@ func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access
 	}
 
 	// A cipher per document: it holds the document's AES-GCM.
-	cipher := newDocCipher(dataKey)
+	cipher := store.NewCipher(dataKey)
 	computed, err := tree.Decrypt(dataKey, cipher)
 	if err != nil {
-		return Result{}, fail(ReasonCorrupt, hintReencrypt)
+		return Result{}, fail(ReasonCorrupt, "")
 	}
 	stored, err := cipher.Decrypt(tree.Metadata.MessageAuthenticationCode, dataKey, tree.Metadata.LastModified.Format(time.RFC3339))
 	if err != nil {
@@ -158,10 +149,10 @@ func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access
 	}
 	storedMAC, ok := stored.(string)
 	if !ok || subtle.ConstantTimeCompare([]byte(storedMAC), []byte(computed)) != 1 {
-		return Result{}, fail(ReasonMAC, hintReencrypt)
+		return Result{}, fail(ReasonMAC, "")
 	}
 
-	out, err := emitPlain(st, tree.Branches, len(value))
+	out, err := st.Emit(tree.Branches, len(value))
 	if err != nil {
 		return Result{}, fail(ReasonMalformed, fmt.Sprintf("its decrypted content cannot be written as %s", f))
 	}
@@ -184,7 +175,7 @@ func (d *Decryptor) unwrap(ctx context.Context, m sops.Metadata, access keysourc
 			return nil, nil, fail(ReasonTimeout, "")
 		}
 		if exhausted := client.Exhausted(); len(exhausted) > 0 {
-			return nil, nil, fail(ReasonTooMuchWork, joinUnique(exhausted)+"; list only the keys that can open it, and encrypt the object's files with the same data key (one sops file, or a values file)")
+			return nil, nil, fail(ReasonTooMuchWork, joinUnique(exhausted))
 		}
 		if failed := client.CheckFailed(); len(failed) > 0 {
 			return nil, nil, fail(ReasonPolicyCheck, joinUnique(failed))
@@ -195,7 +186,7 @@ func (d *Decryptor) unwrap(ctx context.Context, m sops.Metadata, access keysourc
 		if denied := client.Denied(); len(denied) > 0 {
 			return nil, nil, fail(ReasonNotGranted, joinUnique(denied))
 		}
-		return nil, nil, fail(ReasonNoKey, describeKeys(m)+"; "+hintNoKey)
+		return nil, nil, fail(ReasonNoKey, describeKeys(m))
 	}
 	return dataKey, client.Used(), nil
 }
@@ -211,52 +202,22 @@ func joinUnique(errs []error) string {
 	return strings.Join(out, "; ")
 }
 
-// store is what Document needs of a sops store.
-type store interface {
-	sops.EncryptedFileLoader
-	sops.PlainFileEmitter
+// stores holds the store of each document format.
+var stores = map[Format]*store.Store{
+	FormatYAML:   store.YAML,
+	FormatJSON:   store.JSON,
+	FormatBinary: store.Binary,
+	FormatDotenv: store.Dotenv,
+	FormatINI:    store.INI,
 }
 
-// sizedEmitter is a store that can use the encrypted document's size to
-// write its plaintext without regrowing a buffer.
-type sizedEmitter interface {
-	emitPlainSized(in sops.TreeBranches, encryptedSize int) ([]byte, error)
+// maxItems returns the cap on the items of a document in format f.
+func maxItems(f Format) int {
+	if f == FormatINI {
+		return MaxINIItems
+	}
+	return MaxDocumentItems
 }
-
-// emitPlain writes a decrypted tree with st, passing encryptedSize on to a
-// store that uses it.
-func emitPlain(st store, in sops.TreeBranches, encryptedSize int) ([]byte, error) {
-	if s, ok := st.(sizedEmitter); ok {
-		return s.emitPlainSized(in, encryptedSize)
-	}
-	return st.EmitPlainFile(in)
-}
-
-// stores holds sops' store for each document format, with the settings
-// `sops decrypt` uses when no .sops.yaml configures them. The JSON and YAML
-// stores emit with our own writers (jsonemit.go, yamlemit.go), which print
-// the same bytes in linear time and memory, and YAML is loaded by our own
-// loader (yamlload.go). Stores hold only that
-// configuration, so one of each serves every request.
-var stores = func() map[Format]store {
-	c := config.NewStoresConfig()
-	js, err := newJSONStore(&c.JSON)
-	if err != nil {
-		// sops' default settings are valid; this is a programming error.
-		panic("decrypt: sops' default JSON settings: " + err.Error())
-	}
-	ys, err := newYAMLStore(&c.YAML)
-	if err != nil {
-		panic("decrypt: sops' default YAML settings: " + err.Error())
-	}
-	return map[Format]store{
-		FormatYAML:   ys,
-		FormatJSON:   js,
-		FormatBinary: json.NewBinaryStore(&c.JSONBinary),
-		FormatDotenv: dotenv.NewStore(&c.Dotenv),
-		FormatINI:    ini.NewStore(&c.INI),
-	}
-}()
 
 func countMasterKeys(m sops.Metadata) int {
 	n := 0

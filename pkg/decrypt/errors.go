@@ -18,7 +18,7 @@ const (
 	ReasonUnsupported Reason = "unsupported SOPS content"
 	ReasonNoIndex     Reason = "ENC[...] tokens without SOPS metadata"
 	ReasonNotIndexed  Reason = "an ENC[...] token is missing from the values index"
-	ReasonBadIndex    Reason = "the sops-webhook.io/values index is unusable"
+	ReasonBadIndex    Reason = "the values index is unusable"
 	ReasonTooMuchWork Reason = "its keys ask more unwraps than one request may start"
 
 	ReasonUnavailable Reason = "the key that opens it could not be used"
@@ -93,19 +93,20 @@ func Reasons() []Reason {
 }
 
 // Error is the only error type this package returns. Its text is built from a
-// Reason, a hint and public facts we chose (format, key types, recipients),
-// never from a value, a key, a data key or a MAC.
+// Reason and public facts we chose (format, key types, recipients, limits),
+// never from a value, a key, a data key or a MAC. What a user should do
+// about it is the caller's to say, in the caller's terms.
 type Error struct {
 	Reason Reason
-	// Hint tells the user what to do about it; it may be empty.
-	Hint string
+	// Detail says what about the payload made it fail; it may be empty.
+	Detail string
 }
 
 func (e *Error) Error() string {
-	if e.Hint == "" {
+	if e.Detail == "" {
 		return string(e.Reason)
 	}
-	return string(e.Reason) + "; " + e.Hint
+	return string(e.Reason) + "; " + e.Detail
 }
 
 // ReasonOf returns the Reason of err: "" for nil, the *Error's reason, or
@@ -127,6 +128,6 @@ func IsReason(err error, r Reason) bool {
 	return errors.As(err, &e) && e.Reason == r
 }
 
-func fail(r Reason, hint string) *Error {
-	return &Error{Reason: r, Hint: hint}
+func fail(r Reason, detail string) *Error {
+	return &Error{Reason: r, Detail: detail}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,13 +13,15 @@ import (
 
 	"github.com/getsops/sops/v3"
 
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/internal/store"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/internal/token"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/internal/quote"
 )
 
-// MaxIndexSize caps the values index (the sops-webhook.io/values
-// annotation). It is the API server's limit for all annotations of an object
-// together, so no index the API server would store is refused.
+// MaxIndexSize caps the values index. It is the API server's limit for all
+// annotations of an object together, so no index the API server would store
+// is refused.
 const MaxIndexSize = 256 << 10
 
 // MaxTokens caps the ENC[...] tokens one Tokens decrypts, which bounds the
@@ -28,16 +29,9 @@ const MaxIndexSize = 256 << 10
 // each used several times, stays well inside it.
 const MaxTokens = 10_000
 
-// maxTokenPartSize caps each base64 part of a token. A token's data is at
-// most a Kubernetes object's size; its iv and tag are 44 and 24 characters.
-const maxTokenPartSize = 2 << 20
-
 // maxPathInMessage caps a values path quoted in a message: the path is
 // public structure (key names, never values) but comes from the request.
 const maxPathInMessage = 200
-
-// hintHelper is the hint for tokens the index cannot place.
-const hintHelper = `render the sops-webhook.io/values annotation with {{ include "sops-webhook.values" . }} in the same template, from the same values`
 
 // Index parses a values index like ParseIndex, through the result cache:
 // an index is public metadata, and one values file's index is sent with
@@ -80,18 +74,19 @@ type indexJSON struct {
 	Paths map[string]string `json:"paths"`
 }
 
-// ParseIndex parses the sops-webhook.io/values annotation, as the
-// sops-webhook.values Helm helper renders it. Errors are *Error.
+// ParseIndex parses a values index: the JSON of a values file's sops
+// metadata and each token's values path, as the chart helper renders it.
+// Errors are *Error.
 func ParseIndex(annotation []byte) (idx *Index, err error) {
 	if len(annotation) > MaxIndexSize {
 		return nil, fail(ReasonTooLarge, fmt.Sprintf("the values index is limited to %d bytes", MaxIndexSize))
 	}
 	var raw indexJSON
 	if err := json.Unmarshal(annotation, &raw); err != nil {
-		return nil, fail(ReasonBadIndex, "it is not the JSON the helper renders; "+hintHelper)
+		return nil, fail(ReasonBadIndex, "it is not an index's JSON")
 	}
 	if len(raw.Sops) == 0 || bytes.Equal(raw.Sops, []byte("null")) {
-		return nil, fail(ReasonBadIndex, "it holds no sops metadata: was the values file passed to helm encrypted with sops?")
+		return nil, fail(ReasonBadIndex, "it holds no sops metadata: the values file it was made from was not encrypted with sops")
 	}
 	m, err := parseMetadata(raw.Sops)
 	if err != nil {
@@ -163,16 +158,16 @@ func (t *Tokens) decrypt(ctx context.Context, value []byte) ([]byte, error) {
 	var out bytes.Buffer
 	rest := value
 	for {
-		i := bytes.Index(rest, tokenMarker)
+		i := bytes.Index(rest, token.Marker)
 		if i < 0 {
 			break
 		}
 		if t.count++; t.count > MaxTokens {
 			return nil, fail(ReasonTooLarge, fmt.Sprintf("more than %d ENC[...] tokens in one object", MaxTokens))
 		}
-		tok, n, err := parseToken(rest[i:])
+		tok, n, err := token.Parse(rest[i:])
 		if err != nil {
-			return nil, err
+			return nil, errMalformedToken
 		}
 		plain, err := t.open(ctx, tok)
 		if err != nil {
@@ -189,24 +184,27 @@ func (t *Tokens) decrypt(ctx context.Context, value []byte) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
+// errMalformedToken is the error of a token that does not parse.
+var errMalformedToken = fail(ReasonMalformed, token.ErrMalformed.Error())
+
 // open decrypts one token with the path the index gives its tag.
-func (t *Tokens) open(ctx context.Context, tok token) ([]byte, error) {
+func (t *Tokens) open(ctx context.Context, tok token.Token) ([]byte, error) {
 	if t.idx == nil {
-		return nil, fail(ReasonNoIndex, hintHelper+"; a document payload must be the complete file sops wrote")
+		return nil, fail(ReasonNoIndex, "")
 	}
-	path, ok := t.idx.paths[string(tok.tag)]
+	path, ok := t.idx.paths[string(tok.Tag)]
 	if !ok {
-		return nil, fail(ReasonNotIndexed, hintHelper+"; was the annotation rendered from other values than the token?")
+		return nil, fail(ReasonNotIndexed, "")
 	}
-	aead, err := t.cipher(ctx, len(tok.iv))
+	aead, err := t.cipher(ctx, len(tok.IV))
 	if err != nil {
 		return nil, err
 	}
-	plain, err := aead.Open(tok.sealed[:0], tok.iv, tok.sealed, []byte(path))
+	plain, err := aead.Open(tok.Sealed[:0], tok.IV, tok.Sealed, []byte(path))
 	if err != nil {
 		return nil, fail(ReasonCorrupt, fmt.Sprintf("the token for values path %s does not authenticate: the token or its path was edited, or it comes from another encrypted values file than the index (pass one encrypted values file per release)", quote.Capped(path, maxPathInMessage)))
 	}
-	return render(tok.typ, plain)
+	return render(tok.Type, plain)
 }
 
 // cipher returns the AES-GCM of the index's data key for a nonce size,
@@ -237,13 +235,13 @@ func (d *Decryptor) blockFor(ctx context.Context, m sops.Metadata, access keysou
 	key, keys, err := d.unwrap(ctx, m, access)
 	var e *Error
 	if errors.As(err, &e) && e.Reason == ReasonNoKey {
-		return nil, nil, fail(ReasonNoKey, "the values file whose metadata the sops-webhook.values helper rendered: "+e.Hint)
+		return nil, nil, fail(ReasonNoKey, "the values file whose metadata the index holds: "+e.Detail)
 	}
 	if err != nil {
 		return nil, nil, err
 	}
 	block, err := aes.NewCipher(key)
-	if err != nil || len(key) != 32 {
+	if err != nil || len(key) != store.DataKeySize {
 		return nil, nil, fail(ReasonMalformed, "the data key is not an AES-256 key")
 	}
 	return block, keys, nil
@@ -259,7 +257,7 @@ func parseMetadata(raw json.RawMessage) (m sops.Metadata, err error) {
 	}()
 	doc := make([]byte, 0, len(raw)+10)
 	doc = append(append(append(doc, `{"sops":`...), raw...), '}')
-	tree, err := stores[FormatJSON].LoadEncryptedFile(doc)
+	tree, err := stores[FormatJSON].Load(doc)
 	if err != nil {
 		return sops.Metadata{}, fail(ReasonBadIndex, "its sops metadata does not parse")
 	}
@@ -293,112 +291,4 @@ func render(typ string, plain []byte) ([]byte, error) {
 		return strconv.AppendBool(nil, b), nil
 	}
 	return nil, fail(ReasonUnsupported, fmt.Sprintf("ENC[...] tokens of type %q cannot appear in Helm values", typ))
-}
-
-// token is one parsed ENC[AES256_GCM,...] token. Its decoded fields share
-// one buffer, the ciphertext and the tag side by side as AES-GCM opens
-// them (sealed), so a token costs one allocation.
-type token struct {
-	data, iv []byte
-	// sealed is data followed by the tag; opening it in place is allowed.
-	sealed []byte
-	// tag is the tag as written, a slice of the parsed text: the index's
-	// key.
-	tag []byte
-	typ string
-}
-
-// parseToken parses the token at the start of s, which starts with
-// tokenMarker, and returns it with its length in bytes. The grammar is the
-// one sops writes (scanToken). The token's tag refers to s.
-func parseToken(s []byte) (tok token, n int, err error) {
-	text, typ, n := scanToken(s)
-	if n == 0 {
-		return token{}, 0, errMalformedToken
-	}
-	tok.typ = typeName(typ)
-
-	b64 := base64.StdEncoding
-	data, iv, tag := text[0], text[1], text[2]
-	buf := make([]byte, b64.DecodedLen(len(data))+b64.DecodedLen(len(tag))+b64.DecodedLen(len(iv)))
-	dn, err := b64.Decode(buf, data)
-	if err != nil {
-		return token{}, 0, errMalformedToken
-	}
-	tn, err := b64.Decode(buf[dn:], tag)
-	if err != nil || tn != 16 {
-		return token{}, 0, errMalformedToken
-	}
-	in, err := b64.Decode(buf[dn+tn:], iv)
-	if err != nil || in < 12 {
-		return token{}, 0, errMalformedToken
-	}
-	tok.data = buf[:dn:dn]
-	tok.sealed = buf[: dn+tn : dn+tn]
-	tok.iv = buf[dn+tn : dn+tn+in : dn+tn+in]
-	tok.tag = tag
-	return tok, n, nil
-}
-
-// scanToken reads the token at the start of s in the grammar sops writes,
-// ENC[AES256_GCM,data:B64,iv:B64,tag:B64,type:NAME], without decoding it:
-// the data, iv and tag as written, the type name, and the token's length,
-// 0 when s does not start with such a token.
-func scanToken(s []byte) (text [3][]byte, typ []byte, n int) {
-	if !bytes.HasPrefix(s, tokenMarker) {
-		return text, nil, 0
-	}
-	n = len(tokenMarker)
-	for i, prefix := range [...]string{"", ",iv:", ",tag:"} {
-		if len(s)-n < len(prefix) || string(s[n:n+len(prefix)]) != prefix {
-			return text, nil, 0
-		}
-		n += len(prefix)
-		start := n
-		for n < len(s) && n-start <= maxTokenPartSize && base64Char[s[n]] {
-			n++
-		}
-		text[i] = s[start:n]
-	}
-	if len(s)-n < len(",type:") || string(s[n:n+len(",type:")]) != ",type:" {
-		return text, nil, 0
-	}
-	n += len(",type:")
-	start := n
-	for n < len(s) && n-start < 16 && s[n] >= 'a' && s[n] <= 'z' {
-		n++
-	}
-	if n == start || n >= len(s) || s[n] != ']' {
-		return text, nil, 0
-	}
-	return text, s[start:n], n + 1
-}
-
-// typeName returns a token's type name, the names sops writes without
-// allocating.
-func typeName(b []byte) string {
-	switch string(b) {
-	case "str":
-		return "str"
-	case "int":
-		return "int"
-	case "float":
-		return "float"
-	case "bool":
-		return "bool"
-	case "time":
-		return "time"
-	case "comment":
-		return "comment"
-	case "bytes":
-		return "bytes"
-	}
-	return string(b)
-}
-
-// errMalformedToken is parseToken's error: one value, as it quotes nothing.
-var errMalformedToken = fail(ReasonMalformed, "a truncated or malformed ENC[...] token")
-
-func isBase64Char(c byte) bool {
-	return c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '+' || c == '/' || c == '='
 }

@@ -164,14 +164,14 @@ func TestTokensFailures(t *testing.T) {
 		index  *string // nil: no index at all
 		value  string
 		reason decrypt.Reason
-		hint   string
+		detail string
 	}{
-		{"no index", nil, tok, decrypt.ReasonNoIndex, "sops-webhook.values"},
-		{"token missing from the index", ptr(editPath(t, index, "db:password:", "")), tok, decrypt.ReasonNotIndexed, "sops-webhook.values"},
+		{"no index", nil, tok, decrypt.ReasonNoIndex, "without SOPS metadata"},
+		{"token missing from the index", ptr(editPath(t, index, "db:password:", "")), tok, decrypt.ReasonNotIndexed, "missing from the values index"},
 		{"path edited in the index", ptr(editPath(t, index, "db:password:", "db:user:")), tok, decrypt.ReasonCorrupt, `"db:user:"`},
 		{"ciphertext edited", ptr(index), flipData(tok), decrypt.ReasonCorrupt, "edited"},
 		{"index from another encryption of the file", ptr(withMetadataOf(t, index, indexAgain)), tok, decrypt.ReasonCorrupt, "one encrypted values file"},
-		{"index for a key not held", ptr(withMetadataOf(t, index, indexOther)), tok, decrypt.ReasonNoKey, "sops-webhook.values helper rendered: it is encrypted for: age " + strconv.Quote(other.Recipient)},
+		{"index for a key not held", ptr(withMetadataOf(t, index, indexOther)), tok, decrypt.ReasonNoKey, "whose metadata the index holds: it is encrypted for: age " + strconv.Quote(other.Recipient)},
 		{"truncated token", ptr(index), tok[:len(tok)-1], decrypt.ReasonMalformed, "truncated"},
 		{"token cut after the marker", ptr(index), "x: ENC[AES256_GCM,data:", decrypt.ReasonMalformed, ""},
 		{"short tag", ptr(index), "ENC[AES256_GCM,data:AAAA,iv:" + strings.Repeat("A", 44) + ",tag:AAAA,type:str]", decrypt.ReasonMalformed, ""},
@@ -191,7 +191,7 @@ func TestTokensFailures(t *testing.T) {
 				idx, err = decrypt.ParseIndex([]byte(*tt.index))
 				if err != nil {
 					assert.True(t, decrypt.IsReason(err, tt.reason), "got %v", err)
-					assert.Contains(t, err.Error(), tt.hint)
+					assert.Contains(t, err.Error(), tt.detail)
 					return
 				}
 			}
@@ -199,7 +199,7 @@ func TestTokensFailures(t *testing.T) {
 			require.Error(t, err)
 			assert.Nil(t, out, "nothing is returned half-decrypted")
 			assert.True(t, decrypt.IsReason(err, tt.reason), "got %v", err)
-			assert.Contains(t, err.Error(), tt.hint)
+			assert.Contains(t, err.Error(), tt.detail)
 			assert.NotContains(t, err.Error(), "s3cr3t")
 		})
 	}

@@ -95,7 +95,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 		for _, target := range []struct {
 			name string
 			srv  http.Handler
-		}{{"webhook", h}, {"noop", &webhook.Admission{Handler: noop}}} {
+		}{{"webhook", mutate.NewServer(h, mutate.Gate{})}, {"noop", &webhook.Admission{Handler: noop}}} {
 			srv := target.srv
 			b.Run(name+"/"+target.name, func(b *testing.B) {
 				b.ReportAllocs()

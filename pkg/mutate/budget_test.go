@@ -26,20 +26,10 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/metrics"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
-
-// plainDecryptor decrypts every document to the same text and counts the
-// documents it was asked for.
-type plainDecryptor struct{ calls atomic.Int64 }
-
-func (p *plainDecryptor) Document(context.Context, []byte, decrypt.Format, keysource.Access) (decrypt.Result, error) {
-	p.calls.Add(1)
-	return decrypt.Result{Plaintext: []byte("A=1\n"), Format: decrypt.FormatDotenv, Keys: []string{"k"}}, nil
-}
-func (p *plainDecryptor) Tokens(*decrypt.Index, keysource.Access) *decrypt.Tokens { return nil }
-func (p *plainDecryptor) Index([]byte) (*decrypt.Index, error)                    { return nil, nil }
 
 // dotenvDocument is a value Detect takes for a dotenv SOPS document, of
 // about n bytes.
@@ -60,10 +50,10 @@ func TestBudget(t *testing.T) {
 	defer hold()
 
 	reg := prometheus.NewRegistry()
-	m, err := mutate.NewMetrics(reg)
+	m, err := metrics.New(reg)
 	require.NoError(t, err)
 	require.NoError(t, m.WatchLanes(b.Lanes()...))
-	d := &plainDecryptor{}
+	d := &fakeDecryptor{}
 	h := mutate.NewHandler(static(mutate.Engine{Decryptor: d}), mutate.WithMetrics(m), mutate.WithBudget(b))
 	handle := func(data map[string][]byte) admission.Response {
 		return h.Handle(context.Background(), admission.Request{AdmissionRequest: request(t, "Secret", admissionv1.Create, secret("app", data))})
@@ -78,7 +68,7 @@ func TestBudget(t *testing.T) {
 		assert.Contains(t, msg, "the request is not at fault: retry it")
 		assert.Zero(t, d.calls.Load(), "nothing is decrypted before it is admitted")
 		assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_budget_refusals_total", map[string]string{"lane": "large"}))
-		assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_admission_requests_total", map[string]string{"kind": "Secret", "operation": "CREATE", "outcome": mutate.OutcomeErrored}))
+		assert.Equal(t, 1.0, counter(t, reg, "sops_webhook_admission_requests_total", map[string]string{"kind": "Secret", "operation": "CREATE", "outcome": metrics.OutcomeErrored}))
 	})
 	t.Run("a small document does not wait behind it", func(t *testing.T) {
 		resp := handle(map[string][]byte{"app.env": dotenvDocument(1 << 10)})
@@ -114,22 +104,21 @@ func TestBudget(t *testing.T) {
 	})
 }
 
-// TestBodyGate holds the body lane, then the handling lane: a large
+// TestGate holds the body lane, then the handling lane: a large
 // request is answered at once, as a review with a retryable 503 result when
 // its head can be read, else with a retryable Kubernetes Status; a refused
 // body is never handed on; a small body passes both, and a large one
 // without a SOPS marker passes the handling lane.
-func TestBodyGate(t *testing.T) {
+func TestGate(t *testing.T) {
 	lane := budget.NewLane("bodies", "reading", 1<<20, 0, 50*time.Millisecond)
 	handling := budget.NewLane("heavy", "handling", 1<<20, 1, 50*time.Millisecond)
 	reg := prometheus.NewRegistry()
-	m, err := mutate.NewMetrics(reg)
+	m, err := metrics.New(reg)
 	require.NoError(t, err)
 	var served atomic.Int64
-	srv := httptest.NewServer(mutate.BodyGate(mutate.Gate{Bodies: lane, Handling: handling, Metrics: m}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(mutate.NewProbeServer(mutate.Gate{Bodies: lane, Handling: handling, Metrics: m}, func(http.ResponseWriter, *http.Request, []byte) {
 		served.Add(1)
-		_, _ = io.Copy(io.Discard, r.Body)
-	})))
+	}))
 	defer srv.Close()
 	postBody := func(body []byte) *http.Response {
 		resp, err := http.Post(srv.URL, "application/json", bytes.NewReader(body))
@@ -210,31 +199,30 @@ func withMarker(n int) []byte {
 	return b
 }
 
-// TestBodyGateHandlesLargeRequestsInSlots sends large requests at once
+// TestGateHandlesLargeRequestsInSlots sends large requests at once
 // through a gate with two handling slots: never more than two are handled
 // together, every one is answered; and a client that does not read its
 // answer holds no slot.
-func TestBodyGateHandlesLargeRequestsInSlots(t *testing.T) {
+func TestGateHandlesLargeRequestsInSlots(t *testing.T) {
 	const slots, senders = 2, 8
 	bodies := budget.NewLane("bodies", "reading", 64<<20, 0, 10*time.Second)
 	handling := budget.NewLane("heavy", "handling", 64<<20, slots, 10*time.Second)
-	m, err := mutate.NewMetrics(prometheus.NewRegistry())
+	m, err := metrics.New(prometheus.NewRegistry())
 	require.NoError(t, err)
 	var running, most atomic.Int64
 	answer := bytes.Repeat([]byte("x"), 16<<20) // more than the sockets buffer
-	srv := httptest.NewServer(mutate.BodyGate(mutate.Gate{Bodies: bodies, Handling: handling, Metrics: m}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(mutate.NewProbeServer(mutate.Gate{Bodies: bodies, Handling: handling, Metrics: m}, func(w http.ResponseWriter, r *http.Request, body []byte) {
 		n := running.Add(1)
 		defer running.Add(-1)
 		for old := most.Load(); n > old && !most.CompareAndSwap(old, n); old = most.Load() {
 		}
-		body, _ := io.ReadAll(r.Body)
 		time.Sleep(20 * time.Millisecond)
 		if r.URL.Path == "/big" {
 			_, _ = w.Write(answer)
 			return
 		}
 		_, _ = w.Write(body[:1])
-	})))
+	}))
 	defer srv.Close()
 	post := func(path string) (*http.Response, error) {
 		return http.Post(srv.URL+path, "application/json", bytes.NewReader(withMarker(256<<10)))
@@ -274,19 +262,19 @@ func TestBodyGateHandlesLargeRequestsInSlots(t *testing.T) {
 	assert.EqualValues(t, len(answer), n, "the buffered answer arrives whole")
 }
 
-// TestBodyGateAdmitsBytesAsTheyArrive announces large bodies and sends
+// TestGateAdmitsBytesAsTheyArrive announces large bodies and sends
 // little or nothing: the bodies lane admits only what arrived (fourfold at
 // most), an idle announcement holds nothing, and a body that does not
 // arrive within the deadline is answered 408 and its admission given back,
 // while another client's request is answered meanwhile.
-func TestBodyGateAdmitsBytesAsTheyArrive(t *testing.T) {
+func TestGateAdmitsBytesAsTheyArrive(t *testing.T) {
 	bodies := budget.NewLane("bodies", "reading", 64<<20, 0, time.Second)
 	handling := budget.NewLane("heavy", "handling", 64<<20, 1, time.Second)
-	m, err := mutate.NewMetrics(prometheus.NewRegistry())
+	m, err := metrics.New(prometheus.NewRegistry())
 	require.NoError(t, err)
 	const deadline = 700 * time.Millisecond
-	srv := httptest.NewServer(mutate.BodyGate(mutate.Gate{Bodies: bodies, Handling: handling, Metrics: m, Deadline: deadline},
-		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.Copy(io.Discard, r.Body) })))
+	srv := httptest.NewServer(mutate.NewProbeServer(mutate.Gate{Bodies: bodies, Handling: handling, Metrics: m, Deadline: deadline},
+		func(http.ResponseWriter, *http.Request, []byte) {}))
 	defer srv.Close()
 
 	// announce opens a connection that announces n bytes and sends sent.

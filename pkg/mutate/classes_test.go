@@ -17,18 +17,10 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/metrics"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
-
-// failing is a Decryptor whose every document fails with one reason.
-type failing struct{ reason decrypt.Reason }
-
-func (f failing) Document(context.Context, []byte, decrypt.Format, keysource.Access) (decrypt.Result, error) {
-	return decrypt.Result{}, &decrypt.Error{Reason: f.reason, Hint: "a hint"}
-}
-func (f failing) Tokens(*decrypt.Index, keysource.Access) *decrypt.Tokens { return nil }
-func (f failing) Index([]byte) (*decrypt.Index, error)                    { return nil, nil }
 
 // TestErrorClasses sends a document through the handler once per reason in
 // decrypt's table: the request's faults are denied (403), the webhook's or a
@@ -42,18 +34,18 @@ func TestErrorClasses(t *testing.T) {
 	for _, r := range reasons {
 		t.Run(r.Label(), func(t *testing.T) {
 			reg := prometheus.NewRegistry()
-			m, err := mutate.NewMetrics(reg)
+			m, err := metrics.New(reg)
 			require.NoError(t, err)
-			h := mutate.NewHandler(static(mutate.Engine{Decryptor: failing{r}}), mutate.WithMetrics(m))
+			h := mutate.NewHandler(static(mutate.Engine{Decryptor: &fakeDecryptor{fail: r}}), mutate.WithMetrics(m))
 			resp := h.Handle(context.Background(), req)
 			require.False(t, resp.Allowed)
 			msg := messageOf(resp)
 			assert.Contains(t, msg, "Secret team-a/app field data.app.env")
 			assert.Contains(t, msg, string(r))
 
-			wantCode, wantOutcome := 403, mutate.OutcomeDenied
+			wantCode, wantOutcome := 403, metrics.OutcomeDenied
 			if r.Retryable() {
-				wantCode, wantOutcome = 503, mutate.OutcomeErrored
+				wantCode, wantOutcome = 503, metrics.OutcomeErrored
 				if r == decrypt.ReasonInternal {
 					wantCode = 500
 				}

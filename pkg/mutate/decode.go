@@ -5,103 +5,95 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"reflect"
 
+	admissionv1 "k8s.io/api/admission/v1"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 	kjson "sigs.k8s.io/json"
 
-	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
 )
 
-// object is the part of a Secret or ConfigMap the mutation works on.
-type object struct {
-	kind        string
-	namespace   string
-	name        string
-	annotations map[string]string
-	fields      []field
-	// old is the provenance record of the object an update replaces; empty
-	// on a create.
-	old provenance
+// review is an AdmissionReview as decodeReview read it.
+type review struct {
+	apiVersion string
+	req        admission.Request
+	// obj is the request's object, nil when it was not decoded.
+	obj *object
 }
 
-// provenance is what AnnotationDecrypted and AnnotationKeys say.
-type provenance struct{ decrypted, keys string }
-
-// provenanceJSON is an old object as the handler reads it: only the
-// annotations the webhook writes, from which an update's record is merged.
-// The rest is skipped unread. The tags are AnnotationDecrypted and
-// AnnotationKeys (TestProvenanceTags).
-type provenanceJSON struct {
-	Metadata struct {
-		Annotations struct {
-			Decrypted string `json:"sops-webhook.io/decrypted"`
-			Keys      string `json:"sops-webhook.io/keys"`
-		} `json:"annotations"`
-	} `json:"metadata"`
+// reviewJSON is an AdmissionReview as the handler reads it: the request's
+// object decoded as O, of its old object only the provenance record.
+type reviewJSON[O any] struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Request    *struct {
+		admissionv1.AdmissionRequest
+		// These shadow AdmissionRequest's fields of the same names.
+		Object    O             `json:"object"`
+		OldObject oldObjectJSON `json:"oldObject"`
+	} `json:"request"`
 }
 
-// oldObjectJSON is a review's old object: its provenance record, decoded
-// only when its bytes name the annotations. An old object never makes a
-// review fail: one that does not decode has no record.
-type oldObjectJSON struct{ provenance }
+// notReviewError is decodeReview's error for a body that is not a review
+// the webhook answers.
+type notReviewError struct{ reason string }
 
-func (o *oldObjectJSON) UnmarshalJSON(raw []byte) error {
-	o.provenance = decodeProvenance(raw)
-	return nil
-}
+func (e *notReviewError) Error() string { return e.reason }
 
-// decodeProvenance reads the provenance record of raw, an old object; one
-// that does not decode, or does not mention the annotations, has none.
-func decodeProvenance(raw []byte) provenance {
-	if !mentionsProvenance(raw) {
-		return provenance{}
+// decodeReview decodes body, an AdmissionReview, in one pass, with its
+// object when withObject, case-sensitively as the API server encodes it,
+// and never keeping the old object but its provenance record.
+//
+// Its error is a *notReviewError, and rv zero, when body is not a review
+// the webhook answers. Any other error is the object's, which did not
+// decode: rv then holds the request, which the error refuses as a bad one.
+// No error quotes the body.
+func decodeReview(body []byte, withObject bool) (rv review, err error) {
+	var objErr error
+	if withObject {
+		objErr = checkMembers(body)
 	}
-	var p provenanceJSON
-	if kjson.UnmarshalCaseSensitivePreserveInts(raw, &p) != nil {
-		return provenance{}
+	if withObject && objErr == nil {
+		var in reviewJSON[objectJSON]
+		if objErr = kjson.UnmarshalCaseSensitivePreserveInts(body, &in); objErr == nil {
+			if rv, err = in.review(); err != nil {
+				return review{}, err
+			}
+			if rv.obj, err = in.Request.Object.object(rv.req.Kind.Kind); err == nil {
+				rv.obj.old = in.Request.OldObject.provenance
+			}
+			return rv, err
+		}
 	}
-	a := p.Metadata.Annotations
-	return provenance{decrypted: a.Decrypted, keys: a.Keys}
-}
-
-// mentionsProvenance reports whether raw may carry the annotations only
-// the webhook writes, which it must then check even without SOPS content.
-func mentionsProvenance(raw []byte) bool {
-	return bytes.Contains(raw, quotedDecrypted) || bytes.Contains(raw, quotedKeys)
-}
-
-// AnnotationDecrypted and AnnotationKeys as JSON strings.
-var (
-	quotedDecrypted = []byte(`"` + AnnotationDecrypted + `"`)
-	quotedKeys      = []byte(`"` + AnnotationKeys + `"`)
-)
-
-func (o object) String() string {
-	name := o.name
-	if name == "" {
-		name = "(generated name)"
+	// Not asked for, or it did not decode: read the review without it.
+	var in reviewJSON[skipValue]
+	if err := kjson.UnmarshalCaseSensitivePreserveInts(body, &in); err != nil {
+		return review{}, &notReviewError{"the body is not an AdmissionReview: " + describeJSONError(err)}
 	}
-	return fmt.Sprintf("%s %s/%s", o.kind, o.namespace, name)
+	if rv, err = in.review(); err != nil || objErr == nil {
+		return rv, err
+	}
+	return rv, fmt.Errorf("decode %s: %s", rv.req.Kind.Kind, describeJSONError(objErr))
 }
 
-// binaryDataKey is how a ConfigMap's base64 section appears in its JSON.
-var binaryDataKey = []byte(`"binaryData"`)
-
-// mayHoldBase64 reports whether an object can carry base64 values: every
-// Secret, and a ConfigMap only with binaryData. It spares a ConfigMap of
-// text the base64 marker scans.
-func mayHoldBase64(kind string, raw []byte) bool {
-	return kind == "Secret" || bytes.Contains(raw, binaryDataKey)
-}
-
-// mayHoldSOPS is the screen before anything is decoded: it reports whether
-// raw, an object or a whole review, holds a SOPS marker in plain text (as in
-// ConfigMap data and a values index) or, when withBase64, in base64 (as in
-// Secret data and ConfigMap binaryData). False means raw certainly holds no
-// SOPS content.
-func mayHoldSOPS(raw []byte, withBase64 bool) bool {
-	return decrypt.HasMarker(raw) || withBase64 && decrypt.MayHoldBase64Marker(raw)
+// review returns in's version and request, or why it is not a review the
+// webhook answers. A review without apiVersion and kind is taken as v1, as
+// controller-runtime takes it.
+func (in *reviewJSON[O]) review() (review, error) {
+	switch {
+	case in.Kind != "" && in.Kind != "AdmissionReview":
+		return review{}, &notReviewError{fmt.Sprintf("the body is a %q, not an AdmissionReview", in.Kind)}
+	case in.APIVersion != "" && in.APIVersion != reviewV1 && in.APIVersion != reviewV1beta1:
+		return review{}, &notReviewError{fmt.Sprintf("AdmissionReview version %q is not served: send %s", in.APIVersion, reviewV1)}
+	case in.Request == nil:
+		return review{}, &notReviewError{"the AdmissionReview holds no request"}
+	}
+	rv := review{apiVersion: in.APIVersion, req: admission.Request{AdmissionRequest: in.Request.AdmissionRequest}}
+	if rv.apiVersion == "" {
+		rv.apiVersion = reviewV1
+	}
+	return rv, nil
 }
 
 // objectJSON is the part of a Secret or ConfigMap the handler reads, decoded
@@ -193,41 +185,42 @@ func closingQuote(b []byte, from int) int {
 }
 
 // decodeObject decodes raw, a Secret or ConfigMap, as the API server does:
-// field names match case-sensitively. skip is non-empty when the object is
-// one the webhook never touches.
-func decodeObject(kind string, raw []byte) (obj object, skip string, err error) {
+// field names match case-sensitively.
+func decodeObject(kind string, raw []byte) (*object, error) {
 	if err := checkMembers(raw); err != nil {
-		return object{}, "", fmt.Errorf("decode %s: %w", kind, err)
+		return nil, fmt.Errorf("decode %s: %w", kind, err)
 	}
 	var o objectJSON
 	if err := kjson.UnmarshalCaseSensitivePreserveInts(raw, &o); err != nil {
-		return object{}, "", fmt.Errorf("decode %s: %s", kind, describeJSONError(err))
+		return nil, fmt.Errorf("decode %s: %s", kind, describeJSONError(err))
 	}
 	return o.object(kind)
 }
 
 // object returns o as the kind it was sent as; errors name the field and
-// never quote a value.
-func (o *objectJSON) object(kind string) (obj object, skip string, err error) {
+// never quote a value. A Helm release record is returned without its
+// fields, which are never read.
+func (o *objectJSON) object(kind string) (*object, error) {
 	m := o.Metadata
-	obj = object{kind: kind, namespace: m.Namespace, name: m.Name, annotations: m.Annotations}
+	obj := &object{kind: kind, namespace: m.Namespace, name: m.Name, annotations: m.Annotations}
 	if kind != "Secret" {
 		obj.fields = configMapFields(o.Data, o.BinaryData)
-		return obj, "", nil
+		return obj, nil
 	}
 	if o.Type == HelmReleaseSecretType {
-		return object{}, "Helm release records are never modified", nil
+		obj.helmRelease = true
+		return obj, nil
 	}
 	data := make(map[string][]byte, len(o.Data))
 	for k, v := range o.Data {
 		b, err := base64.StdEncoding.DecodeString(v)
 		if err != nil {
-			return object{}, "", fmt.Errorf("decode Secret: field data.%s is not base64", k)
+			return nil, fmt.Errorf("decode Secret: field data.%s is not base64", k)
 		}
 		data[k] = b
 	}
 	obj.fields = secretFields(data)
-	return obj, "", nil
+	return obj, nil
 }
 
 // describeJSONError says where and why JSON could not be decoded without

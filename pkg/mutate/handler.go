@@ -17,7 +17,9 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/internal/deferlog"
 	"github.com/sops-webhook/sops-webhook/pkg/internal/lazyctx"
+	"github.com/sops-webhook/sops-webhook/pkg/metrics"
 )
 
 // MaxDocumentsPerObject caps the SOPS documents one object may carry, which
@@ -29,9 +31,37 @@ const MaxDocumentsPerObject = 256
 // clear, retryable refusal rather than the API server's own timeout.
 const DefaultDecryptTimeout = 5 * time.Second
 
-// skipNoSOPS is the message of a request allowed untouched because its
-// object holds no SOPS content.
-const skipNoSOPS = "no SOPS content"
+// skip is why a request is allowed untouched.
+type skip uint8
+
+const (
+	skipKind skip = iota + 1
+	skipOperation
+	skipNoSOPS
+	skipHelmRelease
+)
+
+// response allows the request with s's message.
+func (s skip) response() admission.Response {
+	return admission.Allowed([...]string{
+		skipKind:        "not a Secret or ConfigMap",
+		skipOperation:   "operation not handled",
+		skipNoSOPS:      "no SOPS content",
+		skipHelmRelease: "Helm release records are never modified",
+	}[s])
+}
+
+// skipRequest is why req is skipped whatever its object holds, or 0: the
+// handler takes creates and updates of core Secrets and ConfigMaps.
+func skipRequest(req admission.Request) skip {
+	switch {
+	case req.Kind.Group != "" || (req.Kind.Kind != "Secret" && req.Kind.Kind != "ConfigMap"):
+		return skipKind
+	case req.Operation != admissionv1.Create && req.Operation != admissionv1.Update:
+		return skipOperation
+	}
+	return 0
+}
 
 // Decryptor is what the handler needs of package decrypt.
 type Decryptor interface {
@@ -58,10 +88,10 @@ type Engine struct {
 // Handler is the admission handler for Secrets and ConfigMaps.
 type Handler struct {
 	engine  func() Engine
-	metrics *Metrics
+	metrics *metrics.Metrics
 	timeout time.Duration
 	budget  *budget.Budget
-	// log is ServeHTTP's; each request logs with its ids added.
+	// log is the Server's; each request logs with its ids added.
 	log logr.Logger
 }
 
@@ -76,11 +106,11 @@ func WithTimeout(d time.Duration) Option { return func(h *Handler) { h.timeout =
 // in flight.
 func WithBudget(b *budget.Budget) Option { return func(h *Handler) { h.budget = b } }
 
-// WithLogger makes ServeHTTP log through log. Without it, it logs nothing.
+// WithLogger makes the Server log through log. Without it, it logs nothing.
 func WithLogger(log logr.Logger) Option { return func(h *Handler) { h.log = log } }
 
 // WithMetrics records requests and decryptions in m.
-func WithMetrics(m *Metrics) Option { return func(h *Handler) { h.metrics = m } }
+func WithMetrics(m *metrics.Metrics) Option { return func(h *Handler) { h.metrics = m } }
 
 // NewHandler returns a Handler that handles each request with the Engine
 // engine returns at its start.
@@ -95,29 +125,55 @@ func NewHandler(engine func() Engine, opts ...Option) *Handler {
 var _ admission.Handler = (*Handler)(nil)
 
 // Handle decrypts the SOPS payloads of a Secret or ConfigMap being created or
-// updated. Objects without SOPS content are allowed without a patch; a
-// payload that cannot be decrypted refuses the request (refusal.response).
-// The webhook's server calls the same flow from ServeHTTP, with the object
-// decoded along with the review.
+// updated, as a controller-runtime admission.Handler. Objects without SOPS
+// content are allowed without a patch; a payload that cannot be decrypted
+// refuses the request (refusal.response). The webhook's Server takes the
+// same flow through serveReview, which decodes the object with the review.
 func (h *Handler) Handle(ctx context.Context, req admission.Request) admission.Response {
-	return h.handle(ctx, req, func() (object, string, error) {
-		raw := req.Object.Raw
-		if !mayHoldSOPS(raw, mayHoldBase64(req.Kind.Kind, raw)) && !mentionsProvenance(raw) {
-			return object{}, skipNoSOPS, nil
+	var (
+		obj *object
+		err error
+	)
+	raw := req.Object.Raw
+	if screenBytes(raw, mayHoldBase64(req.Kind.Kind, raw)).decode() {
+		if obj, err = decodeObject(req.Kind.Kind, raw); err == nil {
+			obj.old = decodeProvenance(req.OldObject.Raw)
 		}
-		obj, skip, err := decodeObject(req.Kind.Kind, raw)
-		obj.old = decodeProvenance(req.OldObject.Raw)
-		return obj, skip, err
-	})
+	}
+	return h.handle(ctx, req, obj, err)
 }
 
-// handle is the one flow of a request. decode is called once the request is
-// known to be a create or update of a Secret or ConfigMap: it returns the
-// object, or why it is skipped (skipNoSOPS among them), or an error
-// that makes the request a bad one.
-func (h *Handler) handle(ctx context.Context, req admission.Request, decode func() (object, string, error)) (resp admission.Response) {
+// serveReview answers the review in body, which the Server read and
+// screened: it decodes the review once, with its object only when the
+// screen found something to decode, and handles its request.
+func (h *Handler) serveReview(w http.ResponseWriter, r *http.Request, body []byte, sc screen) {
+	rv, err := decodeReview(body, sc.decode())
+	var notReview *notReviewError
+	if errors.As(err, &notReview) {
+		writeReview(w, reviewV1, admission.Errored(http.StatusBadRequest, fmt.Errorf("sops-webhook: %w", err)))
+		return
+	}
+	req := rv.req
+	ctx := logf.IntoContext(r.Context(), deferlog.WithValues(h.log,
+		"requestID", req.UID, "kind", req.Kind.Kind, "namespace", req.Namespace, "name", req.Name,
+		"operation", req.Operation, "user", req.UserInfo.Username))
+	resp := h.handle(ctx, req, rv.obj, err)
+	if err := resp.Complete(req); err != nil {
+		logf.FromContext(ctx).Error(err, "encoding the patch")
+		resp = admission.Errored(http.StatusInternalServerError, errors.New("sops-webhook: internal error encoding the patch"))
+		resp.UID = req.UID
+	}
+	writeReview(w, rv.apiVersion, resp)
+}
+
+// handle is the one flow of a request: skip early, take the decoded
+// object, mutate it, answer. obj and decodeErr are what decoding the
+// request's object gave: obj nil and no error when the screen found
+// nothing to decode; an error makes the request a bad one, unless it is
+// skipped anyway.
+func (h *Handler) handle(ctx context.Context, req admission.Request, obj *object, decodeErr error) (resp admission.Response) {
 	start := time.Now()
-	defer func() { h.metrics.observeRequest(req, resp, time.Since(start)) }()
+	defer func() { observeRequest(h.metrics, req, resp, time.Since(start)) }()
 	defer func() {
 		// controller-runtime's own recovery would put the panic value in the
 		// response and the log; a panic value may quote data, so it is
@@ -128,21 +184,17 @@ func (h *Handler) handle(ctx context.Context, req admission.Request, decode func
 		}
 	}()
 
-	// Skip early: wrong kind or operation, or no SOPS marker in the raw bytes.
-	if req.Kind.Group != "" || (req.Kind.Kind != "Secret" && req.Kind.Kind != "ConfigMap") {
-		return admission.Allowed("not a Secret or ConfigMap")
+	// Skip early: wrong kind or operation, or nothing to decode.
+	if s := skipRequest(req); s != 0 {
+		return s.response()
 	}
-	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
-		return admission.Allowed("operation not handled")
-	}
-
-	// Decode.
-	obj, skip, err := decode()
-	if err != nil {
-		return admission.Errored(http.StatusBadRequest, err)
-	}
-	if skip != "" {
-		return admission.Allowed(skip)
+	switch {
+	case decodeErr != nil:
+		return admission.Errored(http.StatusBadRequest, decodeErr)
+	case obj == nil:
+		return skipNoSOPS.response()
+	case obj.helmRelease:
+		return skipHelmRelease.response()
 	}
 	if obj.namespace == "" {
 		obj.namespace = req.Namespace
@@ -157,15 +209,15 @@ func (h *Handler) handle(ctx context.Context, req admission.Request, decode func
 	if eng.Policy != nil {
 		access = eng.Policy.Access(obj.namespace, obj.kind, req.UserInfo)
 	}
-	m, refused := h.mutate(ctx, eng.Decryptor, access, obj)
+	m, refused := h.mutate(ctx, eng.Decryptor, access, *obj)
 	log := logf.FromContext(ctx)
 	if refused != nil {
 		log.Info("refused", "field", refused.field, "retryable", refused.retryable(), "reason", refused.err.Error())
-		return refused.response(obj)
+		return refused.response(*obj)
 	}
-	ops := m.finish(obj)
+	ops := m.finish(*obj)
 	if len(ops) == 0 {
-		return admission.Allowed(skipNoSOPS)
+		return skipNoSOPS.response()
 	}
 	if m.corrected {
 		log.Info("provenance annotations the request wrote were corrected", "annotations", []string{AnnotationDecrypted, AnnotationKeys})
@@ -187,4 +239,23 @@ func (h *Handler) handle(ctx context.Context, req admission.Request, decode func
 			obj, strings.Join(m.decrypted, ",")))
 	}
 	return resp
+}
+
+// observeRequest records req, answered with resp after d, in m.
+func observeRequest(m *metrics.Metrics, req admission.Request, resp admission.Response, d time.Duration) {
+	m.Request(req.Kind.Kind, string(req.Operation), requestOutcome(resp), d)
+}
+
+// requestOutcome names a response as a metrics outcome: a 400 result is
+// counted with the webhook's errors, as controller-runtime counts it.
+func requestOutcome(resp admission.Response) string {
+	switch {
+	case resp.Result != nil && resp.Result.Code >= 500, resp.Result != nil && resp.Result.Code == 400:
+		return metrics.OutcomeErrored
+	case !resp.Allowed:
+		return metrics.OutcomeDenied
+	case len(resp.Patches) > 0:
+		return metrics.OutcomePatched
+	}
+	return metrics.OutcomeSkipped
 }

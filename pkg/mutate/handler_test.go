@@ -461,7 +461,7 @@ func TestHandlerGolden(t *testing.T) {
 			}
 			// The webhook's server decodes the review itself: the same
 			// request file posted to it gets the same answer.
-			served := serve(t, h, body)
+			served := serve(t, mutate.NewServer(h, mutate.Gate{}), body)
 			assert.Equal(t, http.StatusOK, served.Code)
 			assert.JSONEq(t, string(want), served.Body.String(), "ServeHTTP answered otherwise than Handle")
 

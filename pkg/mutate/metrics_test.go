@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sops-webhook/sops-webhook/pkg/metrics"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 )
 
@@ -21,9 +22,9 @@ import (
 // no series for them: kind and operation labels come from fixed sets.
 func TestLabelsFromFixedSets(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := mutate.NewMetrics(reg)
+	m, err := metrics.New(reg)
 	require.NoError(t, err)
-	h := goldenHandler(t, mutate.WithMetrics(m))
+	srv := mutate.NewServer(goldenHandler(t, mutate.WithMetrics(m)), mutate.Gate{})
 	for i := range 50 {
 		for _, golden := range []string{"secret-documents", "secret-no-sops"} {
 			body := goldenRequest(t, golden, func(s string) string {
@@ -32,7 +33,7 @@ func TestLabelsFromFixedSets(t *testing.T) {
 			})
 			req := httptest.NewRequest(http.MethodPost, "/mutate", bytes.NewReader(body))
 			req.Header.Set("Content-Type", "application/json")
-			h.ServeHTTP(httptest.NewRecorder(), req)
+			srv.ServeHTTP(httptest.NewRecorder(), req)
 		}
 	}
 	mfs, err := reg.Gather()
@@ -47,9 +48,9 @@ func TestLabelsFromFixedSets(t *testing.T) {
 			for _, l := range s.GetLabel() {
 				switch l.GetName() {
 				case "kind":
-					assert.True(t, slices.Contains([]string{"Secret", "ConfigMap", mutate.LabelOther}, l.GetValue()), "kind %q", l.GetValue())
+					assert.True(t, slices.Contains([]string{"Secret", "ConfigMap", metrics.LabelOther}, l.GetValue()), "kind %q", l.GetValue())
 				case "operation":
-					assert.True(t, slices.Contains([]string{"CREATE", "UPDATE", mutate.LabelOther}, l.GetValue()), "operation %q", l.GetValue())
+					assert.True(t, slices.Contains([]string{"CREATE", "UPDATE", metrics.LabelOther}, l.GetValue()), "operation %q", l.GetValue())
 				}
 			}
 		}

@@ -116,7 +116,7 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 	if h.budget != nil && weight > 0 {
 		release, err := h.budget.Acquire(ctx, weight)
 		if err != nil {
-			h.metrics.observeBusy(err)
+			h.metrics.Busy(err)
 			return mutation{}, &refusal{err: err}
 		}
 		defer release()
@@ -135,7 +135,7 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 				tokens = d.Tokens(idx, access)
 			}
 			plain, err := tokens.Decrypt(ctx, f.value)
-			h.metrics.observeDecryption(format, decrypt.ReasonOf(err))
+			h.metrics.Decryption(format, decrypt.ReasonOf(err))
 			if err != nil {
 				return mutation{}, &refusal{field: f.path(), err: err}
 			}
@@ -150,7 +150,7 @@ func (h *Handler) mutate(ctx context.Context, d Decryptor, access keysource.Acce
 			return mutation{}, &refusal{field: f.path(), err: fmt.Errorf("more than %d SOPS documents in one object", MaxDocumentsPerObject)}
 		}
 		res, err := d.Document(ctx, f.value, format, access)
-		h.metrics.observeDecryption(format, decrypt.ReasonOf(err))
+		h.metrics.Decryption(format, decrypt.ReasonOf(err))
 		if err != nil {
 			return mutation{}, &refusal{field: f.path(), err: err}
 		}
@@ -194,7 +194,7 @@ func (h *Handler) index(d Decryptor, obj object) (*decrypt.Index, *refusal) {
 	}
 	idx, err := d.Index([]byte(raw))
 	if err != nil {
-		h.metrics.observeDecryption(decrypt.FormatTokens, decrypt.ReasonOf(err))
+		h.metrics.Decryption(decrypt.FormatTokens, decrypt.ReasonOf(err))
 		return nil, &refusal{field: valuesField, err: err}
 	}
 	return idx, nil

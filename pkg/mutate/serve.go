@@ -4,14 +4,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
 
+	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
-	kjson "sigs.k8s.io/json"
+
+	"github.com/sops-webhook/sops-webhook/pkg/budget"
+	"github.com/sops-webhook/sops-webhook/pkg/internal/lazyctx"
 )
 
 // The AdmissionReview versions the webhook answers: v1beta1 has v1's shape,
@@ -21,188 +25,121 @@ const (
 	reviewV1beta1 = "admission.k8s.io/v1beta1"
 )
 
-// ServeHTTP answers the AdmissionReview posted in r with Handle's flow. It
-// reads the body once and decodes the review once, case-sensitively as the
-// API server encodes it: with the Secret or ConfigMap when the body holds a
-// SOPS marker, skipping the objects otherwise, and never keeping the old
-// object of an update. controller-runtime's admission server would decode
-// the review twice (once to find its kind) and the handler the object a
-// third time; on a small Secret that decoding is most of a request's cost.
+// Server is the webhook's admission endpoint: it owns the Gate a request's
+// body passes and the Handler that answers its review.
+type Server struct {
+	gate Gate
+	// reviews answers a screened body: the Handler, or a test's probe.
+	reviews reviewer
+	// log is the Handler's.
+	log logr.Logger
+	// draining is set by Drain.
+	draining atomic.Bool
+}
+
+// reviewer answers the review in body, which the server read and screened.
+type reviewer interface {
+	serveReview(w http.ResponseWriter, r *http.Request, body []byte, sc screen)
+}
+
+// NewServer returns a Server that reads bodies within g and answers them
+// with h. A zero Gate reads with no lane and no deadline.
+func NewServer(h *Handler, g Gate) *Server { return &Server{gate: g, reviews: h, log: h.log} }
+
+// Drain makes the server ask each client to close its connection after its
+// answer, so kept-alive connections move to other replicas while this one
+// shuts down.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// ServeHTTP answers the AdmissionReview posted in r. Every request takes
+// the same path:
 //
-// A body that is not a review is answered with a 400 result, one larger
-// than MaxReviewSize with a 413, a panic with a 500; none quotes the body.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+//  1. its body is read within the Gate's budgets and deadline
+//     (readAdmitted);
+//  2. the body is screened once for SOPS markers and the provenance
+//     record (screenBytes);
+//  3. a large body with a marker waits for a handling slot, and its answer
+//     is buffered so that a client slow to read it holds no slot;
+//  4. the Handler decodes the review once and answers it (serveReview).
+//
+// A request not admitted in time is answered at once with a retryable
+// refusal (answerBusy); a body that does not arrive in time with 408; a
+// body larger than MaxReviewSize with a 413 result; a panic with a 500
+// result. None quotes the body.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		// handle recovers on its own; this covers reading and answering.
 		// net/http's recovery would log the panic value, which may quote
 		// the body, and leave the API server with a broken connection.
 		if p := recover(); p != nil {
-			h.log.Info("recovered from a panic serving a review; request refused")
+			s.log.Info("recovered from a panic serving a review; request refused")
 			writeReview(w, reviewV1, admission.Errored(http.StatusInternalServerError, errors.New("sops-webhook: internal error")))
 		}
 	}()
+	start := time.Now()
+	if s.draining.Load() {
+		w.Header().Set("Connection", "close")
+	}
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
 		writeReview(w, reviewV1, admission.Errored(http.StatusBadRequest, fmt.Errorf("sops-webhook: content type %q, expected application/json", ct)))
 		return
 	}
-	body, marked, err := readBody(r)
-	if err != nil {
-		code := http.StatusBadRequest
-		if errors.Is(err, errTooLarge) {
-			code = http.StatusRequestEntityTooLarge
-		}
-		writeReview(w, reviewV1, admission.Errored(int32(code), fmt.Errorf("sops-webhook: %w", err)))
-		return
+	g := s.gate
+	if g.Deadline > 0 {
+		// Errors mean the connection cannot take deadlines (only in tests'
+		// recorders); net/http resets the read deadline for the next
+		// request, and every request sets its own.
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(start.Add(g.Deadline))
+		_ = rc.SetWriteDeadline(start.Add(g.Deadline + answerGrace))
 	}
-	rv, err := decodeReview(body, marked || mentionsProvenance(body))
-	if err != nil {
+	// One wait for both lanes: a request's wait for admission is the
+	// lanes' wait, not twice that. Its timer starts only if a lane makes
+	// the request wait.
+	ctx, cancel := lazyctx.WithTimeout(r.Context(), g.wait())
+	defer cancel()
+
+	// 1. Read.
+	body, releaseBody, err := readAdmitted(ctx, g.Bodies, r.Body, r.ContentLength)
+	defer releaseBody()
+	var busy *budget.BusyError
+	switch {
+	case errors.As(err, &busy):
+		// The rest of the body is never read: the connection is closed
+		// after the answer.
+		w.Header().Set("Connection", "close")
+		answerBusy(w, err, body, g.Metrics, start)
+		return
+	case errors.Is(err, errTooLarge):
+		writeReview(w, reviewV1, admission.Errored(http.StatusRequestEntityTooLarge, fmt.Errorf("sops-webhook: %w", err)))
+		return
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		writeStatus(w, http.StatusRequestTimeout, metav1.StatusReasonTimeout,
+			fmt.Sprintf("sops-webhook: the request body did not arrive within %s", g.Deadline))
+		return
+	case err != nil:
 		writeReview(w, reviewV1, admission.Errored(http.StatusBadRequest, fmt.Errorf("sops-webhook: %w", err)))
 		return
 	}
-	req := rv.req
-	ctx := logf.IntoContext(r.Context(), withDeferredValues(h.log,
-		"requestID", req.UID, "kind", req.Kind.Kind, "namespace", req.Namespace, "name", req.Name,
-		"operation", req.Operation, "user", req.UserInfo.Username))
-	resp := h.handle(ctx, req, rv.object)
-	if err := resp.Complete(req); err != nil {
-		logf.FromContext(ctx).Error(err, "encoding the patch")
-		resp = admission.Errored(http.StatusInternalServerError, errors.New("sops-webhook: internal error encoding the patch"))
-		resp.UID = req.UID
-	}
-	writeReview(w, rv.apiVersion, resp)
-}
 
-// review is an AdmissionReview as decodeReview read it.
-type review struct {
-	apiVersion string
-	req        admission.Request
-	// obj is the decoded object, nil when it was not decoded; objErr is
-	// why it did not decode.
-	obj    *objectJSON
-	objErr error
-	// old is the provenance record of the object an update replaces.
-	old provenance
-}
+	// 2. Screen.
+	sc := screenBytes(body, true)
 
-// object is handle's decode step for the review's object: skipped when it
-// was not decoded, a bad request when it did not decode.
-func (rv review) object() (object, string, error) {
-	switch {
-	case rv.objErr != nil:
-		return object{}, "", fmt.Errorf("decode %s: %s", rv.req.Kind.Kind, describeJSONError(rv.objErr))
-	case rv.obj == nil:
-		return object{}, skipNoSOPS, nil
+	// 3. A large body that may need decrypting is handled in a slot.
+	if !sc.sops || len(body) <= budget.SmallWeight || g.Handling == nil {
+		s.reviews.serveReview(w, r, body, sc)
+		return
 	}
-	obj, skip, err := rv.obj.object(rv.req.Kind.Kind)
-	obj.old = rv.old
-	return obj, skip, err
-}
-
-// reviewJSON is an AdmissionReview as the handler reads it: the request's
-// object decoded as O, its old object skipped.
-type reviewJSON[O any] struct {
-	APIVersion string `json:"apiVersion"`
-	Kind       string `json:"kind"`
-	Request    *struct {
-		admissionv1.AdmissionRequest
-		// These shadow AdmissionRequest's fields of the same names.
-		Object    O             `json:"object"`
-		OldObject oldObjectJSON `json:"oldObject"`
-	} `json:"request"`
-}
-
-// decodeReview decodes body, an AdmissionReview, with its object when
-// withObject. An object that fails to decode is kept as the review's
-// objErr, so that it is refused as that request's bad object; err is for a
-// body that is not a review at all. Neither quotes the body.
-func decodeReview(body []byte, withObject bool) (review, error) {
-	var objErr error
-	if withObject {
-		objErr = checkMembers(body)
-	}
-	if withObject && objErr == nil {
-		var rv reviewJSON[objectJSON]
-		if objErr = kjson.UnmarshalCaseSensitivePreserveInts(body, &rv); objErr == nil {
-			apiVersion, req, err := rv.check()
-			if err != nil {
-				return review{}, err
-			}
-			return review{apiVersion: apiVersion, req: req, obj: &rv.Request.Object, old: rv.Request.OldObject.provenance}, nil
-		}
-	}
-	var rv reviewJSON[skipValue]
-	if err := kjson.UnmarshalCaseSensitivePreserveInts(body, &rv); err != nil {
-		return review{}, fmt.Errorf("the body is not an AdmissionReview: %s", describeJSONError(err))
-	}
-	apiVersion, req, err := rv.check()
+	releaseHandling, err := g.Handling.Acquire(ctx, int64(len(body)))
 	if err != nil {
-		return review{}, err
+		answerBusy(w, err, body, g.Metrics, start)
+		return
 	}
-	return review{apiVersion: apiVersion, req: req, objErr: objErr, old: rv.Request.OldObject.provenance}, nil
+	answer := &bufferedResponse{header: http.Header{}}
+	s.reviews.serveReview(answer, r, body, sc)
+	releaseHandling()
+	answer.writeTo(w)
 }
-
-// check returns the review's version and request, or why it is not a
-// review the webhook answers. A review without apiVersion and kind is taken
-// as v1, as controller-runtime takes it.
-func (rv *reviewJSON[O]) check() (apiVersion string, req admission.Request, err error) {
-	switch {
-	case rv.Kind != "" && rv.Kind != "AdmissionReview":
-		return "", req, fmt.Errorf("the body is a %q, not an AdmissionReview", rv.Kind)
-	case rv.APIVersion != "" && rv.APIVersion != reviewV1 && rv.APIVersion != reviewV1beta1:
-		return "", req, fmt.Errorf("AdmissionReview version %q is not served: send %s", rv.APIVersion, reviewV1)
-	case rv.Request == nil:
-		return "", req, errors.New("the AdmissionReview holds no request")
-	}
-	apiVersion = rv.APIVersion
-	if apiVersion == "" {
-		apiVersion = reviewV1
-	}
-	return apiVersion, admission.Request{AdmissionRequest: rv.Request.AdmissionRequest}, nil
-}
-
-// errTooLarge is readBody's error for a body over MaxReviewSize.
-var errTooLarge = fmt.Errorf("the request body is larger than %d bytes", MaxReviewSize)
-
-// readBody returns r's body, as BodyGate already read it or read now, and
-// whether it may hold SOPS content (mayHoldSOPS with base64), from the
-// gate's screen when it made one. Read here, outside a gate, it is read as
-// the gate reads it, with no lane.
-func readBody(r *http.Request) (body []byte, marked bool, err error) {
-	if b, ok := r.Body.(*readBodyOnce); ok {
-		if len(b.data) > MaxReviewSize {
-			return nil, false, errTooLarge
-		}
-		return b.data, b.marked, nil
-	}
-	body, release, err := readAdmitted(r.Context(), nil, r.Body, r.ContentLength)
-	release()
-	if err != nil {
-		return nil, false, err
-	}
-	if len(body) == 0 {
-		return nil, false, errors.New("the request body is empty")
-	}
-	return body, mayHoldSOPS(body, true), nil
-}
-
-// readBodyOnce is a body BodyGate has read and screened, handed on without
-// a copy.
-type readBodyOnce struct {
-	data   []byte
-	marked bool
-	read   int
-}
-
-func (b *readBodyOnce) Read(p []byte) (int, error) {
-	if b.read == len(b.data) {
-		return 0, io.EOF
-	}
-	n := copy(p, b.data[b.read:])
-	b.read += n
-	return n, nil
-}
-
-func (b *readBodyOnce) Close() error { return nil }
 
 // writeReview answers with resp in an AdmissionReview of apiVersion.
 func writeReview(w http.ResponseWriter, apiVersion string, resp admission.Response) {
@@ -215,5 +152,22 @@ func writeReview(w http.ResponseWriter, apiVersion string, resp admission.Respon
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(body)
+}
+
+// writeStatus answers with a Kubernetes Status, which the API server's
+// client reads as the error's message, and closes the connection.
+func writeStatus(w http.ResponseWriter, code int, reason metav1.StatusReason, msg string) {
+	body, err := json.Marshal(metav1.Status{
+		TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"},
+		Status:   metav1.StatusFailure, Message: msg, Reason: reason, Code: int32(code),
+	})
+	if err != nil {
+		http.Error(w, msg, code)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(code)
 	_, _ = w.Write(body)
 }

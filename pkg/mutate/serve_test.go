@@ -21,6 +21,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+	"github.com/sops-webhook/sops-webhook/pkg/metrics"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 )
 
@@ -191,9 +192,9 @@ func TestServeHTTP(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
-			m, err := mutate.NewMetrics(reg)
+			m, err := metrics.New(reg)
 			require.NoError(t, err)
-			h := goldenHandler(t, mutate.WithMetrics(m))
+			srv := mutate.NewServer(goldenHandler(t, mutate.WithMetrics(m)), mutate.Gate{})
 			rec := httptest.NewRecorder()
 			req := httptest.NewRequest(http.MethodPost, "/mutate", bytes.NewReader(tc.body))
 			req.Header.Set("Content-Type", "application/json")
@@ -203,7 +204,7 @@ func TestServeHTTP(t *testing.T) {
 			if tc.unannounced {
 				req.ContentLength = -1
 			}
-			h.ServeHTTP(rec, req)
+			srv.ServeHTTP(rec, req)
 			require.Equal(t, tc.status, rec.Code)
 			assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
 			var got admissionv1.AdmissionReview
@@ -237,7 +238,7 @@ func TestServeHTTP(t *testing.T) {
 // quote the golden plaintexts.
 func FuzzServeHTTP(f *testing.F) {
 	h := goldenHandler(f)
-	theirs := &webhook.Admission{Handler: h}
+	ours, theirs := mutate.NewServer(h, mutate.Gate{}), &webhook.Admission{Handler: h}
 	for _, body := range goldenRequests(f) {
 		f.Add(body)
 	}
@@ -253,9 +254,9 @@ func FuzzServeHTTP(f *testing.F) {
 		return *got.Response
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		ours := answer(t, h, body)
-		if ours.Result != nil && ours.Result.Code == http.StatusInternalServerError {
-			t.Fatalf("the webhook failed internally: %s", ours.Result.Message)
+		got := answer(t, ours, body)
+		if got.Result != nil && got.Result.Code == http.StatusInternalServerError {
+			t.Fatalf("the webhook failed internally: %s", got.Result.Message)
 		}
 		want := answer(t, theirs, body)
 		if want.UID == "" || (want.Result != nil && want.Result.Code == http.StatusBadRequest) {
@@ -263,19 +264,19 @@ func FuzzServeHTTP(f *testing.F) {
 			// found its object bad.
 			return
 		}
-		if ours.UID == "" {
+		if got.UID == "" {
 			// The webhook reads only reviews that say they are one, in
 			// a version it serves, with a request; controller-runtime
 			// fills in what a body leaves out.
-			if msg := ours.Result.Message; !strings.Contains(msg, "not an AdmissionReview") && !strings.Contains(msg, "is not served") && !strings.Contains(msg, "holds no request") {
+			if msg := got.Result.Message; !strings.Contains(msg, "not an AdmissionReview") && !strings.Contains(msg, "is not served") && !strings.Contains(msg, "holds no request") {
 				t.Fatalf("controller-runtime read the review, the webhook did not: %s", msg)
 			}
 			return
 		}
-		if ours.Result != nil && ours.Result.Code == http.StatusBadRequest && mutateAllowedUnread(want) {
+		if got.Result != nil && got.Result.Code == http.StatusBadRequest && mutateAllowedUnread(want) {
 			return
 		}
-		assert.Equal(t, want, ours)
+		assert.Equal(t, want, got)
 	})
 }
 
@@ -298,7 +299,7 @@ func TestServeHTTPRecovers(t *testing.T) {
 	req := httptest.NewRequest(http.MethodPost, "/mutate", io.NopCloser(panicOnRead{}))
 	req.Header.Set("Content-Type", "application/json")
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, req)
+	mutate.NewServer(h, mutate.Gate{}).ServeHTTP(rec, req)
 	require.Equal(t, http.StatusOK, rec.Code)
 	var got admissionv1.AdmissionReview
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &got), rec.Body.String())
@@ -317,7 +318,7 @@ func TestServeHTTPRecovers(t *testing.T) {
 func TestServeHTTPLogsIDs(t *testing.T) {
 	var logs strings.Builder
 	h := goldenHandler(t, mutate.WithLogger(funcr.New(func(prefix, args string) { logs.WriteString(prefix + " " + args + "\n") }, funcr.Options{})))
-	rec := serve(t, h, goldenRequest(t, "secret-tampered", nil))
+	rec := serve(t, mutate.NewServer(h, mutate.Gate{}), goldenRequest(t, "secret-tampered", nil))
 	require.Equal(t, http.StatusOK, rec.Code)
 	require.Contains(t, logs.String(), `"msg"="refused"`)
 	for _, id := range []string{`"requestID"="00000000-0000-0000-0000-000000000`, `"kind"="Secret"`, `"namespace"=`, `"operation"="CREATE"`} {

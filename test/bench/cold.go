@@ -10,6 +10,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // coldRow is one format and size on the cold path: what a document the
@@ -32,7 +33,7 @@ var coldSizes = []struct {
 
 // coldPath measures every format and size in-process, one document at a
 // time, and with the sops CLI (median of three runs).
-func coldPath(tb *testbed.CommandTB, key testbed.AgeKey, quick bool) ([]coldRow, error) {
+func coldPath(tb *testbed.CommandTB, key sopskit.AgeKey, quick bool) ([]coldRow, error) {
 	src, err := keysource.LoadAge("bench", key.IdentityFile)
 	if err != nil {
 		return nil, err
@@ -42,12 +43,12 @@ func coldPath(tb *testbed.CommandTB, key testbed.AgeKey, quick bool) ([]coldRow,
 		return nil, err
 	}
 	d := decrypt.New(ring) // no result cache, no data-key cache
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	var rows []coldRow
 	for _, format := range []string{"yaml", "json", "dotenv", "ini", "binary"} {
 		for _, size := range coldSizes {
-			enc := testbed.SopsEncrypt(tb, testbed.PlainOfSize(format, int(float64(size.n)/testbed.Expansion[format])), format, r)
-			f := decrypt.Detect(enc, testbed.DocumentFiles[format])
+			enc := sopskit.SopsEncrypt(tb, sopskit.PlainOfSize(format, int(float64(size.n)/sopskit.Expansion[format])), format, r)
+			f := decrypt.Detect(enc, sopskit.DocumentFiles[format])
 			n := max(3, (4<<20)/len(enc))
 			if quick {
 				n = 2
@@ -70,7 +71,7 @@ func coldPath(tb *testbed.CommandTB, key testbed.AgeKey, quick bool) ([]coldRow,
 			var cli []time.Duration
 			for range 3 {
 				s := time.Now()
-				testbed.SopsDecrypt(tb, enc, format, r)
+				sopskit.SopsDecrypt(tb, enc, format, r)
 				cli = append(cli, time.Since(s))
 			}
 			slices.Sort(cli)

@@ -9,10 +9,12 @@ import (
 	"time"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // floodRun is the victim's latency with and without one flood of large
-// documents (testbed.Flood), and the webhook's peak memory.
+// documents (flood.Flood), and the webhook's peak memory.
 type floodRun struct {
 	unloaded, flooded []time.Duration
 	peak              int64 // bytes
@@ -23,13 +25,13 @@ type floodRun struct {
 
 // ratio is the victim's p99 during the flood over its p99 alone.
 func (f floodRun) ratio() float64 {
-	return testbed.Percentile(f.flooded, 0.99).Seconds() / testbed.Percentile(f.unloaded, 0.99).Seconds()
+	return flood.Percentile(f.flooded, 0.99).Seconds() / flood.Percentile(f.unloaded, 0.99).Seconds()
 }
 
 // aloneSpread is the lowest and the highest of the runs' victim p99 alone.
 func aloneSpread(runs []floodRun) (lo, hi time.Duration) {
 	for i, f := range runs {
-		p := testbed.Percentile(f.unloaded, 0.99)
+		p := flood.Percentile(f.unloaded, 0.99)
 		if i == 0 || p < lo {
 			lo = p
 		}
@@ -45,13 +47,13 @@ const floodRuns = 3
 // floodVictim encrypts the payloads of TestFlood's flood once and runs the
 // flood floodRuns times, each against a fresh webhook, so that no document
 // is answered from a previous run's cache.
-func floodVictim(ctx context.Context, tb *testbed.CommandTB, work, bin string, key testbed.AgeKey, quick bool) ([]floodRun, error) {
-	other := testbed.NewAgeKey(tb, false)
+func floodVictim(ctx context.Context, tb *testbed.CommandTB, work, bin string, key sopskit.AgeKey, quick bool) ([]floodRun, error) {
+	other := sopskit.NewAgeKey(tb, false)
 	senders, perSender, warm, runs := 8, 3, 1000, floodRuns
 	if quick {
 		senders, perSender, warm, runs = 2, 1, 100, 1
 	}
-	payloads := testbed.NewFloodPayloads(tb, testbed.Recipients{Age: []testbed.AgeKey{key}}, testbed.Recipients{Age: []testbed.AgeKey{other}}, senders, perSender)
+	payloads := flood.NewFloodPayloads(tb, sopskit.Recipients{Age: []sopskit.AgeKey{key}}, sopskit.Recipients{Age: []sopskit.AgeKey{other}}, senders, perSender)
 	var out []floodRun
 	for i := range runs {
 		step("flood %d of %d", i+1, runs)
@@ -67,7 +69,7 @@ func floodVictim(ctx context.Context, tb *testbed.CommandTB, work, bin string, k
 // floodOnce runs one flood against a fresh webhook at the Deployment's
 // memory limit (in a memory cgroup when this process may make one): the
 // victim's small requests alone, then during the flood, then alone again.
-func floodOnce(ctx context.Context, dir, config, bin string, payloads testbed.FloodPayloads, warm int) (floodRun, error) {
+func floodOnce(ctx context.Context, dir, config, bin string, payloads flood.FloodPayloads, warm int) (floodRun, error) {
 	var res floodRun
 	cg, err := testbed.NewMemoryCgroup("sops-webhook-bench-flood", 256<<20)
 	if err == nil {
@@ -84,7 +86,7 @@ func floodOnce(ctx context.Context, dir, config, bin string, payloads testbed.Fl
 	client := func() *http.Client {
 		return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: wh.TLSConfig()}}
 	}
-	victim := testbed.NewVictim(wh.URL, client(), payloads.Small)
+	victim := flood.NewVictim(wh.URL, client(), payloads.Small)
 	// The first requests open the connection and fill the caches.
 	for range 20 {
 		if err := victim.Send(ctx); err != nil {
@@ -113,7 +115,7 @@ func floodOnce(ctx context.Context, dir, config, bin string, payloads testbed.Fl
 			}
 		}
 	}()
-	fr := testbed.Flood{URL: wh.URL, Client: client, Payloads: payloads, BusyRetries: 30, DeniedSends: 10}.Run(ctx, victim)
+	fr := flood.Flood{URL: wh.URL, Client: client, Payloads: payloads, BusyRetries: 30, DeniedSends: 10}.Run(ctx, victim)
 	close(sampling)
 	res.peak, res.flooded, res.took, res.tally = <-peak, fr.Victim, fr.Took, fr.Tally
 	if res.inCgroup {

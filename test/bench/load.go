@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
 )
 
 // point is one measured load point.
@@ -57,7 +58,7 @@ func merge(rounds []point) point {
 	}
 	slices.Sort(out.lat)
 	out.rps = float64(len(out.lat)) / out.took.Seconds()
-	out.p50, out.p99, out.p999 = testbed.Percentile(out.lat, 0.50), testbed.Percentile(out.lat, 0.99), testbed.Percentile(out.lat, 0.999)
+	out.p50, out.p99, out.p999 = flood.Percentile(out.lat, 0.50), flood.Percentile(out.lat, 0.99), flood.Percentile(out.lat, 0.999)
 	return out
 }
 

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,33 +14,34 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/standin"
 )
 
+// freePort returns a free TCP port on 127.0.0.1.
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := testbed.FreePorts(1)
 	if err != nil {
 		panic(testbed.CommandFailure{Msg: err.Error()})
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports[0]
 }
 
 // benchDoc is the dotenv document the CLI and in-process rates decrypt.
-func benchDoc(tb *testbed.CommandTB, key testbed.AgeKey) []byte {
-	return testbed.SopsEncrypt(tb, []byte("DB_USER=app\nDB_PASSWORD=bench-password\nAPI_KEY=bench-key\n"), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{key}})
+func benchDoc(tb *testbed.CommandTB, key sopskit.AgeKey) []byte {
+	return sopskit.SopsEncrypt(tb, []byte("DB_USER=app\nDB_PASSWORD=bench-password\nAPI_KEY=bench-key\n"), "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
 }
 
 // sopsCLIRate is documents per second for `sops decrypt`, one process per
 // file, as helm-secrets runs it for every values file.
-func sopsCLIRate(tb *testbed.CommandTB, key testbed.AgeKey, quick bool) float64 {
-	tools, _ := testbed.Load()
+func sopsCLIRate(tb *testbed.CommandTB, key sopskit.AgeKey, quick bool) float64 {
+	tools, _ := sopskit.Load()
 	file := filepath.Join(tb.TempDir(), "app.enc.env")
 	if err := os.WriteFile(file, benchDoc(tb, key), 0o600); err != nil {
 		tb.Fatal(err)
@@ -64,7 +64,7 @@ func sopsCLIRate(tb *testbed.CommandTB, key testbed.AgeKey, quick bool) float64 
 // inProcessRate is documents per second through decrypt.Document, in this
 // process, with the data-key cache warm and, if documents, the document
 // cache too (what the handler has after the first request).
-func inProcessRate(tb *testbed.CommandTB, key testbed.AgeKey, d time.Duration, documents bool) float64 {
+func inProcessRate(tb *testbed.CommandTB, key sopskit.AgeKey, d time.Duration, documents bool) float64 {
 	src, err := keysource.LoadAge("bench", key.IdentityFile)
 	if err != nil {
 		tb.Fatal(err)
@@ -101,7 +101,7 @@ type kmsRun struct {
 // values file, with and without the data-key cache, against the AWS KMS
 // stand-in through the real AWS SDK.
 func kmsCalls(tb *testbed.CommandTB, work string, quick bool) ([]kmsRun, error) {
-	aws, err := testbed.StartAWSStandIn(tb.TempDir(), testbed.AWSStandInOptions{})
+	aws, err := standin.StartAWS(tb.TempDir(), standin.AWSOptions{})
 	if err != nil {
 		return nil, err
 	}
@@ -112,12 +112,12 @@ func kmsCalls(tb *testbed.CommandTB, work string, quick bool) ([]kmsRun, error) 
 		os.Setenv(k, v)
 	}
 	arn := "arn:aws:kms:eu-west-1:111122223333:key/bench"
-	enc := testbed.SopsEncrypt(tb, []byte("db:\n  password: bench-values\n"), "yaml", testbed.Recipients{KMS: []string{arn}, Env: aws.AdminEnv()})
-	idx, err := decrypt.ParseIndex([]byte(testbed.ValuesIndex(tb, enc)))
+	enc := sopskit.SopsEncrypt(tb, []byte("db:\n  password: bench-values\n"), "yaml", sopskit.Recipients{KMS: []string{arn}, Env: aws.AdminEnv()})
+	idx, err := decrypt.ParseIndex([]byte(sopskit.ValuesIndex(tb, enc)))
 	if err != nil {
 		return nil, err
 	}
-	token := []byte(testbed.ValuesLeaves(tb, enc)[0].Value.(string))
+	token := []byte(sopskit.ValuesLeaves(tb, enc)[0].Value.(string))
 	n := 1000
 	if quick {
 		n = 100
@@ -167,7 +167,7 @@ type helmRun struct {
 // webhook; the same into a namespace where the no-op webhook at noopURL is
 // registered instead, and where its patching twin at noopURL-patch is; and
 // the chart with the plaintext values into a namespace no webhook sees.
-func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin, noopURL string, noopCA []byte, key testbed.AgeKey, quick bool) (helmRun, error) {
+func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin, noopURL string, noopCA []byte, key sopskit.AgeKey, quick bool) (helmRun, error) {
 	res := helmRun{secrets: 100, runs: 7}
 	if quick {
 		res.runs = 1
@@ -230,7 +230,7 @@ func helmInstall(ctx context.Context, tb *testbed.CommandTB, work, bin, noopURL 
 	time.Sleep(2 * time.Second)
 
 	chart := filepath.Join(work, "chart")
-	root, _ := testbed.RepoRoot()
+	root, _ := sopskit.RepoRoot()
 	tpl, err := os.ReadFile(filepath.Join(root, "charts/sops-webhook-values/templates/_sops-webhook.tpl"))
 	if err != nil {
 		return res, err
@@ -262,10 +262,10 @@ stringData:
 	for i := range res.secrets {
 		fmt.Fprintf(&plain, "  - bench-secret-%03d\n", i)
 	}
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	encFile := filepath.Join(work, "values.enc.yaml")
 	plainFile := filepath.Join(work, "values.yaml")
-	if err := os.WriteFile(encFile, testbed.SopsEncrypt(tb, []byte(plain.String()), "yaml", r), 0o600); err != nil {
+	if err := os.WriteFile(encFile, sopskit.SopsEncrypt(tb, []byte(plain.String()), "yaml", r), 0o600); err != nil {
 		return res, err
 	}
 	if err := os.WriteFile(plainFile, []byte(plain.String()), 0o600); err != nil {

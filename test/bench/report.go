@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
 )
 
 // goals are the issues' targets for each scenario's throughput ratio
@@ -73,7 +73,7 @@ func (r *report) write(path string) error {
 	w("")
 	w("## Admission path: sops-webhook against a no-op webhook")
 	w("")
-	w("HTTPS AdmissionReviews on loopback to the real webhook binary and to a no-op webhook on controller-runtime's webhook server with the same TLS settings (`test/bench/noop`; sops-webhook serves from a plain `http.Server` of its own, for the connection cap and request deadlines); both require the client certificate the API server presents (`pkg/callerauth`, checked in the handshake), and the clients keep their connections alive as the API server does, so the certificate is checked once per connection. Six rounds per load point; the load generator shares the machine. At concurrency 16 a round runs one server and then the other, the first taking turns. At concurrency 1 one client sends to both servers in turn, one request each, so that from one request to the next both meet the same machine; each server's throughput there is its requests over the time they took, what a client alone would get (1 / mean latency). The ratio is the median of the six rounds' ratios, webhook to no-op, and the next column gives the lowest and the highest of them: on a shared machine, rounds that run one server after the other swing by ±0.2 at concurrency 1, which a ratio of summed throughputs would carry into the figure. The server's CPU time per request (user and system, from /proc, over the measured requests) moves far less with the machine than throughput does: it says what each request costs the server, where the throughput ratio also carries the load generator and the network. The no-op reads reviews with controller-runtime's admission decoder, as a webhook built on controller-runtime does; sops-webhook reads each review once with its own (`mutate.Handler.ServeHTTP`), which is why a request it only reads can cost less than the no-op's. Latencies in ms. The webhook runs with its default caches, warmed by the first requests (a Helm upgrade re-sends the same ciphertext).")
+	w("HTTPS AdmissionReviews on loopback to the real webhook binary and to a no-op webhook on controller-runtime's webhook server with the same TLS settings (`test/bench/noop`; sops-webhook serves from a plain `http.Server` of its own, for the connection cap and request deadlines); both require the client certificate the API server presents (`pkg/callerauth`, checked in the handshake), and the clients keep their connections alive as the API server does, so the certificate is checked once per connection. Six rounds per load point; the load generator shares the machine. At concurrency 16 a round runs one server and then the other, the first taking turns. At concurrency 1 one client sends to both servers in turn, one request each, so that from one request to the next both meet the same machine; each server's throughput there is its requests over the time they took, what a client alone would get (1 / mean latency). The ratio is the median of the six rounds' ratios, webhook to no-op, and the next column gives the lowest and the highest of them: on a shared machine, rounds that run one server after the other swing by ±0.2 at concurrency 1, which a ratio of summed throughputs would carry into the figure. The server's CPU time per request (user and system, from /proc, over the measured requests) moves far less with the machine than throughput does: it says what each request costs the server, where the throughput ratio also carries the load generator and the network. The no-op reads reviews with controller-runtime's admission decoder, as a webhook built on controller-runtime does; sops-webhook reads each review once with its own (`mutate.Server`), which is why a request it only reads can cost less than the no-op's. Latencies in ms. The webhook runs with its default caches, warmed by the first requests (a Helm upgrade re-sends the same ciphertext).")
 	w("")
 	w("| scenario | conc. | no-op req/s | webhook req/s | ratio (median of rounds) | rounds' ratios | goal | server CPU µs a request: no-op / webhook | webhook p50 / p99 / p99.9 | no-op p50 / p99 / p99.9 | errors |")
 	w("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -188,8 +188,8 @@ func (r *report) write(path string) error {
 	for i, f := range r.flood {
 		qs = append(qs, f.ratio())
 		w("| %d | %s | %d, %s / %s | %d, %s / %s | %.2f× | %.1f MiB |", i+1, f.took.Round(time.Millisecond),
-			len(f.unloaded), ms(testbed.Percentile(f.unloaded, 0.5)), ms(testbed.Percentile(f.unloaded, 0.99)),
-			len(f.flooded), ms(testbed.Percentile(f.flooded, 0.5)), ms(testbed.Percentile(f.flooded, 0.99)), f.ratio(), float64(f.peak)/(1<<20))
+			len(f.unloaded), ms(flood.Percentile(f.unloaded, 0.5)), ms(flood.Percentile(f.unloaded, 0.99)),
+			len(f.flooded), ms(flood.Percentile(f.flooded, 0.5)), ms(flood.Percentile(f.flooded, 0.99)), f.ratio(), float64(f.peak)/(1<<20))
 	}
 	vq := median(qs)
 	w("")

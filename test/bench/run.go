@@ -18,6 +18,8 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/testpki"
 )
 
 // report is everything measured.
@@ -41,9 +43,8 @@ type report struct {
 	env       string
 }
 
-func step(format string, a ...any) {
-	fmt.Printf("==> [bench %s] "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
-}
+// step prints a line of progress.
+var step = testbed.Progress("bench")
 
 func run(ctx context.Context, out string, d time.Duration, quick bool) (err error) {
 	work, err := os.MkdirTemp("", "sops-webhook-bench-")
@@ -66,17 +67,17 @@ func run(ctx context.Context, out string, d time.Duration, quick bool) (err erro
 		return err
 	}
 	noop := filepath.Join(work, "noop")
-	root, _ := testbed.RepoRoot()
+	root, _ := sopskit.RepoRoot()
 	if b, err := exec.Command("go", "build", "-o", noop, filepath.Join(root, "test/bench/noop")).CombinedOutput(); err != nil {
 		return fmt.Errorf("build noop: %v: %s", err, b)
 	}
 
-	key := testbed.NewAgeKey(tb, false)
+	key := sopskit.NewAgeKey(tb, false)
 	config := filepath.Join(work, "config.yaml")
 	if err := os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: bench\n    age: {identityFile: "+key.IdentityFile+"}\n"), 0o600); err != nil {
 		return err
 	}
-	bundle, err := testbed.NewTLS([]string{"127.0.0.1"}, 24*time.Hour)
+	bundle, err := testpki.NewTLS([]string{"127.0.0.1"}, 24*time.Hour)
 	if err != nil {
 		return err
 	}
@@ -193,21 +194,21 @@ func review(kind string, obj runtime.Object) []byte {
 	return b
 }
 
-func scenarios(tb *testbed.CommandTB, key testbed.AgeKey) []scenario {
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+func scenarios(tb *testbed.CommandTB, key sopskit.AgeKey) []scenario {
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	plainConfig := strings.Repeat("setting: value that is not secret at all\n", 50)
 	docs := map[string][]byte{
-		"app.env":     testbed.SopsEncrypt(tb, []byte("DB_USER=app\nDB_PASSWORD=bench-password\nAPI_KEY=bench-key\n"), "dotenv", r),
-		"config.yaml": testbed.SopsEncrypt(tb, []byte("db:\n    password: bench\n    port: 5432\n"), "yaml", r),
-		"creds.json":  testbed.SopsEncrypt(tb, []byte(`{"token":"bench","retries":3}`), "json", r),
+		"app.env":     sopskit.SopsEncrypt(tb, []byte("DB_USER=app\nDB_PASSWORD=bench-password\nAPI_KEY=bench-key\n"), "dotenv", r),
+		"config.yaml": sopskit.SopsEncrypt(tb, []byte("db:\n    password: bench\n    port: 5432\n"), "yaml", r),
+		"creds.json":  sopskit.SopsEncrypt(tb, []byte(`{"token":"bench","retries":3}`), "json", r),
 	}
 	var plain strings.Builder
 	for i := range 20 {
 		fmt.Fprintf(&plain, "k%02d: secret-value-%02d\n", i, i)
 	}
-	values := testbed.SopsEncrypt(tb, []byte(plain.String()), "yaml", r)
+	values := sopskit.SopsEncrypt(tb, []byte(plain.String()), "yaml", r)
 	var file strings.Builder
-	for _, l := range testbed.ValuesLeaves(tb, values) {
+	for _, l := range sopskit.ValuesLeaves(tb, values) {
 		fmt.Fprintf(&file, "%s = %s\n", strings.TrimSuffix(l.Path, ":"), l.Value)
 	}
 	secret := func(data map[string][]byte, ann map[string]string) *corev1.Secret {
@@ -216,7 +217,7 @@ func scenarios(tb *testbed.CommandTB, key testbed.AgeKey) []scenario {
 	return []scenario{
 		{"(i) Secret, no SOPS content", "≥ 0.95×", review("Secret", secret(map[string][]byte{"password": []byte("hunter2"), "config.yaml": []byte(plainConfig)}, nil))},
 		{"(ii) Secret, three documents (age)", "≥ 0.85× (warm cache)", review("Secret", secret(docs, nil))},
-		{"(iii) Secret, values payload, 20 tokens", "≥ 0.85× (warm cache)", review("Secret", secret(map[string][]byte{"app.ini": []byte(file.String())}, map[string]string{mutate.AnnotationValues: testbed.ValuesIndex(tb, values)}))},
+		{"(iii) Secret, values payload, 20 tokens", "≥ 0.85× (warm cache)", review("Secret", secret(map[string][]byte{"app.ini": []byte(file.String())}, map[string]string{mutate.AnnotationValues: sopskit.ValuesIndex(tb, values)}))},
 		{"(iv) ConfigMap, 1 MiB, no SOPS content", "≥ 0.95×", review("ConfigMap", &corev1.ConfigMap{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
 			ObjectMeta: metav1.ObjectMeta{Name: "big", Namespace: "bench"}, Data: map[string]string{"big.txt": strings.Repeat("x", 1<<20-1024)}})},
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // trickyValues exercises the helper's walk: keys with dots and dashes, lists
@@ -99,8 +100,8 @@ func renderIndex(t *testing.T, h *testbed.Helm, chart string, values []byte) map
 // token with it and gets what Helm would render from `sops decrypt`'s
 // output, and (3) both Helm majors render the same annotation.
 func TestHelperIndexOpensEveryToken(t *testing.T) {
-	key := testbed.NewAgeKey(t, false)
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	key := sopskit.NewAgeKey(t, false)
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	src, err := keysource.LoadAge("k", key.IdentityFile)
 	require.NoError(t, err)
 	ring, err := keysource.NewRing(src)
@@ -117,9 +118,9 @@ func TestHelperIndexOpensEveryToken(t *testing.T) {
 		{"--encrypted-regex", []string{"--encrypted-regex", "^(pass-word|password|token|matrix)$"}, 6},
 	}
 	for _, file := range files {
-		enc := testbed.SopsEncrypt(t, []byte(trickyValues), "yaml", r, file.args...)
-		plain := testbed.SopsDecrypt(t, enc, "yaml", r)
-		oracle := testbed.ValuesIndex(t, enc)
+		enc := sopskit.SopsEncrypt(t, []byte(trickyValues), "yaml", r, file.args...)
+		plain := sopskit.SopsDecrypt(t, enc, "yaml", r)
+		oracle := sopskit.ValuesIndex(t, enc)
 		rendered := map[string]string{}
 		for _, h := range testbed.HelmCLIs(t, "") {
 			for _, kind := range chartKinds {
@@ -133,7 +134,7 @@ func TestHelperIndexOpensEveryToken(t *testing.T) {
 					idx, err := decrypt.ParseIndex([]byte(index))
 					require.NoError(t, err)
 					tokens := d.Tokens(idx, nil)
-					encLeaves, plainLeaves := testbed.ValuesLeaves(t, enc), testbed.ValuesLeaves(t, plain)
+					encLeaves, plainLeaves := sopskit.ValuesLeaves(t, enc), sopskit.ValuesLeaves(t, plain)
 					require.Len(t, encLeaves, len(plainLeaves))
 					opened := 0
 					for i, leaf := range encLeaves {
@@ -177,13 +178,13 @@ func TestHelperRendersNothingWithoutTokens(t *testing.T) {
 // values file with 1,000 encrypted secrets against the API server's 256 KiB
 // limit for all of an object's annotations.
 func TestHelperAnnotationSizeForAThousandSecrets(t *testing.T) {
-	key := testbed.NewAgeKey(t, false)
+	key := sopskit.NewAgeKey(t, false)
 	var plain strings.Builder
 	plain.WriteString("secrets:\n")
 	for i := range 1000 {
 		fmt.Fprintf(&plain, "  service-%04d:\n    password: s3cr3t-%04d-abcdefghijklmnop\n", i, i)
 	}
-	enc := testbed.SopsEncrypt(t, []byte(plain.String()), "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
+	enc := sopskit.SopsEncrypt(t, []byte(plain.String()), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
 	for _, h := range testbed.HelmCLIs(t, "") {
 		t.Run(h.Name, func(t *testing.T) {
 			index := renderIndex(t, h, newChart(t, h, "dependency"), enc)[mutate.AnnotationValues]
@@ -204,20 +205,20 @@ func TestHelperAnnotationSizeForAThousandSecrets(t *testing.T) {
 // (with an encrypted values file and its encrypted dotenv file), with both
 // Helm majors.
 func TestChartsLint(t *testing.T) {
-	repo, err := testbed.RepoRoot()
+	repo, err := sopskit.RepoRoot()
 	require.NoError(t, err)
-	key := testbed.NewAgeKey(t, false)
-	r := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	key := sopskit.NewAgeKey(t, false)
+	r := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	root := t.TempDir()
 	require.NoError(t, testbed.CopyFromRepo(root, "charts/sops-webhook-values", "examples/webapp"))
 	example := filepath.Join(root, "examples", "webapp")
 	values := filepath.Join(t.TempDir(), "secrets.enc.yaml")
 	plain, err := os.ReadFile(filepath.Join(example, "secrets.example.yaml"))
 	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(values, testbed.SopsEncrypt(t, plain, "yaml", r), 0o600))
+	require.NoError(t, os.WriteFile(values, sopskit.SopsEncrypt(t, plain, "yaml", r), 0o600))
 	env, err := os.ReadFile(filepath.Join(example, "files", "app.env.example"))
 	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(example, "files", "app.enc.env"), testbed.SopsEncrypt(t, env, "dotenv", r), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(example, "files", "app.enc.env"), sopskit.SopsEncrypt(t, env, "dotenv", r), 0o600))
 
 	for _, h := range testbed.HelmCLIs(t, "") {
 		t.Run(h.Name, func(t *testing.T) {

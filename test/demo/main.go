@@ -20,6 +20,7 @@ import (
 	"syscall"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 func main() {
@@ -37,7 +38,7 @@ func main() {
 func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
 
 func run(ctx context.Context, keep bool) error {
-	tools, err := testbed.Load()
+	tools, err := sopskit.Load()
 	if err != nil {
 		return err
 	}

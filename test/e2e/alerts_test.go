@@ -25,6 +25,8 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/standin"
 )
 
 // rulesFile is the shipped PrometheusRule; the chart renders the same rules
@@ -51,19 +53,19 @@ func TestAlerts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: starts kube-apiserver; run without -short")
 	}
-	tools := testbed.Need(t, "promtool", func(t testbed.Tools) string { return t.Promtool })
+	tools := sopskit.Need(t, "promtool", func(t sopskit.Tools) string { return t.Promtool })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	b := newIdentityBed(ctx, t)
 	tokenFile, _ := b.tokenFile(ctx, t, "sops-webhook")
-	vault, err := testbed.StartVaultStandIn(b.work, testbed.VaultStandInOptions{
-		Review: testbed.TokenReviewer(b.kube),
+	vault, err := standin.StartVault(b.work, standin.VaultOptions{
+		Review: standin.TokenReviewer(b.kube),
 		Roles:  map[string]string{"sops-webhook": webhookSubject},
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = vault.Close() })
 
-	local, owned := testbed.NewAgeKey(t, false), testbed.NewAgeKey(t, false)
+	local, owned := sopskit.NewAgeKey(t, false), sopskit.NewAgeKey(t, false)
 	config := `apiVersion: sops-webhook.io/v1alpha1
 kind: Config
 keys:
@@ -86,29 +88,29 @@ policy:
 	// heavy lane, which handles one large request at a time on this
 	// machine.
 	wh := b.startWebhookWith(ctx, t, "alerts", config, []string{"--config-check-interval", "200ms", "--budget-wait", "1ms"}, nil)
-	mine := testbed.Recipients{Age: []testbed.AgeKey{local}}
+	mine := sopskit.Recipients{Age: []sopskit.AgeKey{local}}
 
 	// What operators alert on, driven for real.
-	require.NoError(t, b.create(ctx, "decrypted", testbed.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-0\n"), "yaml", mine)))
+	require.NoError(t, b.create(ctx, "decrypted", sopskit.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-0\n"), "yaml", mine)))
 
-	err = b.create(ctx, "not-granted", testbed.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-1\n"), "yaml", testbed.Recipients{Age: []testbed.AgeKey{owned}}))
+	err = b.create(ctx, "not-granted", sopskit.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-1\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{owned}}))
 	require.Error(t, err)
 	require.True(t, apierrors.IsForbidden(err), "a policy refusal is the request's fault: %v", err)
 
-	forVault := testbed.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-2\n"), "yaml", vault.Recipients("app-1"))
+	forVault := sopskit.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-2\n"), "yaml", vault.Recipients("app-1"))
 	vault.SetHanging(true)
 	err = b.create(ctx, "outage", forVault)
 	vault.SetHanging(false)
 	require.Error(t, err)
 	require.True(t, apierrors.IsServiceUnavailable(err), "an outage is retryable: %v", err)
 
-	doc := testbed.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-3\nuser: alerts-PLAINTEXT-4\nnote_unencrypted: public\n"), "yaml", mine, "--unencrypted-suffix", "_unencrypted")
+	doc := sopskit.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-3\nuser: alerts-PLAINTEXT-4\nnote_unencrypted: public\n"), "yaml", mine, "--unencrypted-suffix", "_unencrypted")
 	err = b.create(ctx, "mac", bytes.Replace(doc, []byte("note_unencrypted: public"), []byte("note_unencrypted: forged"), 1))
 	require.True(t, apierrors.IsForbidden(err), "tampered: %v", err)
 	err = b.create(ctx, "swapped", swapYAMLValues(t, doc, "password", "user"))
 	require.True(t, apierrors.IsForbidden(err), "swapped values: %v", err)
 
-	busy := busyBurst(ctx, t, b, testbed.SopsEncrypt(t, testbed.PlainOfSize("yaml", 200<<10), "yaml", mine))
+	busy := busyBurst(ctx, t, b, sopskit.SopsEncrypt(t, sopskit.PlainOfSize("yaml", 200<<10), "yaml", mine))
 	require.True(t, apierrors.IsServiceUnavailable(busy), "a full budget is retryable: %v", busy)
 	require.Contains(t, busy.Error(), "the webhook is busy handling")
 
@@ -137,7 +139,7 @@ policy:
 
 	// The webhook stops answering: the API server fails the call.
 	require.NoError(t, wh.Stop())
-	err = b.create(ctx, "unreachable", testbed.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-5\n"), "yaml", mine))
+	err = b.create(ctx, "unreachable", sopskit.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-5\n"), "yaml", mine))
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "failed calling webhook")
 	raw, err := b.kube.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
@@ -349,7 +351,7 @@ func rulesGroups(t *testing.T) any {
 
 func readRepo(t *testing.T, rel string) []byte {
 	t.Helper()
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	raw, err := os.ReadFile(filepath.Join(root, rel))
 	require.NoError(t, err)

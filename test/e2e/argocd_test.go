@@ -18,7 +18,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/gitops"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // argoDoc is the page whose Argo CD examples the tests read.
@@ -27,7 +28,7 @@ const argoDoc = "docs/migrating-from-helm-secrets.md"
 // yamlBlocks returns the ```yaml blocks of a page of the docs.
 func yamlBlocks(t *testing.T, page string) []string {
 	t.Helper()
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	b, err := os.ReadFile(filepath.Join(root, page))
 	require.NoError(t, err)
@@ -55,7 +56,7 @@ func docExample(t *testing.T, page, marker string) string {
 type argoApplication struct {
 	name       string
 	namespace  string
-	opts       testbed.CompareOptions
+	opts       gitops.CompareOptions
 	valueFiles []string
 }
 
@@ -93,7 +94,7 @@ func readArgoApplication(t *testing.T) argoApplication {
 	require.NotEmpty(t, app.Spec.Source.RepoURL)
 	require.NotEmpty(t, app.Spec.Source.Path)
 	require.NotEmpty(t, app.Spec.Destination.Server)
-	opts := testbed.ParseCompareOptions(app.Metadata.Annotations[testbed.ArgoCDCompareOptions])
+	opts := gitops.ParseCompareOptions(app.Metadata.Annotations[gitops.ArgoCDCompareOptions])
 	require.True(t, opts.ServerSideDiff, "the docs' Application turns on the server-side diff")
 	return argoApplication{name: app.Metadata.Name, namespace: app.Spec.Destination.Namespace, opts: opts, valueFiles: app.Spec.Source.Helm.ValueFiles}
 }
@@ -102,7 +103,7 @@ func readArgoApplication(t *testing.T) argoApplication {
 // Argo CD render them: values files in the Application's order, the
 // encrypted one among them; each object with Argo CD's tracking
 // annotation.
-func (g *gitops) argoRender(t *testing.T, argo *testbed.ArgoCD, app argoApplication, form, prefix string, v int) (release, []*unstructured.Unstructured) {
+func (g *gitopsBed) argoRender(t *testing.T, argo *gitops.ArgoCD, app argoApplication, form, prefix string, v int) (release, []*unstructured.Unstructured) {
 	t.Helper()
 	rel := g.render(t, form, prefix, v)
 	if form == "values" {
@@ -159,18 +160,18 @@ func (g *gitops) argoRender(t *testing.T, argo *testbed.ArgoCD, app argoApplicat
 // reports: nothing for an in-sync application, with and without
 // IncludeMutationWebhook; for a changed ciphertext, exactly the changed
 // Secret, masked; nothing again once that is synced.
-func (g *gitops) argoCD(ctx context.Context, t *testing.T, form string) {
+func (g *gitopsBed) argoCD(ctx context.Context, t *testing.T, form string) {
 	app := readArgoApplication(t)
-	argo, err := testbed.NewArgoCD(g.s.cp.Config, g.s.c, app.name)
+	argo, err := gitops.NewArgoCD(g.s.cp.Config, g.s.c, app.name)
 	require.NoError(t, err)
 	prefix := "argo-" + form
-	sync := []string{"apply", "--field-manager=" + testbed.ArgoCDManager, "-f", "-"}
+	sync := []string{"apply", "--field-manager=" + gitops.ArgoCDManager, "-f", "-"}
 
 	v1, objs := g.argoRender(t, argo, app, form, prefix, 1)
 	g.kubectl(t, v1.manifests, sync...)
 	g.assertDecrypted(ctx, t, v1)
 	for _, include := range []bool{app.opts.IncludeMutationWebhook, !app.opts.IncludeMutationWebhook} {
-		opts := testbed.CompareOptions{ServerSideDiff: true, IncludeMutationWebhook: include}
+		opts := gitops.CompareOptions{ServerSideDiff: true, IncludeMutationWebhook: include}
 		for _, o := range objs {
 			res, err := argo.ServerSideDiff(ctx, o, opts)
 			require.NoError(t, err)
@@ -181,7 +182,7 @@ func (g *gitops) argoCD(ctx context.Context, t *testing.T, form string) {
 
 	v2, objs2 := g.argoRender(t, argo, app, form, prefix, 2)
 	for _, include := range []bool{true, false} {
-		opts := testbed.CompareOptions{ServerSideDiff: true, IncludeMutationWebhook: include}
+		opts := gitops.CompareOptions{ServerSideDiff: true, IncludeMutationWebhook: include}
 		for _, o := range objs2 {
 			res, err := argo.ServerSideDiff(ctx, o, opts)
 			require.NoError(t, err)
@@ -209,9 +210,9 @@ func (g *gitops) argoCD(ctx context.Context, t *testing.T, form string) {
 
 type masked struct{ predicted, live string }
 
-func mask(t *testing.T, res testbed.DiffResult) masked {
+func mask(t *testing.T, res gitops.DiffResult) masked {
 	t.Helper()
-	p, l, err := testbed.HideSecretData(res.PredictedLive, res.NormalizedLive)
+	p, l, err := gitops.HideSecretData(res.PredictedLive, res.NormalizedLive)
 	require.NoError(t, err)
 	return masked{string(p), string(l)}
 }
@@ -222,7 +223,7 @@ func mask(t *testing.T, res testbed.DiffResult) masked {
 // Secrets and ConfigMaps, documents (also expanded) and values tokens; and
 // with those fields ignored, every field Git holds equals the live object,
 // so Argo CD's comparison finds the application in sync.
-func (g *gitops) ignoreDifferences(ctx context.Context, t *testing.T) {
+func (g *gitopsBed) ignoreDifferences(ctx context.Context, t *testing.T) {
 	var spec struct {
 		Spec struct {
 			IgnoreDifferences []struct {
@@ -240,7 +241,7 @@ func (g *gitops) ignoreDifferences(ctx context.Context, t *testing.T) {
 	require.NotEmpty(t, pointers["ConfigMap"])
 
 	r := g.s.recipients("age")
-	dotenv := testbed.SopsEncrypt(t, []byte("USER=app\nPASSWORD="+plaintextMarker+"-ignore\n"), "dotenv", r)
+	dotenv := sopskit.SopsEncrypt(t, []byte("USER=app\nPASSWORD="+plaintextMarker+"-ignore\n"), "dotenv", r)
 	docSecret := fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata:\n  name: ignore-doc\ndata:\n  app.env: %s\n", base64.StdEncoding.EncodeToString(dotenv))
 	expanded := fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata:\n  name: ignore-expand\n  annotations:\n    %s: \"true\"\ndata:\n  app.env: %s\n", mutate.AnnotationExpand, base64.StdEncoding.EncodeToString(dotenv))
 	docConfigMap := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ignore-cm\ndata:\n  app.env: |\n%s", indent(string(dotenv), "    "))
@@ -260,14 +261,14 @@ func (g *gitops) ignoreDifferences(ctx context.Context, t *testing.T) {
 			dry := func(ns string) map[string]any {
 				o := obj.DeepCopy()
 				o.SetNamespace(ns)
-				require.NoError(t, g.s.c.Patch(ctx, o, client.Apply, client.DryRunAll, client.FieldOwner(testbed.ArgoCDManager)))
+				require.NoError(t, g.s.c.Patch(ctx, o, client.Apply, client.DryRunAll, client.FieldOwner(gitops.ArgoCDManager)))
 				for _, f := range []string{"uid", "resourceVersion", "creationTimestamp", "managedFields", "namespace"} {
 					unstructured.RemoveNestedField(o.Object, "metadata", f)
 				}
 				return o.Object
 			}
 			decrypted, stored := dry("team-a"), dry("plain")
-			changed := testbed.ChangedPaths(stored, decrypted)
+			changed := gitops.ChangedPaths(stored, decrypted)
 			require.NotEmpty(t, changed, "the webhook changed %s", obj.GetName())
 			for _, p := range changed {
 				assert.True(t, covered(p, pointers[kind]), "the docs' ignoreDifferences for %s cover %s", kind, p)
@@ -275,10 +276,10 @@ func (g *gitops) ignoreDifferences(ctx context.Context, t *testing.T) {
 
 			// Git's side with the ignored fields removed is part of live's.
 			git := obj.DeepCopy().Object
-			testbed.RemovePointers(git, pointers[kind])
-			testbed.RemovePointers(decrypted, pointers[kind])
-			for _, p := range testbed.ChangedPaths(git, decrypted) {
-				_, inGit, _ := unstructured.NestedFieldNoCopy(git, testbed.PointerFields(p)...)
+			gitops.RemovePointers(git, pointers[kind])
+			gitops.RemovePointers(decrypted, pointers[kind])
+			for _, p := range gitops.ChangedPaths(git, decrypted) {
+				_, inGit, _ := unstructured.NestedFieldNoCopy(git, gitops.PointerFields(p)...)
 				assert.False(t, inGit, "with the docs' ignoreDifferences, %s of Git still differs from live", p)
 			}
 		})

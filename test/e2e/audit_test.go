@@ -18,6 +18,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // TestAudit proves what docs/operations.md says the audit log holds: a
@@ -32,13 +33,13 @@ func TestAudit(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	shipped, err := os.ReadFile(filepath.Join(root, "manifests/apiserver/audit-policy.yaml"))
 	require.NoError(t, err)
 
 	work := t.TempDir()
-	key := testbed.NewAgeKey(t, false)
+	key := sopskit.NewAgeKey(t, false)
 	config := filepath.Join(work, "config.yaml")
 	// ConfigMaps are decrypted only where the policy names them.
 	grant := "policy:\n  - keys: [audit]\n    namespaces: [\"*\"]\n    kinds: [Secret, ConfigMap]\n"
@@ -49,9 +50,9 @@ func TestAudit(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = wh.Stop() })
 
-	mine := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	mine := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	plain := "PASSWORD=audit-PLAINTEXT-1\n"
-	enc := testbed.SopsEncrypt(t, []byte(plain), "dotenv", mine)
+	enc := sopskit.SopsEncrypt(t, []byte(plain), "dotenv", mine)
 	secrets := func(level string) string {
 		return "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n  - level: " + level +
 			"\n    resources:\n      - group: \"\"\n        resources: [secrets, configmaps]\n"

@@ -21,6 +21,8 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/standin"
 )
 
 const (
@@ -42,7 +44,7 @@ func TestAWSKMS(t *testing.T) {
 	defer cancel()
 	b := newIdentityBed(ctx, t)
 	tokenFile, jwt := b.tokenFile(ctx, t, "sops-webhook", "sts.amazonaws.com")
-	standIn, err := testbed.StartAWSStandIn(b.work, testbed.AWSStandInOptions{
+	standIn, err := standin.StartAWS(b.work, standin.AWSOptions{
 		JWKS: b.jwks, Issuer: b.issuer,
 		Trusts:      map[string]string{webhookRole: webhookSubject},
 		PodIdentity: map[string]string{webhookSubject: podIdentityRole},
@@ -77,9 +79,9 @@ func TestAWSKMS(t *testing.T) {
 		"AWS_ENDPOINT_URL_STS="+standIn.URL, "AWS_ENDPOINT_URL_KMS="+standIn.URL, "AWS_CA_BUNDLE="+standIn.CAFile,
 		"AWS_EC2_METADATA_DISABLED=true")
 
-	recipients := testbed.Recipients{KMS: []string{kmsKeyARN}, Env: standIn.AdminEnv()}
+	recipients := sopskit.Recipients{KMS: []string{kmsKeyARN}, Env: standIn.AdminEnv()}
 	encrypt := func(t *testing.T, plain string) []byte {
-		return testbed.SopsEncrypt(t, []byte(plain), "yaml", recipients, "--encryption-context", "app:payments")
+		return sopskit.SopsEncrypt(t, []byte(plain), "yaml", recipients, "--encryption-context", "app:payments")
 	}
 	create := func(name string, value []byte) error { return b.create(ctx, name, value) }
 	stored := func(t *testing.T, name string) string { return b.stored(ctx, t, name) }
@@ -105,8 +107,8 @@ func TestAWSKMS(t *testing.T) {
 
 	t.Run("a key ARN outside the allow-list is not contacted", func(t *testing.T) {
 		before := standIn.Decrypts.Load()
-		doc := testbed.SopsEncrypt(t, []byte("password: aws-PLAINTEXT-3\n"), "yaml",
-			testbed.Recipients{KMS: []string{"arn:aws:kms:eu-west-1:999999999999:key/other"}, Env: standIn.AdminEnv()})
+		doc := sopskit.SopsEncrypt(t, []byte("password: aws-PLAINTEXT-3\n"), "yaml",
+			sopskit.Recipients{KMS: []string{"arn:aws:kms:eu-west-1:999999999999:key/other"}, Env: standIn.AdminEnv()})
 		err := create("kms-other-account", doc)
 		require.Error(t, err)
 		assert.Contains(t, err.Error(), "no configured key can open it")
@@ -129,8 +131,8 @@ func TestAWSKMS(t *testing.T) {
 	})
 
 	t.Run("cache: 100 Secrets from one values file cost one KMS call", func(t *testing.T) {
-		enc := testbed.SopsEncrypt(t, []byte("db:\n  password: aws-PLAINTEXT-values\n"), "yaml", recipients)
-		tok, index := testbed.ValuesLeaves(t, enc)[0].Value.(string), testbed.ValuesIndex(t, enc)
+		enc := sopskit.SopsEncrypt(t, []byte("db:\n  password: aws-PLAINTEXT-values\n"), "yaml", recipients)
+		tok, index := sopskit.ValuesLeaves(t, enc)[0].Value.(string), sopskit.ValuesIndex(t, enc)
 		before := standIn.Decrypts.Load()
 		for i := range 100 {
 			require.NoError(t, b.cp.Client.Create(ctx, &corev1.Secret{

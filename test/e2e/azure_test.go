@@ -10,7 +10,8 @@ import (
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/standin"
 )
 
 // TestAzureKeyVault decrypts with Azure Key Vault as the webhook's Workload
@@ -26,10 +27,10 @@ func TestAzureKeyVault(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	b := newIdentityBed(ctx, t)
-	az, err := testbed.StartAzureStandIn(b.work, testbed.AzureStandInOptions{JWKS: b.jwks, Issuer: b.issuer, Subject: webhookSubject})
+	az, err := standin.StartAzure(b.work, standin.AzureOptions{JWKS: b.jwks, Issuer: b.issuer, Subject: webhookSubject})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = az.Close() })
-	elsewhere, err := testbed.StartConnectionCounter()
+	elsewhere, err := standin.StartConnectionCounter()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = elsewhere.Close() })
 	tokenFile, jwt := b.tokenFile(ctx, t, "sops-webhook", "api://AzureADTokenExchange")
@@ -40,12 +41,12 @@ func TestAzureKeyVault(t *testing.T) {
 	// Test payloads: sops encrypts for a throwaway age key; its data key is
 	// then wrapped with the Key Vault stand-in's key and written in place of
 	// the age entry, as sops --azure-kv would write it.
-	throwaway := testbed.NewAgeKey(t, false)
+	throwaway := sopskit.NewAgeKey(t, false)
 	encrypt := func(t *testing.T, plain, vaultURL, keyName string) []byte {
-		doc := testbed.SopsEncrypt(t, []byte(plain), "yaml", testbed.Recipients{Age: []testbed.AgeKey{throwaway}})
-		enc, err := az.Wrap(keyName, testbed.DataKeyOf(t, doc, throwaway))
+		doc := sopskit.SopsEncrypt(t, []byte(plain), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{throwaway}})
+		enc, err := az.Wrap(keyName, sopskit.DataKeyOf(t, doc, throwaway))
 		require.NoError(t, err)
-		return testbed.ReplaceAgeStanza(t, doc, "    azure_kv:\n        - vault_url: "+vaultURL+"\n          name: "+keyName+"\n          version: 0123456789abcdef\n          created_at: \"2026-11-24T00:00:00Z\"\n          enc: "+enc+"\n")
+		return sopskit.ReplaceAgeStanza(t, doc, "    azure_kv:\n        - vault_url: "+vaultURL+"\n          name: "+keyName+"\n          version: 0123456789abcdef\n          created_at: \"2026-11-24T00:00:00Z\"\n          enc: "+enc+"\n")
 	}
 
 	t.Run("decrypts as the workload identity", func(t *testing.T) {

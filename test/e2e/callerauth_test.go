@@ -24,6 +24,9 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/testpki"
 )
 
 // forgedReview is what an attacker posts straight to the webhook: another
@@ -70,20 +73,20 @@ func (s *suite) callerAuth(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p := plaintexts["dotenv"]
-	enc := testbed.SopsEncrypt(t, []byte(p.plain), "dotenv", s.recipients("age"))
-	want := base64.StdEncoding.EncodeToString(testbed.SopsDecrypt(t, enc, "dotenv", s.recipients("age")))
+	enc := sopskit.SopsEncrypt(t, []byte(p.plain), "dotenv", s.recipients("age"))
+	want := base64.StdEncoding.EncodeToString(sopskit.SopsDecrypt(t, enc, "dotenv", s.recipients("age")))
 	review := forgedReview(t, p.file, enc)
 
-	other, err := testbed.NewClientTLS(testbed.APIServerClientName, time.Hour)
+	other, err := testpki.NewClientTLS(testbed.APIServerClientName, time.Hour)
 	require.NoError(t, err)
 	otherCert, err := tls.X509KeyPair(other.Cert, other.Key)
 	require.NoError(t, err)
-	send := func(wh *testbed.Webhook, certs []tls.Certificate, version uint16) (testbed.ReviewResult, error) {
+	send := func(wh *testbed.Webhook, certs []tls.Certificate, version uint16) (flood.ReviewResult, error) {
 		cfg := wh.TLSConfig()
 		cfg.Certificates, cfg.MaxVersion = certs, version
 		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
 		defer c.CloseIdleConnections()
-		return testbed.SendReview(ctx, c, wh.URL, review)
+		return flood.SendReview(ctx, c, wh.URL, review)
 	}
 
 	refusedBefore := map[string]float64{}
@@ -112,7 +115,7 @@ func (s *suite) callerAuth(t *testing.T) {
 					return
 				}
 				require.Error(t, err, "a caller without the API server's certificate got an answer")
-				assert.Equal(t, testbed.ReviewResult{}, r)
+				assert.Equal(t, flood.ReviewResult{}, r)
 			})
 		}
 	}
@@ -203,7 +206,7 @@ func (s *deploySuite) onlyThisAPIServer(ctx context.Context, t *testing.T, wh *t
 	require.NoError(t, cp.Client.Get(ctx, client.ObjectKeyFromObject(created), got))
 	assert.Equal(t, string(s.plain), string(got.Data["app.env"]), "the API server with the issued certificate is answered")
 
-	r, err := testbed.SendReview(ctx, wh.Client(), wh.URL, forgedReview(t, "app.env", s.doc))
+	r, err := flood.SendReview(ctx, wh.Client(), wh.URL, forgedReview(t, "app.env", s.doc))
 	assert.Error(t, err, "the test bed's own API-server certificate, of another CA, is refused")
 	assert.Empty(t, r.Patch)
 }

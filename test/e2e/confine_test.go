@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // confinedIdentity applies the self-managed overlay's RBAC and its
@@ -30,7 +31,7 @@ import (
 func (s *deploySuite) confinedIdentity(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	for _, f := range []string{"manifests/base/serviceaccount.yaml", "manifests/overlays/self-managed/rbac.yaml", "manifests/overlays/self-managed/confine.yaml"} {
 		s.kubectl(t, nil, "apply", "-f", filepath.Join(root, f))

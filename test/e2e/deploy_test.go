@@ -30,6 +30,8 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/testpki"
 )
 
 // deploySuite runs the deployment manifests against a control plane of its
@@ -42,7 +44,7 @@ type deploySuite struct {
 	work       string
 	bin        string
 	config     string
-	age        testbed.AgeKey
+	age        sopskit.AgeKey
 	// doc is a dotenv SOPS document for age; plain is its plaintext.
 	doc, plain []byte
 
@@ -55,7 +57,7 @@ func TestDeployment(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	s := &deploySuite{age: testbed.NewAgeKey(t, false), work: t.TempDir()}
+	s := &deploySuite{age: sopskit.NewAgeKey(t, false), work: t.TempDir()}
 	cp, err := testbed.StartControlPlane()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cp.Stop() })
@@ -67,7 +69,7 @@ func TestDeployment(t *testing.T) {
 	s.config = filepath.Join(s.work, "config.yaml")
 	require.NoError(t, os.WriteFile(s.config, s.age.Config("team-a"), 0o600))
 	s.plain = []byte("PASSWORD=deploy-PLAINTEXT-1\n")
-	s.doc = testbed.SopsEncrypt(t, s.plain, "dotenv", testbed.Recipients{Age: []testbed.AgeKey{s.age}})
+	s.doc = sopskit.SopsEncrypt(t, s.plain, "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{s.age}})
 	for _, ns := range []string{"sops-webhook", "apps"} {
 		obj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}
 		require.NoError(t, s.c.Create(ctx, obj))
@@ -111,7 +113,7 @@ func runKubectl(kubeconfig string, stdin []byte, args ...string) (string, error)
 // render builds a kustomization of the repository with kubectl, with the
 // repository's components (manifests/components/NAME) added to it.
 func (s *deploySuite) render(t *testing.T, dir string, components ...string) []byte {
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	if len(components) == 0 {
 		return []byte(s.kubectl(t, nil, "kustomize", filepath.Join(root, dir)))
@@ -132,7 +134,7 @@ func (s *deploySuite) render(t *testing.T, dir string, components ...string) []b
 }
 
 func (s *deploySuite) manifestsAccepted(t *testing.T) {
-	tools, err := testbed.Load()
+	tools, err := sopskit.Load()
 	require.NoError(t, err)
 	require.NotEmpty(t, tools.CRDDirs, "run make testbed: CRDs missing")
 	for _, dir := range tools.CRDDirs {
@@ -142,7 +144,7 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 		"crd/certificates.cert-manager.io", "crd/issuers.cert-manager.io", "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
 
 	t.Run("manifests/monitoring", func(t *testing.T) {
-		root, err := testbed.RepoRoot()
+		root, err := sopskit.RepoRoot()
 		require.NoError(t, err)
 		out := s.kubectl(t, nil, "apply", "--server-side", "--dry-run=server", "--field-manager=sops-webhook-test", "-f", filepath.Join(root, "manifests/monitoring/prometheusrule.yaml"))
 		assert.Contains(t, out, "prometheusrule.monitoring.coreos.com/sops-webhook serverside-applied")
@@ -193,7 +195,7 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 
 	t.Run("the chart refuses to render until the caller authentication is chosen", func(t *testing.T) {
 		h := testbed.HelmCLIs(t, "")[0]
-		root, err := testbed.RepoRoot()
+		root, err := sopskit.RepoRoot()
 		require.NoError(t, err)
 		for _, c := range []struct {
 			args []string
@@ -238,7 +240,7 @@ func (s *deploySuite) manifestsAccepted(t *testing.T) {
 	})
 
 	t.Run("chart and manifests ship the same alert rules", func(t *testing.T) {
-		root, err := testbed.RepoRoot()
+		root, err := sopskit.RepoRoot()
 		require.NoError(t, err)
 		h := testbed.HelmCLIs(t, "")[0]
 		chart := testbed.ParseObjects(t, s.renderChart(t, h, "sops-webhook", append(chartNone, "--set", "prometheusRule.enabled=true")...))["PrometheusRule"]
@@ -291,7 +293,7 @@ var chartValueSets = []struct {
 
 // renderChart renders charts/sops-webhook as release into sops-webhook.
 func (s *deploySuite) renderChart(t *testing.T, h *testbed.Helm, release string, args ...string) string {
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	return h.MustRun(t, append([]string{"template", release, filepath.Join(root, "charts/sops-webhook"), "-n", "sops-webhook", "--kube-version", "1.37.2"}, args...)...)
 }
@@ -330,7 +332,7 @@ func specOf(t *testing.T, kind string, obj map[string]any) any {
 
 func (s *deploySuite) helmInstall(t *testing.T) {
 	ctx := context.Background()
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	for _, h := range testbed.HelmCLIs(t, s.kubeconfig) {
 		t.Run(h.Name, func(t *testing.T) {
@@ -364,7 +366,7 @@ func (s *deploySuite) create(ctx context.Context, ns, name string, value []byte,
 
 func (s *deploySuite) vapWithoutWebhook(t *testing.T) {
 	ctx := context.Background()
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	s.kubectl(t, nil, "apply", "-f", filepath.Join(root, "manifests/base/validatingadmissionpolicy.yaml"))
 
@@ -632,7 +634,7 @@ func (s *deploySuite) selfManaged(t *testing.T) {
 
 func (s *deploySuite) twoReplicas(t *testing.T) {
 	ctx := context.Background()
-	bundle, err := testbed.NewTLS([]string{"127.0.0.1"}, time.Hour)
+	bundle, err := testpki.NewTLS([]string{"127.0.0.1"}, time.Hour)
 	require.NoError(t, err)
 	var replicas []*testbed.Webhook
 	for _, name := range []string{"replica-a", "replica-b"} {

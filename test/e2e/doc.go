@@ -3,7 +3,7 @@
 // loopback, and the project's own MutatingWebhookConfiguration routes
 // Secrets and ConfigMaps to it. Besides, TestFlood runs the binary in a
 // memory cgroup at the Deployment's limit under a tenant's flood,
-// TestBodyGateOverTLS checks the body budget's refusals over TLS,
+// TestGateOverTLS checks the body budget's refusals over TLS,
 // TestGateRefusalsThroughAPIServer that they reach clients as the
 // webhook's retryable 503, and
 // TestGitOps applies and diffs rendered manifests as kubectl, Argo CD (its

@@ -23,6 +23,8 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/testpki"
 )
 
 // plaintexts per format; each holds a marker the log check looks for.
@@ -47,9 +49,9 @@ type suite struct {
 	// bin, config and work are the webhook's binary, its config file and
 	// the suite's folder, for tests that start another one.
 	bin, config, work string
-	age               testbed.AgeKey
-	pgp               testbed.PGPKey
-	other             testbed.AgeKey
+	age               sopskit.AgeKey
+	pgp               sopskit.PGPKey
+	other             sopskit.AgeKey
 }
 
 // TestMain gives controller-runtime's clients a logger that discards: the
@@ -89,9 +91,9 @@ func TestE2E(t *testing.T) {
 func setup(ctx context.Context, t *testing.T) *suite {
 	t.Helper()
 	s := &suite{
-		age:   testbed.NewAgeKey(t, false),
-		pgp:   testbed.NewPGPKey(t),
-		other: testbed.NewAgeKey(t, false),
+		age:   sopskit.NewAgeKey(t, false),
+		pgp:   sopskit.NewPGPKey(t),
+		other: sopskit.NewAgeKey(t, false),
 	}
 	cp, err := testbed.StartControlPlane()
 	require.NoError(t, err)
@@ -143,11 +145,11 @@ policy:
 	return s
 }
 
-func (s *suite) recipients(kind string) testbed.Recipients {
+func (s *suite) recipients(kind string) sopskit.Recipients {
 	if kind == "pgp" {
-		return testbed.Recipients{PGP: []testbed.PGPKey{s.pgp}}
+		return sopskit.Recipients{PGP: []sopskit.PGPKey{s.pgp}}
 	}
-	return testbed.Recipients{Age: []testbed.AgeKey{s.age}}
+	return sopskit.Recipients{Age: []sopskit.AgeKey{s.age}}
 }
 
 func (s *suite) optedIn(t *testing.T) {
@@ -155,8 +157,8 @@ func (s *suite) optedIn(t *testing.T) {
 	for _, keyKind := range []string{"age", "pgp"} {
 		r := s.recipients(keyKind)
 		for format, p := range plaintexts {
-			enc := testbed.SopsEncrypt(t, []byte(p.plain), format, r)
-			want := testbed.SopsDecrypt(t, enc, format, r)
+			enc := sopskit.SopsEncrypt(t, []byte(p.plain), format, r)
+			want := sopskit.SopsDecrypt(t, enc, format, r)
 			for _, via := range []string{"data", "stringData"} {
 				t.Run(keyKind+"/"+format+"/secret-"+via, func(t *testing.T) {
 					sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: strings.ToLower(keyKind + "-" + format + "-" + via), Namespace: "team-a"}}
@@ -206,7 +208,7 @@ func (s *suite) objectOptOut(t *testing.T) {
 // server stored the ciphertext unchanged: the webhook was not called.
 func (s *suite) storedAsSent(t *testing.T, namespace string, labels map[string]string) {
 	ctx := context.Background()
-	enc := testbed.SopsEncrypt(t, []byte(plaintexts["dotenv"].plain), "dotenv", s.recipients("age"))
+	enc := sopskit.SopsEncrypt(t, []byte(plaintexts["dotenv"].plain), "dotenv", s.recipients("age"))
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
 		Name: "ciphertext", Namespace: namespace, Labels: labels,
 	}, Data: map[string][]byte{"app.env": enc}}
@@ -220,9 +222,9 @@ func (s *suite) storedAsSent(t *testing.T, namespace string, labels map[string]s
 func (s *suite) rejected(t *testing.T) {
 	ctx := context.Background()
 	plain := "user: app\npassword: e2e-reject-PLAINTEXT-6\nnote_unencrypted: public\n"
-	tampered := testbed.SopsEncrypt(t, []byte(plain), "yaml", s.recipients("age"), "--unencrypted-suffix", "_unencrypted")
+	tampered := sopskit.SopsEncrypt(t, []byte(plain), "yaml", s.recipients("age"), "--unencrypted-suffix", "_unencrypted")
 	tampered = []byte(strings.Replace(string(tampered), "note_unencrypted: public", "note_unencrypted: forged", 1))
-	foreign := testbed.SopsEncrypt(t, []byte(plain), "yaml", testbed.Recipients{Age: []testbed.AgeKey{s.other}})
+	foreign := sopskit.SopsEncrypt(t, []byte(plain), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{s.other}})
 
 	tests := []struct {
 		name, field string
@@ -263,7 +265,7 @@ func (s *suite) calls(t *testing.T) float64 {
 // sent, as a control that the counter counts.
 func (s *suite) untouched(t *testing.T) {
 	ctx := context.Background()
-	enc := testbed.SopsEncrypt(t, []byte(plaintexts["dotenv"].plain), "dotenv", s.recipients("age"))
+	enc := sopskit.SopsEncrypt(t, []byte(plaintexts["dotenv"].plain), "dotenv", s.recipients("age"))
 	require.NoError(t, s.c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
 		Name: "sops-webhook", Labels: map[string]string{mutate.LabelDecrypt: "enabled"},
 	}}))
@@ -303,8 +305,8 @@ func (s *suite) untouched(t *testing.T) {
 func (s *suite) update(t *testing.T) {
 	ctx := context.Background()
 	r := s.recipients("age")
-	v1 := testbed.SopsEncrypt(t, []byte("PASSWORD=e2e-update-PLAINTEXT-7a\n"), "dotenv", r)
-	v2 := testbed.SopsEncrypt(t, []byte("PASSWORD=e2e-update-PLAINTEXT-7b\n"), "dotenv", r)
+	v1 := sopskit.SopsEncrypt(t, []byte("PASSWORD=e2e-update-PLAINTEXT-7a\n"), "dotenv", r)
+	v2 := sopskit.SopsEncrypt(t, []byte("PASSWORD=e2e-update-PLAINTEXT-7b\n"), "dotenv", r)
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "rotating", Namespace: "team-a"}, Data: map[string][]byte{"app.env": v1, "other": []byte("plain")}}
 	require.NoError(t, s.c.Create(ctx, sec))
 	got := &corev1.Secret{}
@@ -350,7 +352,7 @@ func (s *suite) provenance(t *testing.T) {
 
 func (s *suite) dryRun(t *testing.T) {
 	ctx := context.Background()
-	enc := testbed.SopsEncrypt(t, []byte("PASSWORD=e2e-dryrun-PLAINTEXT-8\n"), "dotenv", s.recipients("age"))
+	enc := sopskit.SopsEncrypt(t, []byte("PASSWORD=e2e-dryrun-PLAINTEXT-8\n"), "dotenv", s.recipients("age"))
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "dry", Namespace: "team-a"}, Data: map[string][]byte{"app.env": enc}}
 	require.NoError(t, s.c.Create(ctx, sec, client.DryRunAll))
 	assert.Equal(t, "PASSWORD=e2e-dryrun-PLAINTEXT-8\n", string(sec.Data["app.env"]), "dry-run response holds the plaintext")
@@ -394,7 +396,7 @@ func (s *suite) tlsReload(t *testing.T) {
 	// Swap the pair in --cert-dir. A client that trusts only the new CA can
 	// handshake only once the webhook serves the new certificate.
 
-	b, err := testbed.NewTLS([]string{"127.0.0.1"}, time.Hour)
+	b, err := testpki.NewTLS([]string{"127.0.0.1"}, time.Hour)
 	require.NoError(t, err)
 	require.NoError(t, b.WriteDir(s.webhook.CertDir))
 	pool := x509.NewCertPool()

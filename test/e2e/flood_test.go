@@ -20,6 +20,8 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // floodLimit is the shipped Deployment's memory limit (manifests/base).
@@ -39,7 +41,7 @@ const (
 // with distinct valid ~1 MiB documents (JSON and YAML) and one with the
 // densest valid document the items cap lets through, eight with documents
 // that must be denied (~1 MiB ones with a tampered MAC in each format, or
-// for a key the webhook lacks; small hostile ones, testbed.HostileDocs),
+// for a key the webhook lacks; small hostile ones, flood.HostileDocs),
 // while a victim sends small requests, a
 // plain Secret and a 1 KiB document in turn. The webhook must survive
 // without an OOM kill; every heavy request must be decrypted correctly,
@@ -53,10 +55,10 @@ func TestFlood(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	key, other := testbed.NewAgeKey(t, false), testbed.NewAgeKey(t, false)
-	mine := testbed.Recipients{Age: []testbed.AgeKey{key}}
+	key, other := sopskit.NewAgeKey(t, false), sopskit.NewAgeKey(t, false)
+	mine := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
 	start := time.Now()
-	payloads := testbed.NewFloodPayloads(t, mine, testbed.Recipients{Age: []testbed.AgeKey{other}}, floodHeavySenders, floodDocsPerSender)
+	payloads := flood.NewFloodPayloads(t, mine, sopskit.Recipients{Age: []sopskit.AgeKey{other}}, floodHeavySenders, floodDocsPerSender)
 	t.Logf("payloads encrypted with the sops CLI in %s", time.Since(start).Round(time.Second))
 
 	work := t.TempDir()
@@ -75,7 +77,7 @@ func TestFlood(t *testing.T) {
 	assert.Contains(t, wh.Logs(), fmt.Sprintf(`"heavySlots":%d`, max(1, runtime.GOMAXPROCS(0)-1)), "large requests leave a processor to small ones")
 
 	client := func() *http.Client { return caClient(t, wh.CABundle) }
-	victim := testbed.NewVictim(wh.URL, client(), payloads.Small)
+	victim := flood.NewVictim(wh.URL, client(), payloads.Small)
 	// The first requests open the connection and fill the caches.
 	for range 20 {
 		require.NoError(t, victim.Send(ctx))
@@ -89,7 +91,7 @@ func TestFlood(t *testing.T) {
 	sampling := make(chan struct{})
 	peakDone := make(chan int64)
 	go func() { peakDone <- samplePeak(cg, sampling) }()
-	res := testbed.Flood{URL: wh.URL, Client: client, Payloads: payloads, BusyRetries: floodBusyRetries, DeniedSends: floodDeniedSends}.Run(ctx, victim)
+	res := flood.Flood{URL: wh.URL, Client: client, Payloads: payloads, BusyRetries: floodBusyRetries, DeniedSends: floodDeniedSends}.Run(ctx, victim)
 	close(sampling)
 	sampledPeak := <-peakDone
 	require.NoError(t, res.VictimErr, "a victim request was not answered correctly")
@@ -103,7 +105,7 @@ func TestFlood(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Empty(t, res.Failures)
-	assert.Equal(t, payloads.Valid(), res.Tally[testbed.FloodDecrypted], "every valid document is decrypted in the end")
+	assert.Equal(t, payloads.Valid(), res.Tally[flood.FloodDecrypted], "every valid document is decrypted in the end")
 	peak, err := cg.Peak()
 	require.NoError(t, err)
 	assert.Less(t, peak, int64(floodLimit/10*9), "memory stays under GOMEMLIMIT, 90 %% of the limit: the budgets hold it")
@@ -114,7 +116,7 @@ func TestFlood(t *testing.T) {
 		busy += n
 		t.Logf("busy refusals by the %s lane: %.0f", lane, n)
 	}
-	assert.Equal(t, float64(res.Tally[testbed.FloodValidBusy]+res.Tally[testbed.FloodInvalidBusy]), busy, "every busy refusal is counted")
+	assert.Equal(t, float64(res.Tally[flood.FloodValidBusy]+res.Tally[flood.FloodInvalidBusy]), busy, "every busy refusal is counted")
 	smallBusy, err := wh.Metric(`sops_webhook_budget_refusals_total{lane="small"}`)
 	require.NoError(t, err)
 	assert.Zero(t, smallBusy, "no small request was refused")
@@ -128,7 +130,7 @@ func TestFlood(t *testing.T) {
 }
 
 func pct(sorted []time.Duration, p float64) time.Duration {
-	return testbed.Percentile(sorted, p).Round(10 * time.Microsecond)
+	return flood.Percentile(sorted, p).Round(10 * time.Microsecond)
 }
 
 // samplePeak samples the cgroup's memory use every 50 ms until done.
@@ -148,20 +150,20 @@ func samplePeak(cg *testbed.MemoryCgroup, done <-chan struct{}) int64 {
 	}
 }
 
-// TestBodyGateOverTLS gives the real binary a body budget smaller than one
+// TestGateOverTLS gives the real binary a body budget smaller than one
 // large review and a 1 ms budget wait, and sends large reviews four at a
 // time over TLS: each is either decrypted or refused by the body gate (503,
 // retryable: "busy reading", read no further than its head, or "busy
 // handling", read while every handling slot was taken), never a connection
 // error; at least one is refused before its body is read.
-func TestBodyGateOverTLS(t *testing.T) {
+func TestGateOverTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: runs the real webhook binary; run without -short")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	key := testbed.NewAgeKey(t, false)
-	doc := testbed.NewFloodDoc(t, "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
+	key := sopskit.NewAgeKey(t, false)
+	doc := flood.NewFloodDoc(t, "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
 	work := t.TempDir()
 	bin, err := testbed.BuildWebhook(work)
 	require.NoError(t, err)
@@ -178,7 +180,7 @@ func TestBodyGateOverTLS(t *testing.T) {
 		results := make(chan error, 4)
 		for i := range 4 {
 			go func() {
-				res, err := testbed.SendReview(ctx, c, wh.URL, testbed.SecretReview(fmt.Sprintf("gate-%d-%d", burst, i), doc))
+				res, err := flood.SendReview(ctx, c, wh.URL, flood.SecretReview(fmt.Sprintf("gate-%d-%d", burst, i), doc))
 				switch {
 				case err != nil:
 					results <- fmt.Errorf("connection error: %w", err)
@@ -231,8 +233,8 @@ func TestGateRefusalsThroughAPIServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	b := newIdentityBed(ctx, t)
-	key := testbed.NewAgeKey(t, false)
-	doc := testbed.NewFloodDoc(t, "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}})
+	key := sopskit.NewAgeKey(t, false)
+	doc := flood.NewFloodDoc(t, "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key}})
 	config := "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: team-a\n    age: {identityFile: " + key.IdentityFile + "}\n"
 	b.startWebhookWith(ctx, t, "gate", config, []string{"--body-budget", "1Mi", "--budget-wait", "1ms"}, nil)
 

@@ -20,7 +20,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
+	"github.com/sops-webhook/sops-webhook/test/testbed/gitops"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // flux runs the docs' Kustomization with a real kustomize-controller and a
@@ -29,14 +31,14 @@ import (
 // Ready; later reconciliations change nothing; a new ciphertext is
 // decrypted; a tampered document makes the Kustomization not Ready with the
 // webhook's message.
-func (g *gitops) flux(ctx context.Context, t *testing.T) {
-	tools := testbed.Need(t, "kustomize-controller", func(tl testbed.Tools) string { return tl.KustomizeController })
+func (g *gitopsBed) flux(ctx context.Context, t *testing.T) {
+	tools := sopskit.Need(t, "kustomize-controller", func(tl sopskit.Tools) string { return tl.KustomizeController })
 	require.NotEmpty(t, tools.FluxCRDDirs, "run make testbed: Flux CRDs missing")
 	c := g.s.c
-	require.NoError(t, testbed.InstallCRDs(ctx, c, tools.FluxCRDDirs))
+	require.NoError(t, gitops.InstallCRDs(ctx, c, tools.FluxCRDDirs))
 	require.NoError(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "flux-system"}}))
 
-	src, err := testbed.StartSourceControllerStandIn(c)
+	src, err := gitops.StartSourceControllerStandIn(c)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = src.Stop() })
 
@@ -50,7 +52,7 @@ func (g *gitops) flux(ctx context.Context, t *testing.T) {
 	require.Equal(t, "team-a", target, "the docs' Kustomization targets the opted-in namespace of the test bed")
 
 	rev1, want1 := g.fluxPublish(ctx, t, src, ks.GetNamespace(), repo, path, 1, false)
-	kc, err := testbed.StartKustomizeController(tools.KustomizeController, g.s.kubeconfig, nil)
+	kc, err := gitops.StartKustomizeController(tools.KustomizeController, g.s.kubeconfig, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		_ = kc.Stop()
@@ -103,13 +105,13 @@ type fluxWant map[string]map[string]string
 // fluxPublish publishes revision v of the repository: under dir, a Secret
 // whose app.yaml is a SOPS document (its MAC broken when tamper), and
 // a ConfigMap of values tokens rendered by `helm template` with the helper.
-func (g *gitops) fluxPublish(ctx context.Context, t *testing.T, src *testbed.SourceControllerStandIn, ns, repo, dir string, v int, tamper bool) (string, fluxWant) {
+func (g *gitopsBed) fluxPublish(ctx context.Context, t *testing.T, src *gitops.SourceControllerStandIn, ns, repo, dir string, v int, tamper bool) (string, fluxWant) {
 	t.Helper()
 	r := g.s.recipients("age")
 	plain := fmt.Sprintf("password: flux-%s-v%d\n", plaintextMarker, v)
-	doc := testbed.SopsEncrypt(t, []byte(plain), "yaml", r)
+	doc := sopskit.SopsEncrypt(t, []byte(plain), "yaml", r)
 	if tamper {
-		doc = testbed.TamperMAC(t, testbed.FloodDoc{Enc: doc}).Enc
+		doc = flood.TamperMAC(t, flood.FloodDoc{Enc: doc}).Enc
 	}
 	secret := fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata:\n  name: flux-doc\ndata:\n  app.yaml: %s\n", base64.StdEncoding.EncodeToString(doc))
 
@@ -134,7 +136,7 @@ data:
 	}
 	token := fmt.Sprintf("flux-token-%s-v%d", plaintextMarker, v)
 	values := filepath.Join(g.work, fmt.Sprintf("flux-v%d.enc.yaml", v))
-	require.NoError(t, os.WriteFile(values, testbed.SopsEncrypt(t, []byte("token: "+token+"\n"), "yaml", r), 0o600))
+	require.NoError(t, os.WriteFile(values, sopskit.SopsEncrypt(t, []byte("token: "+token+"\n"), "yaml", r), 0o600))
 	config, err := g.helm.Run("template", "flux", chart, "-f", values)
 	require.NoError(t, err)
 
@@ -149,7 +151,7 @@ data:
 
 // fluxStatus reads the Kustomization's Ready condition and the revision it
 // last applied and attempted.
-func (g *gitops) fluxStatus(ctx context.Context, t *testing.T, ks *unstructured.Unstructured) (ready metav1.Condition, applied, attempted, handled string) {
+func (g *gitopsBed) fluxStatus(ctx context.Context, t *testing.T, ks *unstructured.Unstructured) (ready metav1.Condition, applied, attempted, handled string) {
 	t.Helper()
 	live := &unstructured.Unstructured{}
 	live.SetGroupVersionKind(ks.GroupVersionKind())
@@ -170,7 +172,7 @@ func (g *gitops) fluxStatus(ctx context.Context, t *testing.T, ks *unstructured.
 }
 
 // fluxReady waits until the Kustomization is Ready at revision.
-func (g *gitops) fluxReady(ctx context.Context, t *testing.T, ks *unstructured.Unstructured, revision string) {
+func (g *gitopsBed) fluxReady(ctx context.Context, t *testing.T, ks *unstructured.Unstructured, revision string) {
 	t.Helper()
 	var last metav1.Condition
 	require.Eventually(t, func() bool {
@@ -182,7 +184,7 @@ func (g *gitops) fluxReady(ctx context.Context, t *testing.T, ks *unstructured.U
 
 // fluxNotReady waits until the Kustomization has attempted revision and is
 // not Ready; it returns the Ready condition's message.
-func (g *gitops) fluxNotReady(ctx context.Context, t *testing.T, ks *unstructured.Unstructured, revision string) string {
+func (g *gitopsBed) fluxNotReady(ctx context.Context, t *testing.T, ks *unstructured.Unstructured, revision string) string {
 	t.Helper()
 	var last metav1.Condition
 	require.Eventually(t, func() bool {
@@ -195,7 +197,7 @@ func (g *gitops) fluxNotReady(ctx context.Context, t *testing.T, ks *unstructure
 
 // fluxReconcile asks for a reconciliation, as `flux reconcile` does, and
 // waits until the controller has handled it and is Ready.
-func (g *gitops) fluxReconcile(ctx context.Context, t *testing.T, ks *unstructured.Unstructured, token string) {
+func (g *gitopsBed) fluxReconcile(ctx context.Context, t *testing.T, ks *unstructured.Unstructured, token string) {
 	t.Helper()
 	patch := fmt.Appendf(nil, `{"metadata":{"annotations":{"reconcile.fluxcd.io/requestedAt":%q}}}`, token)
 	require.NoError(t, g.s.c.Patch(ctx, ks.DeepCopy(), client.RawPatch("application/merge-patch+json", patch)))
@@ -205,7 +207,7 @@ func (g *gitops) fluxReconcile(ctx context.Context, t *testing.T, ks *unstructur
 	}, 2*time.Minute, 250*time.Millisecond, "reconciliation %s handled", token)
 }
 
-func (g *gitops) fluxObject(ctx context.Context, t *testing.T, name string) (map[string]string, string) {
+func (g *gitopsBed) fluxObject(ctx context.Context, t *testing.T, name string) (map[string]string, string) {
 	t.Helper()
 	if name == "flux-values" {
 		cm := &corev1.ConfigMap{}
@@ -221,7 +223,7 @@ func (g *gitops) fluxObject(ctx context.Context, t *testing.T, name string) (map
 	return data, s.ResourceVersion
 }
 
-func (g *gitops) fluxDecrypted(ctx context.Context, t *testing.T, want fluxWant) {
+func (g *gitopsBed) fluxDecrypted(ctx context.Context, t *testing.T, want fluxWant) {
 	t.Helper()
 	for name, kv := range want {
 		data, _ := g.fluxObject(ctx, t, name)
@@ -231,7 +233,7 @@ func (g *gitops) fluxDecrypted(ctx context.Context, t *testing.T, want fluxWant)
 	}
 }
 
-func (g *gitops) fluxVersions(ctx context.Context, t *testing.T, want fluxWant) map[string]string {
+func (g *gitopsBed) fluxVersions(ctx context.Context, t *testing.T, want fluxWant) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	for name := range want {
@@ -277,7 +279,7 @@ func tail(s string, n int) string {
 // values file from a ConfigMap in its own namespace, and that ConfigMap is
 // stored as it is there, because that namespace is not opted in; in an
 // opted-in namespace, it is stored as it is only with the opt-out label.
-func (g *gitops) fluxHelmRelease(ctx context.Context, t *testing.T) {
+func (g *gitopsBed) fluxHelmRelease(ctx context.Context, t *testing.T) {
 	var hr struct {
 		APIVersion string `json:"apiVersion"`
 		Kind       string `json:"kind"`
@@ -299,7 +301,7 @@ func (g *gitops) fluxHelmRelease(ctx context.Context, t *testing.T) {
 	require.Equal(t, "ConfigMap", from.Kind)
 	require.Contains(t, from.ValuesKey, ".enc.", "the release takes the encrypted values file")
 
-	enc := testbed.SopsEncrypt(t, []byte("token: "+plaintextMarker+"-helmrelease\n"), "yaml", g.s.recipients("age"))
+	enc := sopskit.SopsEncrypt(t, []byte("token: "+plaintextMarker+"-helmrelease\n"), "yaml", g.s.recipients("age"))
 	ns := hr.Metadata.Namespace
 	if err := g.s.c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 		require.True(t, strings.Contains(err.Error(), "already exists"), err)

@@ -17,7 +17,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/standin"
 )
 
 const gcpKeyID = "projects/p/locations/global/keyRings/r/cryptoKeys/app"
@@ -35,7 +36,7 @@ func TestGCPKMS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	b := newIdentityBed(ctx, t)
-	gcp, err := testbed.StartGCPStandIn(b.work, testbed.GCPStandInOptions{JWKS: b.jwks, Issuer: b.issuer, Subject: webhookSubject})
+	gcp, err := standin.StartGCP(b.work, standin.GCPOptions{JWKS: b.jwks, Issuer: b.issuer, Subject: webhookSubject})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = gcp.Close() })
 	tokenFile, jwt := b.tokenFile(ctx, t, "sops-webhook", gcp.JWTAudience)
@@ -51,13 +52,13 @@ func TestGCPKMS(t *testing.T) {
 	// then wrapped by the Cloud KMS stand-in and written in place of the age
 	// entry, exactly as sops --gcp-kms would write it.
 	kmsClient := gcpKMSClient(t, gcp)
-	throwaway := testbed.NewAgeKey(t, false)
+	throwaway := sopskit.NewAgeKey(t, false)
 	encrypt := func(t *testing.T, plain, resourceID string) []byte {
-		doc := testbed.SopsEncrypt(t, []byte(plain), "yaml", testbed.Recipients{Age: []testbed.AgeKey{throwaway}})
+		doc := sopskit.SopsEncrypt(t, []byte(plain), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{throwaway}})
 		callCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+gcp.AdminToken())
-		resp, err := kmsClient.Encrypt(callCtx, &kmspb.EncryptRequest{Name: resourceID, Plaintext: testbed.DataKeyOf(t, doc, throwaway)})
+		resp, err := kmsClient.Encrypt(callCtx, &kmspb.EncryptRequest{Name: resourceID, Plaintext: sopskit.DataKeyOf(t, doc, throwaway)})
 		require.NoError(t, err)
-		return testbed.ReplaceAgeStanza(t, doc, "    gcp_kms:\n        - resource_id: "+resourceID+"\n          created_at: \"2026-11-24T00:00:00Z\"\n          enc: "+base64.StdEncoding.EncodeToString(resp.Ciphertext)+"\n")
+		return sopskit.ReplaceAgeStanza(t, doc, "    gcp_kms:\n        - resource_id: "+resourceID+"\n          created_at: \"2026-11-24T00:00:00Z\"\n          enc: "+base64.StdEncoding.EncodeToString(resp.Ciphertext)+"\n")
 	}
 
 	t.Run("decrypts as the workload identity", func(t *testing.T) {
@@ -100,7 +101,7 @@ func TestGCPKMS(t *testing.T) {
 
 // gcpKMSClient is a raw gRPC Cloud KMS client to the stand-in, trusting its
 // CA, for making test payloads.
-func gcpKMSClient(t *testing.T, gcp *testbed.GCPStandIn) kmspb.KeyManagementServiceClient {
+func gcpKMSClient(t *testing.T, gcp *standin.GCP) kmspb.KeyManagementServiceClient {
 	t.Helper()
 	pem, err := os.ReadFile(gcp.CAFile)
 	require.NoError(t, err)

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // TestGitOps applies rendered manifests the way GitOps tools do, through the
@@ -39,7 +40,7 @@ import (
 //   - kubectl diff --server-side: nothing for unchanged manifests; for a
 //     changed value, only that Secret, and no plaintext in the output.
 //
-//   - Argo CD's server-side diff, emulated (test/testbed/argocd.go), with the
+//   - Argo CD's server-side diff, emulated (test/testbed/gitops/argocd.go), with the
 //     docs' Application: in sync after a sync, with and without
 //     IncludeMutationWebhook; a changed ciphertext shows exactly its Secret,
 //     masked. The docs' ignoreDifferences fallback covers every field the
@@ -55,7 +56,7 @@ func TestGitOps(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	s := setup(ctx, t)
-	g := &gitops{s: s, work: t.TempDir(), helm: testbed.HelmCLIs(t, s.kubeconfig)[0]}
+	g := &gitopsBed{s: s, work: t.TempDir(), helm: testbed.HelmCLIs(t, s.kubeconfig)[0]}
 	for _, form := range []string{"document", "values"} {
 		t.Run(form+"/client-side apply", func(t *testing.T) { g.clientSide(ctx, t, form) })
 		t.Run(form+"/server-side apply as argocd-controller", func(t *testing.T) { g.serverSide(ctx, t, form) })
@@ -66,7 +67,7 @@ func TestGitOps(t *testing.T) {
 	t.Run("Flux HelmRelease values file", func(t *testing.T) { g.fluxHelmRelease(ctx, t) })
 }
 
-type gitops struct {
+type gitopsBed struct {
 	s    *suite
 	work string
 	helm *testbed.Helm
@@ -82,17 +83,17 @@ type release struct {
 
 // render renders the manifests of form for names with prefix, holding the
 // secret values of version v.
-func (g *gitops) render(t *testing.T, form, prefix string, v int) release {
+func (g *gitopsBed) render(t *testing.T, form, prefix string, v int) release {
 	t.Helper()
 	r := g.s.recipients("age")
-	values := map[string]string{prefix + "-a": fmt.Sprintf("gitops-a-PLAINTEXT-v%d", v), prefix + "-b": "gitops-b-PLAINTEXT-same"}
+	values := map[string]string{prefix + "-a": fmt.Sprintf("gitopsBed-a-PLAINTEXT-v%d", v), prefix + "-b": "gitopsBed-b-PLAINTEXT-same"}
 	rel := release{want: map[string]string{}}
 	switch form {
 	case "document":
 		rel.key = "app.env"
 		var b bytes.Buffer
 		for name, value := range values {
-			enc := testbed.SopsEncrypt(t, []byte("PASSWORD="+value+"\n"), "dotenv", r)
+			enc := sopskit.SopsEncrypt(t, []byte("PASSWORD="+value+"\n"), "dotenv", r)
 			fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n  namespace: team-a\ndata:\n  app.env: %s\n", name, base64.StdEncoding.EncodeToString(enc))
 			rel.want[name] = "PASSWORD=" + value + "\n"
 		}
@@ -107,7 +108,7 @@ func (g *gitops) render(t *testing.T, form, prefix string, v int) release {
 			fmt.Fprintf(&plain, "  %s: %s\n", name, value)
 		}
 		file := filepath.Join(g.work, fmt.Sprintf("%s-v%d.enc.yaml", prefix, v))
-		require.NoError(t, os.WriteFile(file, testbed.SopsEncrypt(t, plain.Bytes(), "yaml", r), 0o600))
+		require.NoError(t, os.WriteFile(file, sopskit.SopsEncrypt(t, plain.Bytes(), "yaml", r), 0o600))
 		out, err := g.helm.Run("template", prefix, chart, "-n", "team-a", "-f", file)
 		require.NoError(t, err)
 		rel.manifests = []byte(out)
@@ -117,19 +118,19 @@ func (g *gitops) render(t *testing.T, form, prefix string, v int) release {
 
 // chart writes a chart whose Secrets take their values from .Values.secrets
 // and carry the helper's index.
-func (g *gitops) chart(t *testing.T) string {
+func (g *gitopsBed) chart(t *testing.T) string {
 	t.Helper()
 	dir := filepath.Join(g.work, "chart")
 	if _, err := os.Stat(dir); err == nil {
 		return dir
 	}
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	tpl, err := os.ReadFile(filepath.Join(root, "charts/sops-webhook-values/templates/_sops-webhook.tpl"))
 	require.NoError(t, err)
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "templates"), 0o755))
 	for name, body := range map[string]string{
-		"Chart.yaml":                  "apiVersion: v2\nname: gitops\nversion: 0.1.0\n",
+		"Chart.yaml":                  "apiVersion: v2\nname: gitopsBed\nversion: 0.1.0\n",
 		"templates/_sops-webhook.tpl": string(tpl),
 		"templates/secrets.yaml": `{{- range $name, $v := .Values.secrets }}
 ---
@@ -151,7 +152,7 @@ stringData:
 
 // kubectl runs kubectl with manifests on stdin; it returns the output and
 // the exit code (kubectl diff exits 1 when there are differences).
-func (g *gitops) kubectl(t *testing.T, stdin []byte, args ...string) (string, int) {
+func (g *gitopsBed) kubectl(t *testing.T, stdin []byte, args ...string) (string, int) {
 	t.Helper()
 	cmd := exec.Command("kubectl", append([]string{"--kubeconfig", g.s.kubeconfig, "-n", "team-a"}, args...)...)
 	cmd.Stdin = bytes.NewReader(stdin)
@@ -166,7 +167,7 @@ func (g *gitops) kubectl(t *testing.T, stdin []byte, args ...string) (string, in
 }
 
 // live returns the stored Secrets of rel.
-func (g *gitops) live(ctx context.Context, t *testing.T, rel release) map[string]*corev1.Secret {
+func (g *gitopsBed) live(ctx context.Context, t *testing.T, rel release) map[string]*corev1.Secret {
 	t.Helper()
 	out := map[string]*corev1.Secret{}
 	for name := range rel.want {
@@ -179,7 +180,7 @@ func (g *gitops) live(ctx context.Context, t *testing.T, rel release) map[string
 
 // assertDecrypted checks that every Secret of rel holds its plaintext and
 // no ciphertext or index is stored.
-func (g *gitops) assertDecrypted(ctx context.Context, t *testing.T, rel release) map[string]*corev1.Secret {
+func (g *gitopsBed) assertDecrypted(ctx context.Context, t *testing.T, rel release) map[string]*corev1.Secret {
 	t.Helper()
 	live := g.live(ctx, t, rel)
 	for name, s := range live {
@@ -200,7 +201,7 @@ func assertUnchanged(t *testing.T, before, after map[string]*corev1.Secret) {
 	}
 }
 
-func (g *gitops) clientSide(ctx context.Context, t *testing.T, form string) {
+func (g *gitopsBed) clientSide(ctx context.Context, t *testing.T, form string) {
 	prefix := "csa-" + form
 	v1 := g.render(t, form, prefix, 1)
 	g.kubectl(t, v1.manifests, "apply", "-f", "-")
@@ -226,7 +227,7 @@ func (g *gitops) clientSide(ctx context.Context, t *testing.T, form string) {
 	g.assertDecrypted(ctx, t, v2)
 }
 
-func (g *gitops) serverSide(ctx context.Context, t *testing.T, form string) {
+func (g *gitopsBed) serverSide(ctx context.Context, t *testing.T, form string) {
 	prefix := "ssa-" + form
 	ssa := []string{"apply", "--server-side", "--field-manager=argocd-controller", "-f", "-"}
 	v1 := g.render(t, form, prefix, 1)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // helmCase is one Helm CLI's run of the example chart (examples/webapp).
@@ -78,17 +79,17 @@ func (s *suite) newHelmCase(t *testing.T, h *testbed.Helm) *helmCase {
 	plain1 := c.fromExample(t, "examples/webapp/secrets.example.yaml")
 	plain2 := strings.Replace(plain1, c.marker+"db-password", c.marker+"db-password-rotated", 1)
 	require.NotEqual(t, plain1, plain2)
-	enc1 := testbed.SopsEncrypt(t, []byte(plain1), "yaml", r)
-	enc2 := testbed.SopsEncrypt(t, []byte(plain2), "yaml", r)
-	c.enc1, c.dec1 = write("secrets.enc.yaml", enc1), write("secrets.dec.yaml", testbed.SopsDecrypt(t, enc1, "yaml", r))
-	c.enc2, c.dec2 = write("secrets2.enc.yaml", enc2), write("secrets2.dec.yaml", testbed.SopsDecrypt(t, enc2, "yaml", r))
+	enc1 := sopskit.SopsEncrypt(t, []byte(plain1), "yaml", r)
+	enc2 := sopskit.SopsEncrypt(t, []byte(plain2), "yaml", r)
+	c.enc1, c.dec1 = write("secrets.enc.yaml", enc1), write("secrets.dec.yaml", sopskit.SopsDecrypt(t, enc1, "yaml", r))
+	c.enc2, c.dec2 = write("secrets2.enc.yaml", enc2), write("secrets2.dec.yaml", sopskit.SopsDecrypt(t, enc2, "yaml", r))
 	return c
 }
 
 // fromExample reads a plaintext example file of the repository with its
 // placeholders marked.
 func (c *helmCase) fromExample(t *testing.T, path string) string {
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	raw, err := os.ReadFile(filepath.Join(root, path))
 	require.NoError(t, err)
@@ -103,7 +104,7 @@ func (c *helmCase) prepareChart(t *testing.T, edit func(dir string)) string {
 	root := t.TempDir()
 	require.NoError(t, testbed.CopyFromRepo(root, "examples/webapp", "charts/sops-webhook-values"))
 	dir := filepath.Join(root, "examples", "webapp")
-	enc := testbed.SopsEncrypt(t, []byte(c.env), "dotenv", c.s.recipients("age"))
+	enc := sopskit.SopsEncrypt(t, []byte(c.env), "dotenv", c.s.recipients("age"))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "files", "app.enc.env"), enc, 0o644))
 	if edit != nil {
 		edit(dir)
@@ -343,8 +344,8 @@ func (c *helmCase) forgotHelper(t *testing.T) {
 func (c *helmCase) tagMissing(t *testing.T) {
 	// A token from another encryption pasted into a template: the index,
 	// rendered from the values, does not know its tag.
-	foreign := testbed.SopsEncrypt(t, []byte("x: "+c.marker+"foreign\n"), "yaml", c.s.recipients("age"))
-	token := testbed.ValuesLeaves(t, foreign)[0].Value.(string)
+	foreign := sopskit.SopsEncrypt(t, []byte("x: "+c.marker+"foreign\n"), "yaml", c.s.recipients("age"))
+	token := sopskit.ValuesLeaves(t, foreign)[0].Value.(string)
 	chart := c.prepareChart(t, func(dir string) {
 		tpl := "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-extra\n  annotations:\n    {{- include \"sops-webhook.values\" . | nindent 4 }}\nstringData:\n  pasted: \"" + token + "\"\n"
 		require.NoError(t, os.WriteFile(filepath.Join(dir, "templates", "extra.yaml"), []byte(tpl), 0o644))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/standin"
 )
 
 // identityBed is what the remote key-source tests share: a control plane
@@ -45,7 +46,7 @@ func newIdentityBed(ctx context.Context, t *testing.T) *identityBed {
 	b := &identityBed{cp: cp, kube: kube, work: t.TempDir()}
 	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "sops-webhook"}}))
 	require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
-	b.issuer, b.jwks, err = testbed.APIServerOIDC(ctx, kube)
+	b.issuer, b.jwks, err = standin.APIServerOIDC(ctx, kube)
 	require.NoError(t, err)
 	return b
 }

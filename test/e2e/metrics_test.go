@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // TestMetricsAuth proves the metrics endpoint as the manifests ship it:
@@ -37,7 +38,7 @@ func TestMetricsAuth(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	b := newIdentityBed(ctx, t)
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	admin := filepath.Join(b.work, "admin.kubeconfig")
 	require.NoError(t, b.cp.WriteKubeconfig(admin))
@@ -77,7 +78,7 @@ current-context: c
 	}
 
 	config := filepath.Join(b.work, "metrics-config.yaml")
-	key := testbed.NewAgeKey(t, false)
+	key := sopskit.NewAgeKey(t, false)
 	require.NoError(t, os.WriteFile(config, key.Config("k"), 0o600))
 	if b.bin == "" {
 		b.bin, err = testbed.BuildWebhook(b.work)

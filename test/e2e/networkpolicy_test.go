@@ -19,7 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/node"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // networkPolicy proves the shipped NetworkPolicy on the node, enforced by
@@ -44,7 +45,7 @@ patches:
       - op: replace
         path: /spec/ingress/0/from
         value: [{ipBlock: {cidr: %s/32}}, {ipBlock: {cidr: %s/32}}]
-`, b.relToRepo(t, "manifests/components/caller-auth-network-policy"), b.n.NS.NodeIP, testbed.BridgeIP))
+`, b.relToRepo(t, "manifests/components/caller-auth-network-policy"), b.n.NS.NodeIP, node.BridgeIP))
 	b.kubectl(t, nil, "apply", "-k", dir)
 	b.rolledOut(t, in)
 	webhooks := b.pods(t, in)
@@ -91,7 +92,7 @@ patches:
 // relToRepo is path of the repository relative to the folder overlay
 // writes for manifests/overlays/self-managed.
 func (b *podsBed) relToRepo(t *testing.T, path string) string {
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	rel, err := filepath.Rel(filepath.Join(b.work, strings.ReplaceAll("manifests/overlays/self-managed", "/", "-")), filepath.Join(root, path))
 	require.NoError(t, err)
@@ -102,7 +103,7 @@ func (b *podsBed) relToRepo(t *testing.T, path string) string {
 // its container, whose network namespace the probes enter.
 func (b *podsBed) probePod(ctx context.Context, t *testing.T, ns, name string) int {
 	t.Helper()
-	b.kubectl(t, nil, "-n", ns, "run", name, "--image", testbed.PauseImage, "--image-pull-policy", "Never", "--restart", "Never")
+	b.kubectl(t, nil, "-n", ns, "run", name, "--image", node.PauseImage, "--image-pull-policy", "Never", "--restart", "Never")
 	var pod corev1.Pod
 	require.Eventually(t, func() bool {
 		return b.n.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &pod) == nil &&

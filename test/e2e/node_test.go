@@ -11,7 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/node"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // TestNode starts the test bed's real node and runs a pod on it: the node
@@ -24,7 +25,7 @@ func TestNode(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	n, err := testbed.StartNode(ctx, t.TempDir())
+	n, err := node.StartNode(ctx, t.TempDir())
 	require.NoError(t, err)
 	stopped := false
 	t.Cleanup(func() {
@@ -38,7 +39,7 @@ func TestNode(t *testing.T) {
 		require.NoError(t, err, "kubectl %s: %s", strings.Join(args, " "), out)
 		return string(out)
 	}
-	kubectl("run", "sleeper", "--image", testbed.PauseImage, "--image-pull-policy", "Never", "--restart", "Never")
+	kubectl("run", "sleeper", "--image", node.PauseImage, "--image-pull-policy", "Never", "--restart", "Never")
 	require.Eventually(t, func() bool {
 		out, err := exec.CommandContext(ctx, "kubectl", "--kubeconfig", n.Kubeconfig, "get", "pod", "sleeper", "-o", "jsonpath={.status.phase}").Output()
 		return err == nil && string(out) == "Running"
@@ -48,11 +49,11 @@ func TestNode(t *testing.T) {
 
 	// kube-proxy DNATs the `kubernetes` Service inside the namespace: pods
 	// reach the API server through its ClusterIP, as on a real node.
-	tools, err := testbed.Load()
+	tools, err := sopskit.Load()
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS.Name, filepath.Join(tools.NodeBin, "iptables"), "-t", "nat", "-S", "KUBE-SERVICES").Output()
-		return err == nil && strings.Contains(string(out), "-d "+testbed.APIServiceIP+"/32")
+		return err == nil && strings.Contains(string(out), "-d "+node.APIServiceIP+"/32")
 	}, time.Minute, time.Second, "kube-proxy programs the kubernetes Service; its log:\n%s", n.Log("kube-proxy"))
 
 	ns := n.NS.Name

@@ -21,6 +21,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // policySuite runs the webhook with a policy against its own API server.
@@ -29,7 +30,7 @@ type policySuite struct {
 	c       client.Client
 	webhook *testbed.Webhook
 	config  string
-	keys    map[string]testbed.AgeKey
+	keys    map[string]sopskit.AgeKey
 	// cachedToken and cachedIndex are the values payload the cache test
 	// used, whose data key is cached.
 	cachedToken, cachedIndex string
@@ -64,9 +65,9 @@ func TestPolicy(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	s := &policySuite{keys: map[string]testbed.AgeKey{}}
+	s := &policySuite{keys: map[string]sopskit.AgeKey{}}
 	for _, k := range []string{"team-a", "team-b", "vault"} {
-		s.keys[k] = testbed.NewAgeKey(t, false)
+		s.keys[k] = sopskit.NewAgeKey(t, false)
 	}
 	cp, err := testbed.StartControlPlane()
 	require.NoError(t, err)
@@ -108,7 +109,7 @@ func TestPolicy(t *testing.T) {
 }
 
 func (s *policySuite) doc(t *testing.T, key string, plain string) []byte {
-	return testbed.SopsEncrypt(t, []byte(plain), "dotenv", testbed.Recipients{Age: []testbed.AgeKey{s.keys[key]}})
+	return sopskit.SopsEncrypt(t, []byte(plain), "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{s.keys[key]}})
 }
 
 func (s *policySuite) createSecret(c client.Client, ns, name string, data []byte, annotations map[string]string) error {
@@ -142,8 +143,8 @@ func (s *policySuite) configMapsNamed(t *testing.T) {
 }
 
 func (s *policySuite) shamir(t *testing.T) {
-	doc := testbed.SopsEncryptGroups(t, []byte("PASSWORD=policy-PLAINTEXT-shamir\n"), "dotenv",
-		[][]testbed.AgeKey{{s.keys["team-a"]}, {s.keys["team-b"]}}, 2)
+	doc := sopskit.SopsEncryptGroups(t, []byte("PASSWORD=policy-PLAINTEXT-shamir\n"), "dotenv",
+		[][]sopskit.AgeKey{{s.keys["team-a"]}, {s.keys["team-b"]}}, 2)
 	err := s.createSecret(s.c, "team-a", "shamir", doc, nil)
 	require.Error(t, err, "only team-a is granted in team-a: one share of two")
 	assert.Contains(t, err.Error(), `key "team-b" is not granted to Secrets in namespace "team-a"`)
@@ -207,8 +208,8 @@ const teamAUnwraps = `sops_webhook_key_unwraps_total{key="team-a",result="opened
 
 // valuesSecret is a Secret holding one values token with its index.
 func (s *policySuite) valuesSecret(t *testing.T) (token, index string) {
-	enc := testbed.SopsEncrypt(t, []byte("db:\n  password: policy-PLAINTEXT-values\n"), "yaml", testbed.Recipients{Age: []testbed.AgeKey{s.keys["team-a"]}})
-	return testbed.ValuesLeaves(t, enc)[0].Value.(string), testbed.ValuesIndex(t, enc)
+	enc := sopskit.SopsEncrypt(t, []byte("db:\n  password: policy-PLAINTEXT-values\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{s.keys["team-a"]}})
+	return sopskit.ValuesLeaves(t, enc)[0].Value.(string), sopskit.ValuesIndex(t, enc)
 }
 
 func (s *policySuite) cache(t *testing.T) {

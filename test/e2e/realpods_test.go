@@ -30,6 +30,9 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
+	"github.com/sops-webhook/sops-webhook/test/testbed/node"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // The image the tests build and import into the node; only the image
@@ -45,11 +48,11 @@ const (
 
 // podsBed is the test bed's real node with the webhook's image imported.
 type podsBed struct {
-	n    *testbed.Node
+	n    *node.Node
 	work string
 	// key is the installation's default.agekey; doc its dotenv document
 	// of plain.
-	key        testbed.AgeKey
+	key        sopskit.AgeKey
 	doc, plain []byte
 }
 
@@ -76,12 +79,12 @@ func TestRealPods(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	n, err := testbed.StartNode(ctx, t.TempDir())
+	n, err := node.StartNode(ctx, t.TempDir())
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, n.Stop(), "the node stops cleanly") })
-	b := &podsBed{n: n, work: t.TempDir(), key: testbed.NewAgeKey(t, false)}
+	b := &podsBed{n: n, work: t.TempDir(), key: sopskit.NewAgeKey(t, false)}
 	b.plain = []byte("PASSWORD=real-pods-PLAINTEXT-1\n")
-	b.doc = testbed.SopsEncrypt(t, b.plain, "dotenv", testbed.Recipients{Age: []testbed.AgeKey{b.key}})
+	b.doc = sopskit.SopsEncrypt(t, b.plain, "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{b.key}})
 	b.importImage(ctx, t)
 	require.NoError(t, n.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
 
@@ -102,7 +105,7 @@ func (b *podsBed) kubectl(t *testing.T, stdin []byte, args ...string) string {
 // importImage builds the image as `make image` does without an engine
 // (the build command of `make build`, then tools/image) and imports it.
 func (b *podsBed) importImage(ctx context.Context, t *testing.T) {
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	bin, err := testbed.BuildWebhook(b.work)
 	require.NoError(t, err)
@@ -125,7 +128,7 @@ func (b *podsBed) importImage(ctx context.Context, t *testing.T) {
 // changes only the image reference, as the docs tell users to, followed by
 // extra, more of the kustomization's YAML.
 func (b *podsBed) overlay(t *testing.T, dir string, extra ...string) string {
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	out := filepath.Join(b.work, strings.ReplaceAll(dir, "/", "-"))
 	require.NoError(t, os.MkdirAll(out, 0o755))
@@ -200,7 +203,7 @@ func (b *podsBed) checkInstall(t *testing.T, in installation) {
 		require.NoError(t, b.n.Client.Get(ctx, client.ObjectKey{Name: webhookNS}, &ns))
 		assert.Equal(t, "restricted", ns.Labels["pod-security.kubernetes.io/enforce"])
 		_, err := runKubectl(b.n.Kubeconfig, []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"root","namespace":"`+webhookNS+`"},
-"spec":{"containers":[{"name":"c","image":"`+testbed.PauseImage+`"}]}}`), "create", "--dry-run=server", "-f", "-")
+"spec":{"containers":[{"name":"c","image":"`+node.PauseImage+`"}]}}`), "create", "--dry-run=server", "-f", "-")
 		require.Error(t, err, "a pod that is not restricted is admitted")
 		assert.Contains(t, err.Error(), "violates PodSecurity")
 	})
@@ -256,12 +259,12 @@ func (b *podsBed) forged(t *testing.T, in installation) {
 	review := forgedReview(t, "app.env", b.doc)
 	want := base64.StdEncoding.EncodeToString(b.plain)
 	for name, c := range b.podClients(t, in) {
-		r, err := testbed.SendReview(context.Background(), c.client, c.url, review)
+		r, err := flood.SendReview(context.Background(), c.client, c.url, review)
 		require.NoError(t, err, name)
 		assert.Contains(t, string(r.Patch), want, "%s: the API server's certificate is answered", name)
 		anon := c.client.Transport.(*http.Transport).TLSClientConfig.Clone()
 		anon.Certificates = nil
-		r, err = testbed.SendReview(context.Background(), &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: anon}}, c.url, review)
+		r, err = flood.SendReview(context.Background(), &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: anon}}, c.url, review)
 		assert.Error(t, err, "%s: a caller without a client certificate got an answer", name)
 		assert.Empty(t, r.Patch, name)
 	}
@@ -440,14 +443,14 @@ func (b *podsBed) gone(t *testing.T, in installation) {
 func (b *podsBed) configReload(t *testing.T, in installation) {
 	ctx := context.Background()
 	before := podNames(b.pods(t, in))
-	second := testbed.NewAgeKey(t, false)
+	second := sopskit.NewAgeKey(t, false)
 	plain := []byte("PASSWORD=second-key-PLAINTEXT\n")
-	doc := testbed.SopsEncrypt(t, plain, "dotenv", testbed.Recipients{Age: []testbed.AgeKey{second}})
-	fd := testbed.FloodDoc{File: "app.env", Enc: doc, Plain: plain}
-	review := testbed.SecretReview("reload", fd)
+	doc := sopskit.SopsEncrypt(t, plain, "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{second}})
+	fd := flood.FloodDoc{File: "app.env", Enc: doc, Plain: plain}
+	review := flood.SecretReview("reload", fd)
 	clients := b.podClients(t, in)
 	for pod, c := range clients {
-		r, err := testbed.SendReview(ctx, c.client, c.url, review)
+		r, err := flood.SendReview(ctx, c.client, c.url, review)
 		require.NoError(t, err)
 		require.EqualValues(t, http.StatusForbidden, r.Code, "%s: before the change, the second key is unknown: %s", pod, r.Message)
 	}
@@ -465,7 +468,7 @@ func (b *podsBed) configReload(t *testing.T, in installation) {
 
 	for pod, c := range clients {
 		require.Eventually(t, func() bool {
-			r, err := testbed.SendReview(ctx, c.client, c.url, review)
+			r, err := flood.SendReview(ctx, c.client, c.url, review)
 			return err == nil && fd.Check(r) == nil
 		}, 3*time.Minute, time.Second, "%s never decrypted with the new key", pod)
 	}
@@ -508,18 +511,18 @@ func (b *podsBed) podClients(t *testing.T, in installation) map[string]podClient
 // limit.
 func (b *podsBed) flood(t *testing.T, in installation) {
 	ctx := context.Background()
-	other := testbed.NewAgeKey(t, false)
-	mine := testbed.Recipients{Age: []testbed.AgeKey{b.key}}
+	other := sopskit.NewAgeKey(t, false)
+	mine := sopskit.Recipients{Age: []sopskit.AgeKey{b.key}}
 	start := time.Now()
-	payloads := testbed.NewFloodPayloads(t, mine, testbed.Recipients{Age: []testbed.AgeKey{other}}, floodHeavySenders, floodDocsPerSender)
+	payloads := flood.NewFloodPayloads(t, mine, sopskit.Recipients{Age: []sopskit.AgeKey{other}}, floodHeavySenders, floodDocsPerSender)
 	t.Logf("payloads encrypted with the sops CLI in %s", time.Since(start).Round(time.Second))
 	clients := b.podClients(t, in)
-	results := map[string]testbed.FloodResult{}
+	results := map[string]flood.FloodResult{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for pod, c := range clients {
 		wg.Go(func() {
-			res := testbed.Flood{URL: c.url, Client: func() *http.Client { return c.client }, Payloads: payloads,
+			res := flood.Flood{URL: c.url, Client: func() *http.Client { return c.client }, Payloads: payloads,
 				BusyRetries: floodBusyRetries, DeniedSends: floodDeniedSends}.Run(ctx, nil)
 			mu.Lock()
 			results[pod] = res
@@ -530,7 +533,7 @@ func (b *podsBed) flood(t *testing.T, in installation) {
 	for pod, res := range results {
 		t.Logf("flood of %s: %s: %v", pod, res.Took.Round(time.Millisecond), res.Tally)
 		assert.Empty(t, res.Failures, pod)
-		assert.Equal(t, payloads.Valid(), res.Tally[testbed.FloodDecrypted], "%s: every valid document is decrypted in the end", pod)
+		assert.Equal(t, payloads.Valid(), res.Tally[flood.FloodDecrypted], "%s: every valid document is decrypted in the end", pod)
 	}
 	restarts, oom := b.restarts(t, in)
 	assert.Zero(t, restarts, "no container restarted")
@@ -579,7 +582,7 @@ func memoryCgroup(t *testing.T, pid int) (limit, peak int64) {
 }
 
 func (b *podsBed) chart(t *testing.T) {
-	root, err := testbed.RepoRoot()
+	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	chartInstall := installation{deployment: "sw-sops-webhook", service: "sw-sops-webhook", mwc: "sw-sops-webhook", tlsSecret: "sw-sops-webhook-tls",
 		selector: map[string]string{"app.kubernetes.io/name": "sops-webhook", "app.kubernetes.io/instance": "sw"}}
@@ -610,7 +613,7 @@ func (b *podsBed) chart(t *testing.T) {
 func (b *podsBed) certManager(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	tools, err := testbed.Load()
+	tools, err := sopskit.Load()
 	require.NoError(t, err)
 	require.NotEmpty(t, tools.CRDDirs, "run make testbed: CRDs missing")
 	for _, dir := range tools.CRDDirs {

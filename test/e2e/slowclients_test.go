@@ -20,6 +20,8 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // The idle and slow flood's shape.
@@ -52,10 +54,10 @@ func TestFloodOfIdleAndSlowClients(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	key := testbed.NewAgeKey(t, false)
-	mine := testbed.Recipients{Age: []testbed.AgeKey{key}}
-	small := testbed.SopsEncrypt(t, []byte("PASSWORD=slow-clients\n"), "dotenv", mine)
-	large := testbed.NewFloodDoc(t, "yaml", mine)
+	key := sopskit.NewAgeKey(t, false)
+	mine := sopskit.Recipients{Age: []sopskit.AgeKey{key}}
+	small := sopskit.SopsEncrypt(t, []byte("PASSWORD=slow-clients\n"), "dotenv", mine)
+	large := flood.NewFloodDoc(t, "yaml", mine)
 
 	work := t.TempDir()
 	bin, err := testbed.BuildWebhook(work)
@@ -70,7 +72,7 @@ func TestFloodOfIdleAndSlowClients(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = wh.Stop() })
 
-	victim := testbed.NewVictim(wh.URL, caClient(t, wh.CABundle), []testbed.FloodDoc{{File: "app.env", Enc: small, Plain: []byte("PASSWORD=slow-clients\n")}})
+	victim := flood.NewVictim(wh.URL, caClient(t, wh.CABundle), []flood.FloodDoc{{File: "app.env", Enc: small, Plain: []byte("PASSWORD=slow-clients\n")}})
 	for range 20 {
 		require.NoError(t, victim.Send(ctx), "the victim's connection is open before the flood")
 	}
@@ -160,7 +162,7 @@ func TestFloodOfIdleAndSlowClients(t *testing.T) {
 	}
 	var decrypted bool
 	for try := 0; try < 20 && !decrypted; try++ {
-		res, err := testbed.SendReview(ctx, caClient(t, wh.CABundle), wh.URL, testbed.SecretReview(fmt.Sprintf("large-%d", try), large))
+		res, err := flood.SendReview(ctx, caClient(t, wh.CABundle), wh.URL, flood.SecretReview(fmt.Sprintf("large-%d", try), large))
 		if err != nil {
 			// A new connection may be refused while the cap is full:
 			// retried, as the API server's caller would.

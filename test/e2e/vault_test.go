@@ -16,7 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/standin"
 )
 
 // TestVault decrypts through the Vault stand-in: the webhook logs in with a
@@ -33,13 +34,13 @@ func TestVault(t *testing.T) {
 	cp := b.cp
 	tokenFile, jwt := b.tokenFile(ctx, t, "sops-webhook")
 
-	vault, err := testbed.StartVaultStandIn(b.work, testbed.VaultStandInOptions{
-		Review: testbed.TokenReviewer(b.kube),
+	vault, err := standin.StartVault(b.work, standin.VaultOptions{
+		Review: standin.TokenReviewer(b.kube),
 		Roles:  map[string]string{"sops-webhook": webhookSubject},
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = vault.Close() })
-	elsewhere, err := testbed.StartConnectionCounter()
+	elsewhere, err := standin.StartConnectionCounter()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = elsewhere.Close() })
 
@@ -58,7 +59,7 @@ keys:
 		"VAULT_ADDR=http://"+elsewhere.Addr, "VAULT_TOKEN=stolen")
 
 	encrypt := func(t *testing.T, plain string) []byte {
-		return testbed.SopsEncrypt(t, []byte(plain), "yaml", vault.Recipients("app-1"))
+		return sopskit.SopsEncrypt(t, []byte(plain), "yaml", vault.Recipients("app-1"))
 	}
 	create := func(name string, value []byte) error { return b.create(ctx, name, value) }
 	stored := func(t *testing.T, name string) string { return b.stored(ctx, t, name) }
@@ -125,8 +126,8 @@ keys:
 	})
 
 	t.Run("cache: 100 Secrets from one values file cost one remote decrypt", func(t *testing.T) {
-		enc := testbed.SopsEncrypt(t, []byte("db:\n  password: vault-PLAINTEXT-values\n"), "yaml", vault.Recipients("app-1"))
-		token, index := testbed.ValuesLeaves(t, enc)[0].Value.(string), testbed.ValuesIndex(t, enc)
+		enc := sopskit.SopsEncrypt(t, []byte("db:\n  password: vault-PLAINTEXT-values\n"), "yaml", vault.Recipients("app-1"))
+		token, index := sopskit.ValuesLeaves(t, enc)[0].Value.(string), sopskit.ValuesIndex(t, enc)
 		before := vault.Decrypts.Load()
 		for i := range 100 {
 			require.NoError(t, cp.Client.Create(ctx, &corev1.Secret{

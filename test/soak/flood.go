@@ -12,7 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
 )
 
 // floodPhase is the soak's load-safety fault: a tenant creating Secrets of
@@ -39,13 +39,13 @@ const (
 // runFlood creates every payload through c in the apps namespace: valid
 // ones until they are stored (sent again after a busy refusal), denied ones
 // floodDeniedSends times each.
-func runFlood(ctx context.Context, c client.Client, p testbed.FloodPayloads, began time.Time) *floodPhase {
+func runFlood(ctx context.Context, c client.Client, p flood.FloodPayloads, began time.Time) *floodPhase {
 	f := &floodPhase{start: time.Since(began)}
 	var (
 		wg sync.WaitGroup
 		mu sync.Mutex
 	)
-	create := func(name string, d testbed.FloodDoc) error {
+	create := func(name string, d flood.FloodDoc) error {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		mu.Lock()

@@ -19,11 +19,13 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/standin"
 )
 
-func step(format string, a ...any) {
-	fmt.Printf("==> [soak %s] "+format+"\n", append([]any{time.Now().Format("15:04:05")}, a...)...)
-}
+// step prints a line of progress.
+var step = testbed.Progress("soak")
 
 // tally counts outcomes of the stream.
 type tally struct {
@@ -103,12 +105,12 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 			return err
 		}
 	}
-	kms, err := testbed.StartAWSStandIn(work, testbed.AWSStandInOptions{})
+	kms, err := standin.StartAWS(work, standin.AWSOptions{})
 	if err != nil {
 		return err
 	}
 	defer kms.Close()
-	key := testbed.NewAgeKey(tb, false)
+	key := sopskit.NewAgeKey(tb, false)
 	arn := "arn:aws:kms:eu-west-1:111122223333:key/soak"
 	config := filepath.Join(work, "config.yaml")
 	if err := os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: team\n    age: {identityFile: "+key.IdentityFile+"}\n  - name: kms\n    awsKms: {arn: \"arn:aws:kms:eu-west-1:111122223333:key/*\"}\n"), 0o600); err != nil {
@@ -175,13 +177,13 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 	var payloads [][]byte
 	for i := range 16 {
 		payloads = append(payloads,
-			testbed.SopsEncrypt(tb, []byte(fmt.Sprintf("password: soak-age-%02d\n", i)), "yaml", testbed.Recipients{Age: []testbed.AgeKey{key}}),
-			testbed.SopsEncrypt(tb, []byte(fmt.Sprintf("password: soak-kms-%02d\n", i)), "yaml", testbed.Recipients{KMS: []string{arn}, Env: kms.AdminEnv()}))
+			sopskit.SopsEncrypt(tb, []byte(fmt.Sprintf("password: soak-age-%02d\n", i)), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key}}),
+			sopskit.SopsEncrypt(tb, []byte(fmt.Sprintf("password: soak-kms-%02d\n", i)), "yaml", sopskit.Recipients{KMS: []string{arn}, Env: kms.AdminEnv()}))
 	}
 
 	step("flood payloads: %d senders of distinct 1 MiB documents, and documents that must be denied", floodSenders)
-	other := testbed.NewAgeKey(tb, false)
-	flood := testbed.NewFloodPayloads(tb, testbed.Recipients{Age: []testbed.AgeKey{key}}, testbed.Recipients{Age: []testbed.AgeKey{other}}, floodSenders, floodPerSender)
+	other := sopskit.NewAgeKey(tb, false)
+	floodDocs := flood.NewFloodPayloads(tb, sopskit.Recipients{Age: []sopskit.AgeKey{key}}, sopskit.Recipients{Age: []sopskit.AgeKey{other}}, floodSenders, floodPerSender)
 
 	t := &tally{denied: map[string]int{}}
 	var (
@@ -265,8 +267,8 @@ func run(ctx context.Context, d time.Duration, workers int, out string) (err err
 				return err
 			}
 			at(0.85)
-			note("fault: a tenant floods with %d distinct valid documents (1 MiB, and one dense) and %d that must be denied, %d senders at once", flood.Valid(), len(flood.Denied)*floodDeniedSends, len(flood.Heavy)+len(flood.Denied))
-			floodRes = runFlood(ctx, cp.Client, flood, began)
+			note("fault: a tenant floods with %d distinct valid documents (1 MiB, and one dense) and %d that must be denied, %d senders at once", floodDocs.Valid(), len(floodDocs.Denied)*floodDeniedSends, len(floodDocs.Heavy)+len(floodDocs.Denied))
+			floodRes = runFlood(ctx, cp.Client, floodDocs, began)
 			note("flood over: %d sent, %d decrypted, %d refused as busy and sent again, %d denied, %d lost", floodRes.sent, len(floodRes.decrypted), floodRes.busy, floodRes.denied, len(floodRes.lost))
 			return nil
 		}()
@@ -403,8 +405,8 @@ func (r soakReport) write(path string) error {
 	w("")
 	w("| stream creates | count | p50 ms | p99 ms |")
 	w("|---|---|---|---|")
-	w("| before the first fault | %d | %.1f | %.1f |", len(r.quiet), ms(testbed.Percentile(r.quiet, 0.5)), ms(testbed.Percentile(r.quiet, 0.99)))
-	w("| during the flood | %d | %.1f | %.1f |", len(r.flooded), ms(testbed.Percentile(r.flooded, 0.5)), ms(testbed.Percentile(r.flooded, 0.99)))
+	w("| before the first fault | %d | %.1f | %.1f |", len(r.quiet), ms(flood.Percentile(r.quiet, 0.5)), ms(flood.Percentile(r.quiet, 0.99)))
+	w("| during the flood | %d | %.1f | %.1f |", len(r.flooded), ms(flood.Percentile(r.flooded, 0.5)), ms(flood.Percentile(r.flooded, 0.99)))
 	w("")
 	w("## Memory over time")
 	w("")

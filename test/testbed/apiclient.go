@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/testpki"
 )
 
 // APIServerClientName is the common name of the client certificate the
@@ -57,7 +60,7 @@ func newAPIServerClient() (*APIServerClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := NewClientTLS(APIServerClientName, 24*time.Hour)
+	b, err := testpki.NewClientTLS(APIServerClientName, 24*time.Hour)
 	if err != nil {
 		return nil, fmt.Errorf("API server client certificate: %w", err)
 	}
@@ -120,7 +123,7 @@ func (c *APIServerClient) TLSConfig(caPEM []byte) *tls.Config {
 // AdmissionConfiguration with its kubeConfigFile set to kubeconfig; it
 // fails if the shipped file no longer names one.
 func shippedAdmissionConfig(kubeconfig string) ([]byte, error) {
-	root, err := RepoRoot()
+	root, err := sopskit.RepoRoot()
 	if err != nil {
 		return nil, err
 	}

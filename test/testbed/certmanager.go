@@ -19,6 +19,8 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/sops-webhook/sops-webhook/test/testbed/testpki"
 )
 
 // cainjectorAnnotation names, on a webhook configuration, the Certificate
@@ -125,7 +127,7 @@ func (s *CertManagerStandIn) issue(ctx context.Context, crt *cmapi.Certificate) 
 	default:
 		return fmt.Errorf("issuer %s/%s: the stand-in issues for SelfSigned and CA issuers only", issuer.Namespace, issuer.Name)
 	}
-	certPEM, _, priv, err := issue(crt, parent, parentKey)
+	certPEM, _, priv, err := testpki.Issue(crt, parent, parentKey)
 	if err != nil {
 		return fmt.Errorf("certificate %s/%s: %w", crt.Namespace, crt.Name, err)
 	}

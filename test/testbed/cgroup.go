@@ -12,8 +12,8 @@ import (
 	"time"
 )
 
-// cgroupRoot is where the cgroup file systems are mounted.
-const cgroupRoot = "/sys/fs/cgroup"
+// CgroupRoot is where the cgroup file systems are mounted.
+const CgroupRoot = "/sys/fs/cgroup"
 
 // MemoryCgroup is a memory cgroup the test bed creates with a hard limit and
 // no swap, to run a process at a container's memory limit: cgroup v1's
@@ -31,8 +31,8 @@ func NewMemoryCgroup(name string, limit int64) (*MemoryCgroup, error) {
 	_, _ = rand.Read(suffix)
 	name += "-" + hex.EncodeToString(suffix)
 	limitText := strconv.FormatInt(limit, 10)
-	if _, err := os.Stat(filepath.Join(cgroupRoot, "memory", "memory.limit_in_bytes")); err == nil {
-		c := &MemoryCgroup{Dir: filepath.Join(cgroupRoot, "memory", name)}
+	if _, err := os.Stat(filepath.Join(CgroupRoot, "memory", "memory.limit_in_bytes")); err == nil {
+		c := &MemoryCgroup{Dir: filepath.Join(CgroupRoot, "memory", name)}
 		if err := os.Mkdir(c.Dir, 0o755); err != nil {
 			return nil, fmt.Errorf("memory cgroup (v1): %w (creating one needs root)", err)
 		}
@@ -48,11 +48,11 @@ func NewMemoryCgroup(name string, limit int64) (*MemoryCgroup, error) {
 		}
 		return c, nil
 	}
-	controllers, err := os.ReadFile(filepath.Join(cgroupRoot, "cgroup.controllers"))
+	controllers, err := os.ReadFile(filepath.Join(CgroupRoot, "cgroup.controllers"))
 	if err != nil || !strings.Contains(string(controllers), "memory") {
 		return nil, errors.New("no memory cgroup controller (v1 or v2) on this machine")
 	}
-	c := &MemoryCgroup{Dir: filepath.Join(cgroupRoot, name), v2: true}
+	c := &MemoryCgroup{Dir: filepath.Join(CgroupRoot, name), v2: true}
 	if err := os.Mkdir(c.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("memory cgroup (v2): %w (creating one needs root)", err)
 	}

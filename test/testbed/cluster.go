@@ -15,6 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
+
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // ControlPlane is a real kube-apiserver and etcd started by envtest.
@@ -34,7 +36,7 @@ func StartControlPlane() (*ControlPlane, error) {
 // StartControlPlaneWith is StartControlPlane with extra kube-apiserver
 // flags (name without dashes, value).
 func StartControlPlaneWith(flags map[string]string) (*ControlPlane, error) {
-	tools, err := Load()
+	tools, err := sopskit.Load()
 	if err != nil {
 		return nil, err
 	}
@@ -65,11 +67,11 @@ func (cp *ControlPlane) Stop() error { return cp.env.Stop() }
 
 // WriteKubeconfig writes a kubeconfig for an admin user to path.
 func (cp *ControlPlane) WriteKubeconfig(path string) error {
-	return writeKubeconfig(cp.env, path, envtest.User{Name: "admin", Groups: []string{"system:masters"}})
+	return WriteKubeconfig(cp.env, path, envtest.User{Name: "admin", Groups: []string{"system:masters"}})
 }
 
-// writeKubeconfig writes a kubeconfig for user u of env's API server to path.
-func writeKubeconfig(env *envtest.Environment, path string, u envtest.User) error {
+// WriteKubeconfig writes a kubeconfig for user u of env's API server to path.
+func WriteKubeconfig(env *envtest.Environment, path string, u envtest.User) error {
 	user, err := env.AddUser(u, nil)
 	if err != nil {
 		return err
@@ -85,7 +87,7 @@ func writeKubeconfig(env *envtest.Environment, path string, u envtest.User) erro
 // from manifests/base and points every webhook's clientConfig at url, trusted
 // through caBundle. Nothing else is changed.
 func LoadWebhookConfiguration(url string, caBundle []byte) (*admissionregistrationv1.MutatingWebhookConfiguration, error) {
-	root, err := RepoRoot()
+	root, err := sopskit.RepoRoot()
 	if err != nil {
 		return nil, err
 	}

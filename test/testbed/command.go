@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // CommandTB lets commands (make bench, make soak) use the test bed's helpers,
@@ -86,4 +87,12 @@ func ProcessMemory(pid int) (rss, peak int64) {
 		}
 	}
 	return rss, peak
+}
+
+// Progress returns a function that prints a line of a tool's progress,
+// "==> [tool hh:mm:ss] ...", as make's long targets show it.
+func Progress(tool string) func(format string, a ...any) {
+	return func(format string, a ...any) {
+		fmt.Printf("==> [%s %s] "+format+"\n", append([]any{tool, time.Now().Format("15:04:05")}, a...)...)
+	}
 }

@@ -15,6 +15,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
 // Helm runs one Helm CLI in isolation: its own config, cache and data
@@ -31,8 +33,8 @@ type Helm struct {
 // directory of t.
 func HelmCLIs(t testing.TB, kubeconfig string) []*Helm {
 	t.Helper()
-	tools := Need(t, "helm v3", func(t Tools) string { return t.Helm3 })
-	Need(t, "helm v4", func(t Tools) string { return t.Helm4 })
+	tools := sopskit.Need(t, "helm v3", func(t sopskit.Tools) string { return t.Helm3 })
+	sopskit.Need(t, "helm v4", func(t sopskit.Tools) string { return t.Helm4 })
 	return []*Helm{newHelm(t, "helm3", tools.Helm3, kubeconfig), newHelm(t, "helm4", tools.Helm4, kubeconfig)}
 }
 
@@ -78,7 +80,7 @@ func (h *Helm) MustRun(t testing.TB, args ...string) string {
 // repository root) into dst at the same relative paths, so that a chart's
 // file:// dependencies still resolve.
 func CopyFromRepo(dst string, paths ...string) error {
-	root, err := RepoRoot()
+	root, err := sopskit.RepoRoot()
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/sops-webhook/sops-webhook/certs"
+	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
+	"github.com/sops-webhook/sops-webhook/test/testbed/testpki"
 )
 
 // BuildWebhook builds ./cmd/webhook into dir with the build command of
@@ -26,7 +28,7 @@ import (
 // binary's path. The tests run the binary that ships, and the image the
 // node imports shares its build cache.
 func BuildWebhook(dir string) (string, error) {
-	root, err := RepoRoot()
+	root, err := sopskit.RepoRoot()
 	if err != nil {
 		return "", err
 	}
@@ -58,7 +60,7 @@ type Webhook struct {
 	Addr, ReadyURL string
 
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *SyncBuffer
 	done chan error
 
 	stopOnce sync.Once
@@ -106,7 +108,7 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 	b := o.Certs
 	if b == nil && !o.SelfManaged {
 		var err error
-		if b, err = NewTLS([]string{"127.0.0.1", "localhost"}, 24*time.Hour); err != nil {
+		if b, err = testpki.NewTLS([]string{"127.0.0.1", "localhost"}, 24*time.Hour); err != nil {
 			return nil, err
 		}
 	}
@@ -117,7 +119,7 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 		}
 		caBundle = b.CACert
 	}
-	ports, err := freePorts(3)
+	ports, err := FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
@@ -152,7 +154,7 @@ func StartWebhookWith(ctx context.Context, binary string, o WebhookOptions) (*We
 		CertDir:    certDir,
 		ClientCert: id.Certificate,
 		id:         id,
-		logs:       &syncBuffer{},
+		logs:       &SyncBuffer{},
 		done:       make(chan error, 1),
 	}
 	extraLog, workDir := o.Log, o.WorkDir
@@ -249,7 +251,8 @@ func (w *Webhook) Client() *http.Client {
 // TLSConfig is Client's TLS configuration.
 func (w *Webhook) TLSConfig() *tls.Config { return w.id.TLSConfig(w.CABundle) }
 
-func freePorts(n int) ([]int, error) {
+// FreePorts returns n distinct free TCP ports on 127.0.0.1.
+func FreePorts(n int) ([]int, error) {
 	var ports []int
 	var ls []net.Listener
 	defer func() {
@@ -268,18 +271,18 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-type syncBuffer struct {
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

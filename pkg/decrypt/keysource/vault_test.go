@@ -18,7 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
-	"github.com/sops-webhook/sops-webhook/test/testbed"
+	"github.com/sops-webhook/sops-webhook/test/testbed/standin"
 )
 
 const webhookSA = "system:serviceaccount:sops-webhook:sops-webhook"
@@ -26,7 +26,7 @@ const webhookSA = "system:serviceaccount:sops-webhook:sops-webhook"
 // vaultFixture is the Vault stand-in with a reviewer that accepts one JWT
 // as the webhook's service account.
 type vaultFixture struct {
-	v         *testbed.VaultStandIn
+	v         *standin.Vault
 	tokenFile string
 }
 
@@ -34,7 +34,7 @@ func newVaultFixture(t *testing.T, ttl time.Duration) *vaultFixture {
 	t.Helper()
 	dir := t.TempDir()
 	jwt := "jwt-of-the-webhook"
-	v, err := testbed.StartVaultStandIn(dir, testbed.VaultStandInOptions{
+	v, err := standin.StartVault(dir, standin.VaultOptions{
 		Review: func(_ context.Context, got string) (string, bool, error) {
 			if got == jwt {
 				return webhookSA, true, nil
@@ -89,7 +89,7 @@ func vaultKey(address, engine, name string) *keyservice.Key {
 
 func TestVaultUnwrapsWithItsOwnIdentityOnly(t *testing.T) {
 	f := newVaultFixture(t, time.Hour)
-	elsewhere, err := testbed.StartConnectionCounter()
+	elsewhere, err := standin.StartConnectionCounter()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = elsewhere.Close() })
 	// The environment a hostile or careless pod spec could set.

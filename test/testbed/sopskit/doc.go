@@ -4,5 +4,5 @@
 // apart from package testbed so that the tests and fuzz targets of
 // pkg/decrypt and pkg/mutate build without the API server's client
 // libraries, which a fuzz build would otherwise compile again with coverage
-// instrumentation. Package testbed gives the same names to its callers.
+// instrumentation.
 package sopskit
