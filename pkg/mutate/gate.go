@@ -127,8 +127,10 @@ func readAdmitted(ctx context.Context, lane *budget.Lane, r io.Reader, n int64) 
 				return buf, release, errTooLarge
 			}
 			next := min(int64(cap(buf))*bodyGrowth, MaxReviewSize+1)
-			if n > int64(len(buf)) {
-				next = min(next, n+1)
+			if n >= int64(len(buf)) && next >= n {
+				// The announced end is within this growth: one byte
+				// past it, so the read that finds the end needs no more.
+				next = n + 1
 			}
 			// The growth is admitted, up to the lane's capacity: a body
 			// larger than the lane reads alone rather than never. The

@@ -2,6 +2,7 @@ package mutate
 
 import (
 	"bytes"
+	"strings"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 )
@@ -43,13 +44,19 @@ func mayHoldBase64(kind string, raw []byte) bool {
 var binaryDataKey = []byte(`"binaryData"`)
 
 // mentionsProvenance reports whether raw may carry the annotations only
-// the webhook writes.
+// the webhook writes: whether it holds their names' ends, from "webhook.io/",
+// and the quote that closes a JSON key. A name that merely ends the same
+// way costs a decode that finds no record, never a missed one. The patterns
+// start where JSON is sparse: bytes.Index gives up on its fast search
+// after a false start every eight bytes, which a leading quote meets in
+// the first line of any review, leaving the rest of a large body to a
+// search several times slower.
 func mentionsProvenance(raw []byte) bool {
-	return bytes.Contains(raw, quotedDecrypted) || bytes.Contains(raw, quotedKeys)
+	return bytes.Contains(raw, decryptedEnd) || bytes.Contains(raw, keysEnd)
 }
 
-// AnnotationDecrypted and AnnotationKeys as JSON strings.
+// The ends of AnnotationDecrypted and AnnotationKeys as JSON keys.
 var (
-	quotedDecrypted = []byte(`"` + AnnotationDecrypted + `"`)
-	quotedKeys      = []byte(`"` + AnnotationKeys + `"`)
+	decryptedEnd = []byte(AnnotationDecrypted[strings.Index(AnnotationDecrypted, "webhook.io/"):] + `"`)
+	keysEnd      = []byte(AnnotationKeys[strings.Index(AnnotationKeys, "webhook.io/"):] + `"`)
 )
