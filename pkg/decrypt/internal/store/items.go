@@ -24,11 +24,11 @@ const MaxINIItems = 1 << 14
 
 // ItemCost is the most memory, in bytes, that one item of a document
 // allocates in all, from parsing to writing the plaintext, in the densest
-// documents measured (TestItemCost), with a margin: valid YAML documents
-// holding one flow list, or one flow map, of one-letter values nested
-// MaxDocumentDepth deep, about 2,290 and 2,190 bytes per item, most of it
-// yaml's encoder, which keeps every event of a call, and the indentation
-// of each value.
+// documents there are, with a margin: valid YAML documents holding one flow
+// list, or one flow map, of one-letter values nested MaxDocumentDepth deep.
+// Most of it is yaml's encoder, which keeps every event of a call, and the
+// indentation of each value. TestItemCost fails if any document it builds
+// allocates more.
 const ItemCost = 2560
 
 // Items returns an upper bound, in proportion, of the objects sops' parsers
