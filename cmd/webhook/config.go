@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
+	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/policy"
 )
@@ -19,6 +23,10 @@ const (
 	configAPIVersion = "sops-webhook.io/v1alpha1"
 	configKind       = "Config"
 )
+
+// minRotateEvery is the shortest rotation period accepted; below it, a
+// generation would not outlive the config checks that publish it.
+const minRotateEvery = time.Second
 
 // maxConfigSize caps the config file.
 const maxConfigSize = 1 << 20
@@ -52,6 +60,18 @@ type keyConfig struct {
 	GCPKMS        *gcpKMSConfig `json:"gcpKms,omitempty"`
 	AzureKeyVault *azureConfig  `json:"azureKeyVault,omitempty"`
 	VaultTransit  *vaultConfig  `json:"vaultTransit,omitempty"`
+	// Generate has the webhook generate the key itself and keep it in the
+	// generated keys' Secret (pkg/clusterkeys).
+	Generate *generateConfig `json:"generate,omitempty"`
+}
+
+// generateConfig is a key the webhook generates (docs/reference.md §3).
+type generateConfig struct {
+	// Type is x25519 (the default) or hybrid.
+	Type clusterkeys.Type `json:"type,omitempty"`
+	// RotateEvery makes a new generation current when the current one is
+	// this old; absent: clusterkeys.DefaultRotateEvery; 0: never.
+	RotateEvery *metav1.Duration `json:"rotateEvery,omitempty"`
 }
 
 // awsKMSConfig is an AWS KMS key, used as the pod's AWS identity.
@@ -154,17 +174,26 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.name: %q is used twice", at, k.Name))
 		}
 		names[k.Name] = true
+		if strings.ContainsAny(k.Name, ",@") {
+			errs = append(errs, fmt.Errorf("%s.name: %q may not contain ',' or '@' (they separate names and generations in sops-webhook.io/keys)", at, k.Name))
+		}
 		set := 0
-		for _, present := range []bool{k.Age != nil, k.PGP != nil, k.AWSKMS != nil, k.GCPKMS != nil, k.AzureKeyVault != nil, k.VaultTransit != nil} {
+		for _, present := range []bool{k.Age != nil, k.PGP != nil, k.AWSKMS != nil, k.GCPKMS != nil, k.AzureKeyVault != nil, k.VaultTransit != nil, k.Generate != nil} {
 			if present {
 				set++
 			}
 		}
 		if set != 1 {
-			errs = append(errs, fmt.Errorf("%s (%s): exactly one of age, pgp, awsKms, gcpKms, azureKeyVault, vaultTransit must be set", at, k.Name))
+			errs = append(errs, fmt.Errorf("%s (%s): exactly one of generate, age, pgp, awsKms, gcpKms, azureKeyVault, vaultTransit must be set", at, k.Name))
 			continue
 		}
 		switch {
+		case k.Generate != nil && !clusterkeys.ValidName(k.Name):
+			errs = append(errs, fmt.Errorf("%s.name: a generated key's name must be a DNS label (lower-case letters, digits, '-', '.'; at most 63)", at))
+		case k.Generate != nil && k.Generate.Type != "" && k.Generate.Type != clusterkeys.X25519 && k.Generate.Type != clusterkeys.Hybrid:
+			errs = append(errs, fmt.Errorf("%s.generate.type: %q is not %s or %s", at, k.Generate.Type, clusterkeys.X25519, clusterkeys.Hybrid))
+		case k.Generate != nil && k.Generate.RotateEvery != nil && k.Generate.RotateEvery.Duration != 0 && k.Generate.RotateEvery.Duration < minRotateEvery:
+			errs = append(errs, fmt.Errorf("%s.generate.rotateEvery: at least %s, or 0 to never rotate", at, minRotateEvery))
 		case k.Age != nil && k.Age.IdentityFile == "":
 			errs = append(errs, fmt.Errorf("%s.age.identityFile: required", at))
 		case k.PGP != nil && k.PGP.PrivateKeyFile == "":
@@ -257,8 +286,24 @@ func (c *config) keyFiles() []string {
 	return out
 }
 
-// loadRing reads every configured key into memory, once.
-func (c *config) loadRing(opts ...keysource.RingOption) (*keysource.Ring, error) {
+// specs returns the keys the webhook generates.
+func (c *config) specs() []clusterkeys.Spec {
+	var out []clusterkeys.Spec
+	for _, k := range c.Keys {
+		if k.Generate != nil {
+			every := clusterkeys.DefaultRotateEvery
+			if k.Generate.RotateEvery != nil {
+				every = k.Generate.RotateEvery.Duration
+			}
+			out = append(out, clusterkeys.Spec{Name: k.Name, Type: k.Generate.Type, RotateEvery: every})
+		}
+	}
+	return out
+}
+
+// loadRing reads every configured key into memory, once; a generated
+// key's decrypting generations come from gen.
+func (c *config) loadRing(gen *clusterkeys.Keys, opts ...keysource.RingOption) (*keysource.Ring, error) {
 	var sources []keysource.Source
 	for i, k := range c.Keys {
 		var (
@@ -266,6 +311,8 @@ func (c *config) loadRing(opts ...keysource.RingOption) (*keysource.Ring, error)
 			err error
 		)
 		switch {
+		case k.Generate != nil:
+			s, err = generatedSource(k.Name, gen)
 		case k.Age != nil:
 			s, err = keysource.LoadAge(k.Name, k.Age.IdentityFile)
 		case k.PGP != nil:
@@ -289,4 +336,61 @@ func (c *config) loadRing(opts ...keysource.RingOption) (*keysource.Ring, error)
 		sources = append(sources, s)
 	}
 	return keysource.NewRingWith(sources, opts)
+}
+
+// generatedSource is the age source of the generated key name: its
+// generations that are not retired.
+func generatedSource(name string, gen *clusterkeys.Keys) (keysource.Source, error) {
+	var key *clusterkeys.Key
+	if gen != nil {
+		key = gen.Key(name)
+	}
+	if key == nil {
+		return nil, errors.New("not generated yet")
+	}
+	var gens []keysource.AgeGeneration
+	for _, g := range key.Generations {
+		if g.State != clusterkeys.StateRetired {
+			gens = append(gens, keysource.AgeGeneration{Number: g.Number, Identity: key.Identity(g.Number)})
+		}
+	}
+	if len(gens) == 0 {
+		return nil, errors.New("every generation is retired")
+	}
+	return keysource.NewAgeGenerations(name, gens), nil
+}
+
+// recipients returns what the webhook publishes for cfg: each key with
+// public recipients (generated, age, PGP) and the policy's grants of it.
+func (c *config) recipients(ring *keysource.Ring, gen *clusterkeys.Keys) clusterkeys.Recipients {
+	rules, _ := c.rules() // a config whose rules do not convert is never loaded
+	var out clusterkeys.Recipients
+	for _, k := range c.Keys {
+		pk := clusterkeys.PublishedKey{Name: k.Name, Grants: []clusterkeys.Grant{}}
+		switch typ, rs := ring.Recipients(k.Name); {
+		case k.Generate != nil && gen != nil && gen.Key(k.Name) != nil:
+			pk.Source, pk.Generations = "generated", gen.Key(k.Name).Generations
+		case typ == "age":
+			pk.Source, pk.Age = typ, rs
+		case typ == "pgp":
+			pk.Source, pk.PGP = typ, rs
+		default:
+			continue // a KMS or Vault key: its locator is in the config
+		}
+		for _, r := range rules {
+			if !slices.Contains(r.Keys, k.Name) {
+				continue
+			}
+			g := clusterkeys.Grant{Namespaces: r.Namespaces, Kinds: r.Kinds, RequireRBAC: r.RequireRBAC}
+			if r.NamespaceSelector != nil {
+				g.NamespaceSelector = r.NamespaceSelector.String()
+			}
+			if len(g.Kinds) == 0 {
+				g.Kinds = []string{policy.KindSecret}
+			}
+			pk.Grants = append(pk.Grants, g)
+		}
+		out.Keys = append(out.Keys, pk)
+	}
+	return out
 }

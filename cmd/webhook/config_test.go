@@ -8,12 +8,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	authenticationv1 "k8s.io/api/authentication/v1"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
+	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
 	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
@@ -67,6 +69,11 @@ func TestLoadConfig(t *testing.T) {
 		{"aws kms needs an ARN", header + "keys:\n- name: kms\n  awsKms: {arn: x}\n", "must be a key ARN"},
 		{"vault", header + "keys:\n- name: v\n  vaultTransit: {address: \"https://vault:8200\", enginePath: transit, keyName: \"app-*\", kubernetesAuth: {role: sops-webhook}}\n", ""},
 		{"vault needs https", header + "keys:\n- name: v\n  vaultTransit: {address: \"http://vault:8200\", enginePath: transit, keyName: app, kubernetesAuth: {role: r}}\n", "must be an https:// URL"},
+		{"generated key without its Secret", header + "keys:\n- name: cluster\n  generate: {}\n", "keys[0] (cluster): not generated yet"},
+		{"generated key of an unknown type", header + "keys:\n- name: cluster\n  generate: {type: rsa}\n", `keys[0].generate.type: "rsa" is not x25519 or hybrid`},
+		{"generated key name not a DNS label", header + "keys:\n- name: Cluster_Key\n  generate: {}\n", "keys[0].name: a generated key's name must be a DNS label"},
+		{"generated key rotated too often", header + "keys:\n- name: cluster\n  generate: {rotateEvery: 10ms}\n", "keys[0].generate.rotateEvery: at least 1s, or 0 to never rotate"},
+		{"key name with a generation separator", header + "keys:\n- name: a@1\n  age: {identityFile: " + ageKey.IdentityFile + "}\n", `may not contain ',' or '@'`},
 		{"vault needs a role", header + "keys:\n- name: v\n  vaultTransit: {address: \"https://vault:8200\", enginePath: transit, keyName: app}\n", "kubernetesAuth.role are required"},
 	}
 	for _, tt := range tests {
@@ -74,7 +81,7 @@ func TestLoadConfig(t *testing.T) {
 			path := writeFile(t, t.TempDir(), "config.yaml", tt.body)
 			cfg, err := loadConfig(path)
 			if err == nil {
-				_, _, err = buildEngine(cfg, engineDeps{})
+				_, _, err = buildEngine(cfg, nil, engineDeps{})
 			}
 			if tt.wantErr == "" {
 				require.NoError(t, err)
@@ -110,7 +117,7 @@ func TestDefaultPolicy(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, err := loadConfig(writeFile(t, t.TempDir(), "config.yaml", header+tt.policy))
 			require.NoError(t, err)
-			eng, ring, err := buildEngine(cfg, engineDeps{})
+			eng, ring, err := buildEngine(cfg, nil, engineDeps{})
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = ring.Close() })
 			require.NotNil(t, eng.Policy, "every engine has a policy")
@@ -222,4 +229,25 @@ func TestSelfManagedClientCertificate(t *testing.T) {
 		"--client-ca-file", "corp-ca.crt"}, io.Discard)
 	require.NoError(t, err)
 	assert.Empty(t, o.selfCerts.clientName, "a CA of the operator's: nothing to issue")
+}
+
+func TestGeneratedKeySpecs(t *testing.T) {
+	cfg, err := parseConfig("config.yaml", []byte(`apiVersion: sops-webhook.io/v1alpha1
+kind: Config
+keys:
+  - name: default-period
+    generate: {}
+  - name: never
+    generate: {type: hybrid, rotateEvery: 0s}
+  - name: monthly
+    generate: {rotateEvery: 720h}
+  - name: handmade
+    gcpKms: {resourceID: "projects/p/locations/global/keyRings/r/cryptoKeys/k"}
+`))
+	require.NoError(t, err)
+	assert.Equal(t, []clusterkeys.Spec{
+		{Name: "default-period", RotateEvery: clusterkeys.DefaultRotateEvery},
+		{Name: "never", Type: clusterkeys.Hybrid},
+		{Name: "monthly", RotateEvery: 720 * time.Hour},
+	}, cfg.specs())
 }

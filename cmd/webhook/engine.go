@@ -12,7 +12,9 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
+	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
@@ -32,13 +34,19 @@ type engineDeps struct {
 	// retireAfter is how long a replaced key ring stays open for the
 	// requests still using it; then it is closed.
 	retireAfter time.Duration
+	// generated keeps the generated keys; nil without API access.
+	generated *clusterkeys.Store
+	// recipients is where the recipients are published; nil: nowhere.
+	recipients corev1client.ConfigMapInterface
+	// recipientsName is that ConfigMap's name.
+	recipientsName string
 }
 
 // buildEngine loads the keys of cfg and builds its policy. Errors name the
 // field, never key material. The caller owns the ring and closes it when
 // the Engine is no longer used.
-func buildEngine(cfg *config, deps engineDeps) (mutate.Engine, *keysource.Ring, error) {
-	ring, err := cfg.loadRing(keysource.WithCache(deps.cacheSize, deps.cacheTTL, nil), keysource.WithStats(deps.stats))
+func buildEngine(cfg *config, gen *clusterkeys.Keys, deps engineDeps) (mutate.Engine, *keysource.Ring, error) {
+	ring, err := cfg.loadRing(gen, keysource.WithCache(deps.cacheSize, deps.cacheTTL, nil), keysource.WithStats(deps.stats))
 	if err != nil {
 		return mutate.Engine{}, nil, err
 	}
@@ -73,10 +81,13 @@ func closeOnError(ring *keysource.Ring, err error) error {
 	return err
 }
 
-// engine is an Engine with the key ring it owns.
+// engine is an Engine with the key ring it owns and what it was built
+// from.
 type engine struct {
 	mutate.Engine
 	ring *keysource.Ring
+	cfg  *config
+	gen  *clusterkeys.Keys
 }
 
 // reloader holds the current Engine and replaces it when the config file or
@@ -89,6 +100,9 @@ type reloader struct {
 	current atomic.Pointer[engine]
 	// onReload reports each reload attempt; it may be nil.
 	onReload func(ok bool)
+	// publishPending is set while the current config's recipients are
+	// not published: each check tries again.
+	publishPending bool
 
 	// loaded is the fingerprint of what current was built from; rejected
 	// that of the last config refused, so it is logged once.
@@ -99,18 +113,51 @@ type reloader struct {
 // invalid config stops the webhook.
 func newReloader(path string, deps engineDeps, log logr.Logger) (*reloader, []string, error) {
 	r := &reloader{path: path, deps: deps, log: log}
-	cfg, fp, err := r.read()
+	cfg, gen, fp, err := r.read()
 	if err != nil {
 		return nil, nil, err
 	}
-	eng, ring, err := buildEngine(cfg, deps)
+	eng, ring, err := buildEngine(cfg, gen, deps)
 	if err != nil {
 		return nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	r.current.Store(&engine{eng, ring})
+	r.current.Store(&engine{eng, ring, cfg, gen})
 	r.loaded = fp
 	log.Info("policy", "grants", cfg.grants())
+	logGenerations(log, gen)
+	r.publish()
 	return r, ring.Names(), nil
+}
+
+// logGenerations logs each generated key's generations: numbers, states
+// and recipients, which are public.
+func logGenerations(log logr.Logger, gen *clusterkeys.Keys) {
+	if gen == nil {
+		return
+	}
+	for _, k := range gen.Keys {
+		var gens []string
+		for _, g := range k.Generations {
+			gens = append(gens, fmt.Sprintf("%d %s %s", g.Number, g.State, g.Recipient))
+		}
+		log.Info("generated key", "key", k.Name, "generations", gens)
+	}
+}
+
+// publish writes the current config's recipients to the recipients
+// ConfigMap, if there is one; on failure the next check tries again.
+func (r *reloader) publish() {
+	if r.deps.recipients == nil {
+		return
+	}
+	cur := r.current.Load()
+	ctx, cancel := context.WithTimeout(context.Background(), apiCallTimeout)
+	defer cancel()
+	err := clusterkeys.Publish(ctx, r.deps.recipients, r.deps.recipientsName, cur.cfg.recipients(cur.ring, cur.gen))
+	if err != nil && !r.publishPending {
+		r.log.Error(err, "publishing the recipients failed; retrying at each config check")
+	}
+	r.publishPending = err != nil
 }
 
 // Engine returns the current Engine; it is the handler's engine source.
@@ -134,35 +181,53 @@ func (r *reloader) swap(eng *engine) {
 // close closes the current ring, when the webhook stops.
 func (r *reloader) close() error { return r.current.Load().ring.Close() }
 
-// read loads the config and fingerprints it with the key files it names.
-func (r *reloader) read() (*config, [sha256.Size]byte, error) {
+// read loads the config and the generated keys (generating those that
+// have no current generation), and fingerprints them with the key files
+// the config names.
+func (r *reloader) read() (*config, *clusterkeys.Keys, [sha256.Size]byte, error) {
 	var fp [sha256.Size]byte
 	raw, err := os.ReadFile(r.path)
 	if err != nil {
-		return nil, fp, fmt.Errorf("config: %w", err)
+		return nil, nil, fp, fmt.Errorf("config: %w", err)
 	}
 	cfg, err := parseConfig(r.path, raw)
 	if err != nil {
-		return nil, fp, err
+		return nil, nil, fp, err
 	}
 	h := sha256.New()
 	h.Write(raw)
 	for _, f := range cfg.keyFiles() {
 		b, err := os.ReadFile(f)
 		if err != nil {
-			return nil, fp, fmt.Errorf("config %s: key file %s: %w", r.path, f, err)
+			return nil, nil, fp, fmt.Errorf("config %s: key file %s: %w", r.path, f, err)
 		}
 		h.Write([]byte{0})
 		h.Write(b)
 	}
+	var gen *clusterkeys.Keys
+	if specs := cfg.specs(); len(specs) > 0 {
+		if r.deps.generated == nil {
+			return nil, nil, fp, fmt.Errorf("config %s: generated keys need API access and --namespace: run in a cluster or pass --kubeconfig", r.path)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), apiCallTimeout)
+		defer cancel()
+		if gen, err = r.deps.generated.Sync(ctx, specs); err != nil {
+			return nil, nil, fp, fmt.Errorf("config %s: generated keys: %w", r.path, err)
+		}
+		h.Write([]byte{0})
+		h.Write([]byte(gen.Version))
+	}
 	h.Sum(fp[:0])
-	return cfg, fp, nil
+	return cfg, gen, fp, nil
 }
 
 // check reloads when the config or a key file changed.
 func (r *reloader) check() {
-	cfg, fp, err := r.read()
+	cfg, gen, fp, err := r.read()
 	if err == nil && bytes.Equal(fp[:], r.loaded[:]) {
+		if r.publishPending {
+			r.publish()
+		}
 		return
 	}
 	if err == nil {
@@ -170,10 +235,12 @@ func (r *reloader) check() {
 			eng  mutate.Engine
 			ring *keysource.Ring
 		)
-		if eng, ring, err = buildEngine(cfg, r.deps); err == nil {
-			r.swap(&engine{eng, ring})
+		if eng, ring, err = buildEngine(cfg, gen, r.deps); err == nil {
+			r.swap(&engine{eng, ring, cfg, gen})
 			r.loaded = fp
 			r.log.Info("config reloaded", "keys", cfg.names(), "grants", cfg.grants())
+			logGenerations(r.log, gen)
+			r.publish()
 			if r.onReload != nil {
 				r.onReload(true)
 			}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
+	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
@@ -61,6 +62,9 @@ type options struct {
 	resultCacheBytes    int
 	policyCacheTTL      time.Duration
 	configCheckInterval time.Duration
+	// generatedKeysSecret and recipientsConfigMap are in --namespace.
+	generatedKeysSecret string
+	recipientsConfigMap string
 
 	// memory sizes the budgets; flags override parts of it.
 	memory     memoryOptions
@@ -134,7 +138,9 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	decryptBudget := fs.String("decrypt-budget", "", "bytes of SOPS payload decrypted at once, as a quantity; default: derived from the memory limit (docs/operations.md, Sizing)")
 	bodyBudget := fs.String("body-budget", "", fmt.Sprintf("bytes of request bodies past their first %d KiB held at once, as a quantity; default: derived from the memory limit", budget.FreeBodyBytes>>10))
 	fs.DurationVar(&o.budgetWait, "budget-wait", budget.DefaultWait, "longest time a request waits for room in a budget before it is refused as busy (retryable)")
-	fs.StringVar(&o.selfCerts.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "self-managed: the webhook's namespace (default $POD_NAMESPACE)")
+	fs.StringVar(&o.selfCerts.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the webhook's namespace, where it keeps generated keys, publishes recipients and, self-managed, its certificates (default $POD_NAMESPACE)")
+	fs.StringVar(&o.generatedKeysSecret, "generated-keys-secret", clusterkeys.DefaultSecretName, "Secret of --namespace that holds the keys the webhook generates (config: generate)")
+	fs.StringVar(&o.recipientsConfigMap, "recipients-configmap", clusterkeys.DefaultConfigMapName, "ConfigMap of --namespace where the keys' public recipients, grants and .sops.yaml rules are published, when the webhook has API access; empty: not published")
 	fs.StringVar(&o.selfCerts.secretName, "tls-secret", "sops-webhook-tls", "self-managed: Secret holding the CA and serving certificate")
 	fs.StringVar(&o.selfCerts.webhookConfiguration, "webhook-configuration", "sops-webhook", "self-managed: MutatingWebhookConfiguration whose caBundle is kept")
 	fs.StringVar(&o.selfCerts.service, "service", "sops-webhook", "self-managed: Service name the certificate is issued for")

@@ -30,6 +30,7 @@ import (
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/callerauth"
+	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
 	"github.com/sops-webhook/sops-webhook/pkg/metrics"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/pkg/selfcerts"
@@ -55,11 +56,18 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 	if err != nil {
 		return err
 	}
-	config, names, err := newReloader(o.configFile, engineDeps{
+	deps := engineDeps{
 		kube: kube, cacheSize: o.cacheSize, cacheTTL: o.cacheTTL, resultCacheBytes: o.resultCacheBytes, policyTTL: o.policyCacheTTL, stats: webhookMetrics.KeyStats(),
 		// A request holds its Engine for at most its decrypt timeout.
 		retireAfter: 2 * o.decryptTimeout,
-	}, log.WithName("config"))
+	}
+	if ns := o.selfCerts.namespace; kube != nil && ns != "" {
+		deps.generated = &clusterkeys.Store{Secrets: kube.CoreV1().Secrets(ns), Name: o.generatedKeysSecret}
+		if o.recipientsConfigMap != "" {
+			deps.recipients, deps.recipientsName = kube.CoreV1().ConfigMaps(ns), o.recipientsConfigMap
+		}
+	}
+	config, names, err := newReloader(o.configFile, deps, log.WithName("config"))
 	if err != nil {
 		return err
 	}

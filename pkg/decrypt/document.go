@@ -93,7 +93,7 @@ func allowsAll(ctx context.Context, access keysource.Access, keys []string) bool
 		return false
 	}
 	for _, k := range keys {
-		if access != nil && access.Allowed(ctx, k) != nil {
+		if access != nil && access.Allowed(ctx, keysource.KeyName(k)) != nil {
 			return false
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/getsops/sops/v3/keyservice"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -295,6 +296,37 @@ type denyAll struct{}
 
 func (denyAll) Allowed(_ context.Context, name string) error {
 	return fmt.Errorf("key %q is not granted here: %w", name, keysource.ErrNotGranted)
+}
+
+// onlyKey allows the one key named.
+type onlyKey string
+
+func (k onlyKey) Allowed(_ context.Context, name string) error {
+	if name != string(k) {
+		return fmt.Errorf("key %q is not granted here: %w", name, keysource.ErrNotGranted)
+	}
+	return nil
+}
+
+// A generated key is granted by its name; the cache reports the generation
+// that opened a document and returns it to a request granted the key.
+func TestResultCacheServesGeneratedKeys(t *testing.T) {
+	id, err := age.GenerateX25519Identity()
+	require.NoError(t, err)
+	var unwraps atomic.Int64
+	ring, err := keysource.NewRingWith([]keysource.Source{keysource.NewAgeGenerations("cluster", []keysource.AgeGeneration{{Number: 7, Identity: id}})},
+		[]keysource.RingOption{keysource.WithStats(keysource.Stats{Unwrap: func(string, bool) { unwraps.Add(1) }})})
+	require.NoError(t, err)
+	d := decrypt.New(ring, decrypt.WithResultCache(time.Hour, 1<<20))
+	doc := sopskit.SopsEncrypt(t, []byte("K=s3cr3t-generated\n"), "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{{Recipient: id.Recipient().String()}}})
+	for range 3 {
+		res, err := d.Document(context.Background(), doc, decrypt.FormatDotenv, onlyKey("cluster"))
+		require.NoError(t, err)
+		assert.Equal(t, []string{"cluster@7"}, res.Keys)
+	}
+	assert.EqualValues(t, 1, unwraps.Load(), "decrypted once, then from the cache")
+	_, err = d.Document(context.Background(), doc, decrypt.FormatDotenv, onlyKey("other"))
+	assert.True(t, decrypt.IsReason(err, decrypt.ReasonNotGranted), "got %v", err)
 }
 
 func TestResultCacheAppliesTheAccessEveryTime(t *testing.T) {

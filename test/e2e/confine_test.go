@@ -33,10 +33,10 @@ func (s *deploySuite) confinedIdentity(t *testing.T) {
 	defer cancel()
 	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
-	for _, f := range []string{"manifests/base/serviceaccount.yaml", "manifests/overlays/self-managed/rbac.yaml", "manifests/overlays/self-managed/confine.yaml"} {
+	for _, f := range []string{"manifests/base/serviceaccount.yaml", "manifests/base/rbac.yaml", "manifests/overlays/self-managed/rbac.yaml", "manifests/base/confine.yaml"} {
 		s.kubectl(t, nil, "apply", "-f", filepath.Join(root, f))
 	}
-	defer s.kubectl(t, nil, "delete", "-f", filepath.Join(root, "manifests/overlays/self-managed/confine.yaml"))
+	defer s.kubectl(t, nil, "delete", "-f", filepath.Join(root, "manifests/base/confine.yaml"))
 
 	impersonate := func(sa string) client.Client {
 		cfg := rest.CopyConfig(s.cp.Config)
@@ -48,7 +48,7 @@ func (s *deploySuite) confinedIdentity(t *testing.T) {
 	}
 	as, controller := impersonate("sops-webhook"), impersonate("sops-webhook-cabundle")
 	refusedByPolicy := func(err error) bool {
-		return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "sops-webhook-confine-self-managed")
+		return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "sops-webhook-confine")
 	}
 	planted := func(ns string) error {
 		return as.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "planted"}})

@@ -284,7 +284,7 @@ var chartValueSets = []struct {
 		"--set", "replicas=3", "--set", "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
 		"--set", "webhook.excludedNamespaces={kube-system,flux-system}", "--set", "priorityClassName=system-cluster-critical",
 	}, []string{"servicemonitor.monitoring.coreos.com/sops-webhook", "prometheusrule.monitoring.coreos.com/sops-webhook", "clusterrole.rbac.authorization.k8s.io/sops-webhook-cabundle",
-		"validatingadmissionpolicy.admissionregistration.k8s.io/sops-webhook-confine-self-managed"}},
+		"validatingadmissionpolicy.admissionregistration.k8s.io/sops-webhook-confine"}},
 	{"cert-manager with a ClusterIssuer", []string{
 		"--set", "callerAuth.mode=none",
 		"--set", "certificates.certManager.issuerRef.name=corp-ca", "--set", "certificates.certManager.issuerRef.kind=ClusterIssuer",

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -68,6 +69,25 @@ func (b *identityBed) tokenFile(ctx context.Context, t *testing.T, sa string, au
 	p := filepath.Join(b.work, sa+"-"+randomSuffix(t)+".token")
 	require.NoError(t, os.WriteFile(p, []byte(tr.Status.Token), 0o600))
 	return p, tr.Status.Token
+}
+
+// kubeconfigFor writes a kubeconfig that acts as service account sa of
+// namespace sops-webhook with a token of its own, as in its pod, and
+// returns its path.
+func (b *identityBed) kubeconfigFor(ctx context.Context, t *testing.T, sa string) string {
+	t.Helper()
+	_, token := b.tokenFile(ctx, t, sa)
+	ca := filepath.Join(b.work, "apiserver-ca.crt")
+	require.NoError(t, os.WriteFile(ca, b.cp.Config.CAData, 0o600))
+	kubeconfig := filepath.Join(b.work, sa+"-"+randomSuffix(t)+".kubeconfig")
+	require.NoError(t, os.WriteFile(kubeconfig, fmt.Appendf(nil, `apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: %q, certificate-authority: %q}}]
+users: [{name: u, user: {token: %q}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`, b.cp.Config.Host, ca, token), 0o600))
+	return kubeconfig
 }
 
 // startWebhook runs the webhook with the config text and environment in a

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -46,17 +45,7 @@ func TestMetricsAuth(t *testing.T) {
 	require.NoError(t, err)
 
 	// The webhook's own identity, as in its pod.
-	_, webhookToken := b.tokenFile(ctx, t, "sops-webhook")
-	kubeconfig := filepath.Join(b.work, "webhook.kubeconfig")
-	ca := filepath.Join(b.work, "apiserver-ca.crt")
-	require.NoError(t, os.WriteFile(ca, b.cp.Config.CAData, 0o600))
-	require.NoError(t, os.WriteFile(kubeconfig, fmt.Appendf(nil, `apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: %q, certificate-authority: %q}}]
-users: [{name: u, user: {token: %q}}]
-contexts: [{name: c, context: {cluster: c, user: u}}]
-current-context: c
-`, b.cp.Config.Host, ca, webhookToken), 0o600))
+	kubeconfig := b.kubeconfigFor(ctx, t, "sops-webhook")
 
 	// Prometheus's service account, bound as the docs say; and a stranger.
 	require.NoError(t, b.cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "monitoring"}}))

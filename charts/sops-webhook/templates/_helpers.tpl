@@ -76,3 +76,13 @@ none
 {{- define "sops-webhook.caConfigMap" -}}
 {{ include "sops-webhook.fullname" . }}-ca
 {{- end -}}
+
+{{/* The Secret holding the keys the webhook generates. */}}
+{{- define "sops-webhook.generatedKeysSecret" -}}
+{{ include "sops-webhook.fullname" . }}-generated-keys
+{{- end }}
+
+{{/* The ConfigMap where the webhook publishes its recipients. */}}
+{{- define "sops-webhook.recipientsConfigMap" -}}
+{{ include "sops-webhook.fullname" . }}-recipients
+{{- end }}

@@ -39,7 +39,11 @@ type Matcher interface {
 // Matches reports whether the metadata names one of a's recipients.
 func (a *Age) Matches(key *keyservice.Key) bool {
 	k := key.GetAgeKey()
-	return k != nil && a.recipients[k.Recipient]
+	if k == nil {
+		return false
+	}
+	_, ok := a.recipients[k.Recipient]
+	return ok
 }
 
 // Matches reports whether the metadata names a fingerprint of p's keyring.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 
 	"filippo.io/age"
@@ -19,8 +20,61 @@ import (
 type Age struct {
 	name       string
 	identities []age.Identity
-	// recipients are the identities' public keys, for Matches.
-	recipients map[string]bool
+	// recipients are the identities' public keys, for Matches, with the
+	// generation each belongs to (0 for a key that has none).
+	recipients map[string]int
+}
+
+// AgeGeneration is one generation of a key the webhook generated: its
+// number and its identity.
+type AgeGeneration struct {
+	Number   int
+	Identity age.Identity
+}
+
+// NewAgeGenerations returns an Age source named name holding the
+// identities of a generated key's decrypting generations. The key it
+// opens a data key with is reported as "name@number" (Generations).
+func NewAgeGenerations(name string, gens []AgeGeneration) *Age {
+	a := &Age{name: name, recipients: map[string]int{}}
+	for _, g := range gens {
+		a.identities = append(a.identities, g.Identity)
+		if r := ageRecipient(g.Identity); r != "" {
+			a.recipients[r] = g.Number
+		}
+	}
+	return a
+}
+
+// Generation returns the generation of a's identity that key's metadata
+// names, or 0 when a's key has no generations or none matches.
+func (a *Age) Generation(key *keyservice.Key) int {
+	if k := key.GetAgeKey(); k != nil {
+		return a.recipients[k.Recipient]
+	}
+	return 0
+}
+
+// Recipients returns the public keys of a's identities, sorted.
+func (a *Age) Recipients() []string {
+	out := make([]string, 0, len(a.recipients))
+	for r := range a.recipients {
+		out = append(out, r)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ageRecipient returns the recipient string of an X25519 or hybrid
+// identity, or "".
+func ageRecipient(id age.Identity) string {
+	switch id := id.(type) {
+	case *age.X25519Identity:
+		return id.Recipient().String()
+	case *age.HybridIdentity:
+		return id.Recipient().String()
+	}
+	return ""
 }
 
 // LoadAge reads an age identity file. Blank lines and # comments are skipped.
@@ -39,13 +93,10 @@ func LoadAge(name, path string) (*Age, error) {
 }
 
 func newAge(name string, ids []age.Identity) *Age {
-	a := &Age{name: name, identities: ids, recipients: map[string]bool{}}
+	a := &Age{name: name, identities: ids, recipients: map[string]int{}}
 	for _, id := range ids {
-		switch id := id.(type) {
-		case *age.X25519Identity:
-			a.recipients[id.Recipient().String()] = true
-		case *age.HybridIdentity:
-			a.recipients[id.Recipient().String()] = true
+		if r := ageRecipient(id); r != "" {
+			a.recipients[r] = 0
 		}
 	}
 	return a

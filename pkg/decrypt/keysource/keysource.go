@@ -8,6 +8,8 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -132,6 +134,24 @@ func (r *Ring) Names() []string {
 	return names
 }
 
+// Recipients returns the public recipients of the key named name when it
+// is an age or PGP key (age recipients, PGP primary fingerprints), with
+// its type, "age" or "pgp"; "" for other keys.
+func (r *Ring) Recipients(name string) (typ string, recipients []string) {
+	for _, s := range r.sources {
+		if s.Name() != name {
+			continue
+		}
+		switch s := s.(type) {
+		case *Age:
+			return "age", s.Recipients()
+		case *PGP:
+			return "pgp", s.Recipients()
+		}
+	}
+	return "", nil
+}
+
 // Client returns a key service client for one decryption. ctx bounds every
 // unwrap it performs; access (nil: all keys) decides which keys it may use.
 func (r *Ring) Client(ctx context.Context, access Access) *Client {
@@ -229,7 +249,7 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 			}
 			c.ring.cache.Put(ck, append([]byte(nil), plain...), 1)
 		}
-		c.markUsed(s.Name())
+		c.markUsed(usedName(s, req.Key))
 		return &keyservice.DecryptResponse{Plaintext: plain}, nil
 	}
 	if len(errs) > 0 {
@@ -304,7 +324,8 @@ func (c *Client) markUsed(name string) {
 }
 
 // Used returns the sorted names of the configured keys that unwrapped a data
-// key through this Client.
+// key through this Client; a generated key's name carries the generation
+// that opened it, as "name@number" (KeyName strips it).
 func (c *Client) Used() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -314,6 +335,33 @@ func (c *Client) Used() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// Generational is implemented by Sources whose key has generations.
+// Generation returns the generation that key's metadata names, or 0.
+type Generational interface {
+	Generation(key *keyservice.Key) int
+}
+
+// generationSep separates a key's name from its generation in the names
+// Client.Used reports. Key names never contain it.
+const generationSep = "@"
+
+// usedName is the name Used reports for s opening key.
+func usedName(s Source, key *keyservice.Key) string {
+	if g, ok := s.(Generational); ok {
+		if n := g.Generation(key); n > 0 {
+			return s.Name() + generationSep + strconv.Itoa(n)
+		}
+	}
+	return s.Name()
+}
+
+// KeyName returns the configured key's name in a name Client.Used
+// reported, without its generation.
+func KeyName(used string) string {
+	name, _, _ := strings.Cut(used, generationSep)
+	return name
 }
 
 // readKeyFile reads a configured key file, refusing one over MaxKeyFileSize.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -84,6 +85,34 @@ func TestClientRecordsTheKeyThatUnwrapped(t *testing.T) {
 	_, err = c.Decrypt(context.Background(), ageReq(wrapAge(t, idB.Recipient()), "age1claimed"))
 	require.ErrorIs(t, err, keysource.ErrNoKey)
 	assert.Empty(t, c.Used())
+}
+
+// A generated key's generations are one key for the policy, and the one
+// that opened a data key is named in what the Client reports as used.
+func TestClientNamesTheGenerationThatUnwrapped(t *testing.T) {
+	var gens []keysource.AgeGeneration
+	var ids []*age.X25519Identity
+	for n := 1; n <= 3; n++ {
+		id, err := age.GenerateX25519Identity()
+		require.NoError(t, err)
+		ids = append(ids, id)
+		gens = append(gens, keysource.AgeGeneration{Number: n, Identity: id})
+	}
+	ring, err := keysource.NewRing(keysource.NewAgeGenerations("cluster", gens))
+	require.NoError(t, err)
+	for n, id := range ids {
+		c := ring.Client(context.Background(), nil)
+		resp, err := c.Decrypt(context.Background(), ageReq(wrapAge(t, id.Recipient()), id.Recipient().String()))
+		require.NoError(t, err)
+		assert.Equal(t, dataKey, resp.Plaintext)
+		used := c.Used()
+		assert.Equal(t, []string{fmt.Sprintf("cluster@%d", n+1)}, used)
+		assert.Equal(t, "cluster", keysource.KeyName(used[0]))
+	}
+	assert.Equal(t, "team-a", keysource.KeyName("team-a"))
+	typ, recipients := ring.Recipients("cluster")
+	assert.Equal(t, "age", typ)
+	assert.Len(t, recipients, 3)
 }
 
 func TestClientRefusesWhatItDoesNotHold(t *testing.T) {

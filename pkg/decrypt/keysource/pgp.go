@@ -84,6 +84,16 @@ func ParsePGPKeyring(raw []byte) (openpgp.EntityList, error) {
 	return ring, nil
 }
 
+// Recipients returns the primary fingerprints of p's keyring, upper-case
+// hex, in keyring order: what a .sops.yaml names.
+func (p *PGP) Recipients() []string {
+	out := make([]string, len(p.keyring))
+	for i, e := range p.keyring {
+		out[i] = strings.ToUpper(hex.EncodeToString(e.PrimaryKey.Fingerprint))
+	}
+	return out
+}
+
 // Name returns the key's configured name.
 func (p *PGP) Name() string { return p.name }
 

@@ -1,0 +1,210 @@
+package clusterkeys
+
+import (
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+func newStore() (*Store, *fake.Clientset) {
+	kube := fake.NewClientset()
+	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	return &Store{Secrets: kube.CoreV1().Secrets("sops-webhook"), Name: DefaultSecretName, Now: func() time.Time { return now }}, kube
+}
+
+func TestSyncGeneratesOnceAndKeeps(t *testing.T) {
+	ctx := context.Background()
+	s, kube := newStore()
+	specs := []Spec{{Name: "cluster"}, {Name: "pq", Type: Hybrid}}
+
+	first, err := s.Sync(ctx, specs)
+	require.NoError(t, err)
+	require.Len(t, first.Keys, 2)
+	for i, want := range []struct {
+		typ    Type
+		prefix string
+	}{{X25519, "age1"}, {Hybrid, "age1pq1"}} {
+		k := first.Keys[i]
+		require.Len(t, k.Generations, 1, k.Name)
+		g := k.Generations[0]
+		assert.Equal(t, want.typ, g.Type)
+		assert.Equal(t, StateCurrent, g.State)
+		assert.Equal(t, 1, g.Number)
+		assert.True(t, strings.HasPrefix(g.Recipient, want.prefix), g.Recipient)
+		require.NotNil(t, k.Identity(1))
+	}
+
+	// A second Sync, as another replica or the next check, reads the same
+	// identities and writes nothing.
+	actions := len(kube.Actions())
+	again, err := s.Sync(ctx, specs)
+	require.NoError(t, err)
+	assert.Equal(t, first.Version, again.Version)
+	assert.Equal(t, first.Keys[0].Generations, again.Keys[0].Generations)
+	assert.Len(t, kube.Actions(), actions+1, "only a get")
+
+	// A key no longer configured stays in the Secret, untouched.
+	only, err := s.Sync(ctx, specs[:1])
+	require.NoError(t, err)
+	assert.NotNil(t, only.Key("pq"))
+
+	// The Secret holds each identity once, and its index no private key.
+	secret, err := s.Secrets.Get(ctx, s.Name, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Len(t, secret.Data, 3)
+	assert.NotContains(t, string(secret.Data[indexEntry]), "AGE-SECRET-KEY")
+}
+
+func TestSyncAddsAGenerationWhenAllAreRetired(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore()
+	_, err := s.Sync(ctx, []Spec{{Name: "cluster"}})
+	require.NoError(t, err)
+	secret, err := s.Secrets.Get(ctx, s.Name, metav1.GetOptions{})
+	require.NoError(t, err)
+	secret.Data[indexEntry] = []byte(strings.Replace(string(secret.Data[indexEntry]), `"current"`, `"retired"`, 1))
+	_, err = s.Secrets.Update(ctx, secret, metav1.UpdateOptions{})
+	require.NoError(t, err)
+
+	keys, err := s.Sync(ctx, []Spec{{Name: "cluster"}})
+	require.NoError(t, err)
+	gens := keys.Key("cluster").Generations
+	require.Len(t, gens, 2)
+	assert.Equal(t, []State{StateCurrent, StateRetired}, []State{gens[0].State, gens[1].State})
+	assert.Equal(t, []int{2, 1}, []int{gens[0].Number, gens[1].Number})
+	assert.NotEqual(t, gens[0].Recipient, gens[1].Recipient)
+}
+
+func TestSyncRotatesOnSchedule(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s.Now = func() time.Time { return now }
+	specs := []Spec{{Name: "cluster", RotateEvery: DefaultRotateEvery}, {Name: "fixed"}}
+	states := func(k *Key) []State {
+		var out []State
+		for _, g := range k.Generations {
+			out = append(out, g.State)
+		}
+		return out
+	}
+
+	keys, err := s.Sync(ctx, specs)
+	require.NoError(t, err)
+	now = now.Add(DefaultRotateEvery - time.Second)
+	keys, err = s.Sync(ctx, specs)
+	require.NoError(t, err)
+	assert.Len(t, keys.Key("cluster").Generations, 1, "not due yet")
+
+	now = now.Add(time.Second)
+	keys, err = s.Sync(ctx, specs)
+	require.NoError(t, err)
+	assert.Equal(t, []State{StateCurrent, StateActive}, states(keys.Key("cluster")), "rotated; the old one still decrypts")
+	assert.Equal(t, now, keys.Key("cluster").Generations[0].Created)
+	assert.Len(t, keys.Key("fixed").Generations, 1, "a key without a period is never rotated")
+
+	now = now.Add(2 * DefaultRotateEvery)
+	keys, err = s.Sync(ctx, specs)
+	require.NoError(t, err)
+	assert.Equal(t, []State{StateCurrent, StateActive, StateActive}, states(keys.Key("cluster")), "one generation per check, however late")
+}
+
+func TestDecodeRefusesWhatDoesNotMatch(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore()
+	_, err := s.Sync(ctx, []Spec{{Name: "cluster"}, {Name: "other"}})
+	require.NoError(t, err)
+	secret, err := s.Secrets.Get(ctx, s.Name, metav1.GetOptions{})
+	require.NoError(t, err)
+	identity := string(secret.Data[entryName("cluster", 1)])
+
+	tests := []struct {
+		name    string
+		edit    func(data map[string][]byte)
+		wantErr string
+	}{
+		{"identity swapped for another key's", func(d map[string][]byte) { d[entryName("cluster", 1)] = d[entryName("other", 1)] },
+			`key "cluster" generation 1: the stored identity does not match the recorded recipient`},
+		{"identity missing", func(d map[string][]byte) { delete(d, entryName("cluster", 1)) }, `key "cluster" generation 1: no identity stored`},
+		{"identity malformed", func(d map[string][]byte) { d[entryName("cluster", 1)] = []byte(identity[:30]) }, `key "cluster" generation 1: malformed X25519 identity`},
+		{"index not JSON", func(d map[string][]byte) { d[indexEntry] = []byte("{") }, "generations.json: "},
+		{"bad key name", func(d map[string][]byte) {
+			d[indexEntry] = []byte(strings.Replace(string(d[indexEntry]), `"cluster"`, `"Bad Name"`, 1))
+		}, `key name "Bad Name" is invalid`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data := map[string][]byte{}
+			for k, v := range secret.Data {
+				data[k] = append([]byte(nil), v...)
+			}
+			tt.edit(data)
+			_, err := decode(data)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.wantErr)
+			assert.NotContains(t, err.Error(), "AGE-SECRET-KEY")
+		})
+	}
+}
+
+func TestCreationRules(t *testing.T) {
+	gen := func(n int, state State, r string) Generation {
+		return Generation{Number: n, Type: X25519, Recipient: r, Created: time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC), State: state}
+	}
+	r := Recipients{Keys: []PublishedKey{
+		{Name: "cluster", Source: "generated", Generations: []Generation{gen(2, StateCurrent, "age1new"), gen(1, StateActive, "age1old")},
+			Grants: []Grant{{Namespaces: []string{"team-a", "team-b-*"}, Kinds: []string{"Secret"}}, {Namespaces: []string{"*"}, Kinds: []string{"Secret"}, RequireRBAC: true}}},
+		{Name: "legacy", Source: "pgp", PGP: []string{"ABCDEF"}, Grants: []Grant{{Namespaces: []string{"team-a"}, Kinds: []string{"Secret", "ConfigMap"}}}},
+		{Name: "selected", Source: "age", Age: []string{"age1sel"}, Grants: []Grant{{NamespaceSelector: "team=c", Kinds: []string{"Secret"}}}},
+		{Name: "ungranted", Source: "age", Age: []string{"age1none"}, Grants: []Grant{}},
+	}}
+	data, err := r.Data()
+	require.NoError(t, err)
+	for _, entry := range []string{RecipientsEntry, SopsConfigEntry} {
+		golden := filepath.Join("testdata", entry)
+		if *update {
+			require.NoError(t, os.WriteFile(golden, []byte(data[entry]), 0o644))
+		}
+		want, err := os.ReadFile(golden)
+		require.NoError(t, err)
+		assert.Equal(t, string(want), data[entry], "%s (go test -update rewrites it)", golden)
+	}
+	// The retired and active generations are published, never encrypted for.
+	assert.NotContains(t, data[SopsConfigEntry], "age1old")
+	assert.Contains(t, data[RecipientsEntry], "age1old")
+}
+
+func TestNamespacePathRegex(t *testing.T) {
+	tests := []struct {
+		pattern string
+		match   []string
+		noMatch []string
+	}{
+		{"team-a", []string{"team-a/values.enc.yaml", "clusters/prod/team-a/x.yaml"}, []string{"team-ab/x.yaml", "xteam-a/x.yaml", "team-a.yaml"}},
+		{"team-b-*", []string{"team-b-dev/x.yaml", "team-b-/x.yaml"}, []string{"team-b/x.yaml", "team-bx-dev/x.yaml"}},
+		{"a.b", []string{"a.b/x"}, []string{"axb/x"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.pattern, func(t *testing.T) {
+			re := regexp.MustCompile(NamespacePathRegex(tt.pattern))
+			for _, p := range tt.match {
+				assert.True(t, re.MatchString(p), p)
+			}
+			for _, p := range tt.noMatch {
+				assert.False(t, re.MatchString(p), p)
+			}
+		})
+	}
+}

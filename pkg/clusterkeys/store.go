@@ -1,0 +1,193 @@
+package clusterkeys
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"filippo.io/age"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+)
+
+// DefaultSecretName is the Secret, in the webhook's namespace, that holds
+// the generated keys.
+const DefaultSecretName = "sops-webhook-generated-keys"
+
+// maxSyncAttempts bounds how often Sync re-reads the Secret after losing a
+// write to another replica; each loss means another replica made progress.
+const maxSyncAttempts = 8
+
+// Store reads and writes the generated keys' Secret.
+type Store struct {
+	// Secrets are the Secrets of the webhook's namespace.
+	Secrets corev1client.SecretInterface
+	// Name is the Secret's name (DefaultSecretName).
+	Name string
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// Keys are the generated keys as read from the Secret at one version.
+type Keys struct {
+	// Version is the Secret's resourceVersion: it changes with any write.
+	Version string
+	// Keys are every key the Secret holds, configured or not.
+	Keys []*Key
+}
+
+// Key returns the key named name, or nil.
+func (k *Keys) Key(name string) *Key {
+	for _, key := range k.Keys {
+		if key.Name == name {
+			return key
+		}
+	}
+	return nil
+}
+
+// Sync returns the generated keys after making sure each spec has a
+// current generation: a spec with no key, whose generations are all
+// retired, or whose current generation is due for rotation, gets a new
+// generation, written to the Secret before it is returned. Replicas syncing at once agree on one identity: the Secret is
+// created only if absent and updated only at the version read, and a
+// replica that loses re-reads and uses what won. Keys in the Secret that
+// no spec names are kept as they are. Errors name the Secret and the key,
+// never key material.
+func (s *Store) Sync(ctx context.Context, specs []Spec) (*Keys, error) {
+	for attempt := 0; attempt < maxSyncAttempts; attempt++ {
+		secret, err := s.Secrets.Get(ctx, s.Name, metav1.GetOptions{})
+		exists := err == nil
+		if apierrors.IsNotFound(err) {
+			secret = &corev1.Secret{
+				ObjectMeta: metav1.ObjectMeta{Name: s.Name, Labels: map[string]string{"app.kubernetes.io/name": "sops-webhook", "app.kubernetes.io/component": "generated-keys"}},
+				Type:       corev1.SecretTypeOpaque,
+			}
+		} else if err != nil {
+			return nil, fmt.Errorf("read Secret %s: %w", s.Name, err)
+		}
+		keys, err := decode(secret.Data)
+		if err != nil {
+			return nil, fmt.Errorf("Secret %s: %w", s.Name, err)
+		}
+		changed, err := s.ensure(secret, &keys, specs)
+		if err != nil {
+			return nil, fmt.Errorf("Secret %s: %w", s.Name, err)
+		}
+		if !changed {
+			return &Keys{Version: secret.ResourceVersion, Keys: keys}, nil
+		}
+		var written *corev1.Secret
+		if exists {
+			written, err = s.Secrets.Update(ctx, secret, metav1.UpdateOptions{})
+		} else {
+			written, err = s.Secrets.Create(ctx, secret, metav1.CreateOptions{})
+		}
+		switch {
+		case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err):
+			continue // another replica wrote first: use what it wrote
+		case err != nil:
+			return nil, fmt.Errorf("write Secret %s: %w", s.Name, err)
+		}
+		return &Keys{Version: written.ResourceVersion, Keys: keys}, nil
+	}
+	return nil, fmt.Errorf("Secret %s: still changing after %d attempts", s.Name, maxSyncAttempts)
+}
+
+// ensure adds a generation to each spec's key that has no current one, in
+// secret's data and in keys; it reports whether it changed anything.
+func (s *Store) ensure(secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool, error) {
+	changed := false
+	for _, spec := range specs {
+		var key *Key
+		for _, k := range *keys {
+			if k.Name == spec.Name {
+				key = k
+			}
+		}
+		if key != nil && !s.due(key, spec) {
+			continue
+		}
+		if storedGenerations(*keys) >= MaxStoredGenerations {
+			if key != nil && key.Current() != nil {
+				continue // due for rotation, but the Secret is full
+			}
+			return false, fmt.Errorf("key %q: the Secret already holds %d generations", spec.Name, MaxStoredGenerations)
+		}
+		if key == nil {
+			if len(*keys) >= MaxKeys {
+				return false, fmt.Errorf("key %q: the Secret already holds %d keys", spec.Name, MaxKeys)
+			}
+			key = &Key{Name: spec.Name}
+			*keys = append(*keys, key)
+		}
+		if err := s.addGeneration(secret, key, spec.Type); err != nil {
+			return false, fmt.Errorf("key %q: %w", spec.Name, err)
+		}
+		changed = true
+	}
+	if !changed {
+		return false, nil
+	}
+	raw, err := encodeIndex(*keys)
+	if err != nil {
+		return false, err
+	}
+	secret.Data[indexEntry] = raw
+	return true, nil
+}
+
+// due reports whether key needs a new generation: it has no current one,
+// or spec rotates it and the current one is RotateEvery old. A key that
+// has MaxGenerations is rotated no more.
+func (s *Store) due(key *Key, spec Spec) bool {
+	cur := key.Current()
+	if cur == nil {
+		return true
+	}
+	return spec.RotateEvery > 0 && len(key.Generations) < MaxGenerations && !s.now().Before(cur.Created.Add(spec.RotateEvery))
+}
+
+// now is the Store's clock.
+func (s *Store) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// addGeneration generates a new current generation of key, stores its
+// identity in secret's data, and makes the previous current one active.
+func (s *Store) addGeneration(secret *corev1.Secret, key *Key, t Type) error {
+	if len(key.Generations) >= MaxGenerations {
+		return fmt.Errorf("already %d generations", MaxGenerations)
+	}
+	id, recipient, text, err := generate(t)
+	if err != nil {
+		return err
+	}
+	if t == "" {
+		t = X25519
+	}
+	n := 1
+	if len(key.Generations) > 0 {
+		n = key.Generations[0].Number + 1
+	}
+	for i := range key.Generations {
+		if key.Generations[i].State == StateCurrent {
+			key.Generations[i].State = StateActive
+		}
+	}
+	key.Generations = append([]Generation{{Number: n, Type: t, Recipient: recipient, Created: s.now().UTC().Truncate(time.Second), State: StateCurrent}}, key.Generations...)
+	if key.identities == nil {
+		key.identities = map[int]age.Identity{}
+	}
+	key.identities[n] = id
+	if secret.Data == nil {
+		secret.Data = map[string][]byte{}
+	}
+	secret.Data[entryName(key.Name, n)] = []byte(text + "\n")
+	return nil
+}
