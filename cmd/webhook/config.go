@@ -394,3 +394,32 @@ func (c *config) recipients(ring *keysource.Ring, gen *clusterkeys.Keys) cluster
 	}
 	return out
 }
+
+// rewrapTargets is the Engine's Rewrap for the generated keys gen: a file
+// opened by a generation of a generated key gains the key's current
+// generation, and with dropRetired loses its retired ones. A file opened
+// by a hand-made key has no generation to move to.
+func (c *config) rewrapTargets(gen *clusterkeys.Keys) func(opened string, dropRetired bool) ([]string, []string, error) {
+	generated := map[string]bool{}
+	for _, s := range c.specs() {
+		generated[s.Name] = true
+	}
+	return func(opened string, dropRetired bool) ([]string, []string, error) {
+		name := keysource.KeyName(opened)
+		key := gen.Key(name)
+		if !generated[name] || key == nil {
+			return nil, nil, fmt.Errorf("key %q opens it, and it is not generated in the cluster: only generated keys have generations to rewrap for", name)
+		}
+		cur := key.Current()
+		if cur == nil {
+			return nil, nil, fmt.Errorf("key %q has no current generation", name)
+		}
+		var drop []string
+		for _, g := range key.Generations {
+			if dropRetired && g.State == clusterkeys.StateRetired {
+				drop = append(drop, g.Recipient)
+			}
+		}
+		return []string{cur.Recipient}, drop, nil
+	}
+}

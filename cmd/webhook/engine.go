@@ -51,6 +51,9 @@ func buildEngine(cfg *config, gen *clusterkeys.Keys, deps engineDeps) (mutate.En
 		return mutate.Engine{}, nil, err
 	}
 	eng := mutate.Engine{Decryptor: decrypt.New(ring, decrypt.WithResultCache(deps.cacheTTL, deps.resultCacheBytes))}
+	if gen != nil {
+		eng.Rewrap = cfg.rewrapTargets(gen)
+	}
 	rules, err := cfg.rules()
 	if err != nil {
 		return mutate.Engine{}, nil, closeOnError(ring, err)

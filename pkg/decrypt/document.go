@@ -101,62 +101,78 @@ func allowsAll(ctx context.Context, access keysource.Access, keys []string) bool
 }
 
 func (d *Decryptor) document(ctx context.Context, value []byte, f Format, access keysource.Access) (res Result, err error) {
+	defer func() {
+		// Writing the tree is sops' for some formats, and may panic too.
+		if r := recover(); r != nil {
+			res, err = Result{}, fail(ReasonMalformed, "the sops library rejected its content")
+		}
+	}()
+	tree, _, keys, err := d.open(ctx, value, f, access)
+	if err != nil {
+		return Result{}, err
+	}
+	out, err := stores[f].Emit(tree.Branches, len(value))
+	if err != nil {
+		return Result{}, fail(ReasonMalformed, fmt.Sprintf("its decrypted content cannot be written as %s", f))
+	}
+	return Result{Plaintext: out, Format: f, Keys: keys, branches: tree.Branches}, nil
+}
+
+// open parses value, unwraps its data key with the keys access allows,
+// decrypts the tree in place and verifies the MAC. It returns the
+// decrypted tree, the data key and the keys that opened it. Errors are
+// *Error.
+func (d *Decryptor) open(ctx context.Context, value []byte, f Format, access keysource.Access) (tree sops.Tree, dataKey []byte, keys []string, err error) {
 	if !f.IsDocument() {
-		return Result{}, fail(ReasonUnsupported, fmt.Sprintf("format %q is not a document format", f))
+		return sops.Tree{}, nil, nil, fail(ReasonUnsupported, fmt.Sprintf("format %q is not a document format", f))
 	}
 	if len(value) > MaxDocumentSize {
-		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("documents are limited to %d bytes", MaxDocumentSize))
+		return sops.Tree{}, nil, nil, fail(ReasonTooLarge, fmt.Sprintf("documents are limited to %d bytes", MaxDocumentSize))
 	}
 	if n, most := Items(value), maxItems(f); n > most {
-		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("its structure counts %d items (two per line, one per list item, separator, bracket or comment); %s documents are limited to %d", n, f, most))
+		return sops.Tree{}, nil, nil, fail(ReasonTooLarge, fmt.Sprintf("its structure counts %d items (two per line, one per list item, separator, bracket or comment); %s documents are limited to %d", n, f, most))
 	}
 	defer func() {
 		// sops panics on some inputs (a value tagged type:bytes, for one).
 		// The panic value may quote the input, so it is dropped.
 		if r := recover(); r != nil {
-			res, err = Result{}, fail(ReasonMalformed, "the sops library rejected its content")
+			tree, dataKey, keys, err = sops.Tree{}, nil, nil, fail(ReasonMalformed, "the sops library rejected its content")
 		}
 	}()
 
-	st := stores[f]
-	tree, err := st.Load(value)
+	tree, err = stores[f].Load(value)
 	if errors.Is(err, store.ErrAlias) {
-		return Result{}, fail(ReasonMalformed, "it uses a YAML alias (*name), which sops never writes")
+		return sops.Tree{}, nil, nil, fail(ReasonMalformed, "it uses a YAML alias (*name), which sops never writes")
 	}
 	if err != nil {
-		return Result{}, fail(ReasonMalformed, fmt.Sprintf("it does not parse as an encrypted %s document", f))
+		return sops.Tree{}, nil, nil, fail(ReasonMalformed, fmt.Sprintf("it does not parse as an encrypted %s document", f))
 	}
 	if store.TooDeep(tree.Branches) {
-		return Result{}, fail(ReasonTooLarge, fmt.Sprintf("its maps and lists nest more than %d levels deep, the most the webhook accepts", MaxDocumentDepth))
+		return sops.Tree{}, nil, nil, fail(ReasonTooLarge, fmt.Sprintf("its maps and lists nest more than %d levels deep, the most the webhook accepts", MaxDocumentDepth))
 	}
 	if tree.Metadata.MessageAuthenticationCode == "" {
-		return Result{}, fail(ReasonNoMAC, "")
+		return sops.Tree{}, nil, nil, fail(ReasonNoMAC, "")
 	}
-	dataKey, keys, err := d.unwrap(ctx, tree.Metadata, access)
+	dataKey, keys, err = d.unwrap(ctx, tree.Metadata, access)
 	if err != nil {
-		return Result{}, err
+		return sops.Tree{}, nil, nil, err
 	}
 
 	// A cipher per document: it holds the document's AES-GCM.
 	cipher := store.NewCipher(dataKey)
 	computed, err := tree.Decrypt(dataKey, cipher)
 	if err != nil {
-		return Result{}, fail(ReasonCorrupt, "")
+		return sops.Tree{}, nil, nil, fail(ReasonCorrupt, "")
 	}
 	stored, err := cipher.Decrypt(tree.Metadata.MessageAuthenticationCode, dataKey, tree.Metadata.LastModified.Format(time.RFC3339))
 	if err != nil {
-		return Result{}, fail(ReasonNoMAC, "the MAC itself failed authentication")
+		return sops.Tree{}, nil, nil, fail(ReasonNoMAC, "the MAC itself failed authentication")
 	}
 	storedMAC, ok := stored.(string)
 	if !ok || subtle.ConstantTimeCompare([]byte(storedMAC), []byte(computed)) != 1 {
-		return Result{}, fail(ReasonMAC, "")
+		return sops.Tree{}, nil, nil, fail(ReasonMAC, "")
 	}
-
-	out, err := st.Emit(tree.Branches, len(value))
-	if err != nil {
-		return Result{}, fail(ReasonMalformed, fmt.Sprintf("its decrypted content cannot be written as %s", f))
-	}
-	return Result{Plaintext: out, Format: f, Keys: keys, branches: tree.Branches}, nil
+	return tree, dataKey, keys, nil
 }
 
 // unwrap returns the data key of m and the names of the configured keys that

@@ -83,6 +83,10 @@ type Engine struct {
 	Decryptor Decryptor
 	// Policy may be nil: every key is usable in every namespace.
 	Policy Policy
+	// Rewrap says, for the key that opened a file's data key, which age
+	// recipients a rewrap adds and, with dropRetired, removes; nil: the
+	// webhook has no generated keys and refuses rewraps.
+	Rewrap func(opened string, dropRetired bool) (add, drop []string, err error)
 }
 
 // Handler is the admission handler for Secrets and ConfigMaps.
@@ -208,6 +212,9 @@ func (h *Handler) handle(ctx context.Context, req admission.Request, obj *object
 	var access keysource.Access
 	if eng.Policy != nil {
 		access = eng.Policy.Access(obj.namespace, obj.kind, req.UserInfo)
+	}
+	if _, asked := obj.annotations[AnnotationRewrap]; asked {
+		return h.rewrap(ctx, eng, access, *obj)
 	}
 	m, refused := h.mutate(ctx, eng.Decryptor, access, *obj)
 	log := logf.FromContext(ctx)

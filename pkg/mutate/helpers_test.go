@@ -30,3 +30,9 @@ func (f *fakeDecryptor) Document(context.Context, []byte, decrypt.Format, keysou
 }
 func (f *fakeDecryptor) Tokens(*decrypt.Index, keysource.Access) *decrypt.Tokens { return nil }
 func (f *fakeDecryptor) Index([]byte) (*decrypt.Index, error)                    { return nil, nil }
+
+// Rewrap answers every file with "rewrapped", opened by key k.
+func (f *fakeDecryptor) Rewrap(context.Context, []byte, decrypt.Format, keysource.Access, decrypt.RewrapTargets) (decrypt.Rewrapped, error) {
+	f.calls.Add(1)
+	return decrypt.Rewrapped{File: []byte("rewrapped"), Keys: []string{"k@1"}, Added: []string{"age1new"}}, nil
+}

@@ -21,6 +21,14 @@ const (
 	// became ({"data.app.env":["DB_PASSWORD","DB_USER"]}), so an UPDATE
 	// that expands the field again replaces them and drops stale ones.
 	AnnotationExpanded = "sops-webhook.io/expanded"
+	// AnnotationRewrap on a Secret asks, instead of decryption, for its SOPS
+	// files with their data keys also wrapped for the current generation
+	// of the key that opens them: "true", or RewrapDropRetired to also
+	// remove the retired generations' recipients.
+	AnnotationRewrap = "sops-webhook.io/rewrap"
+	// RewrapDropRetired is the AnnotationRewrap value that also drops the
+	// retired generations.
+	RewrapDropRetired = "drop-retired"
 
 	// HelmReleaseSecretType marks Helm's own release records, never touched.
 	HelmReleaseSecretType = "helm.sh/release.v1"
@@ -29,4 +37,5 @@ const (
 	// server prefixes them with the webhook's name.
 	auditDecrypted = "decrypted"
 	auditKeys      = "keys"
+	auditRewrapped = "rewrapped"
 )

@@ -21,6 +21,8 @@ type refusal struct {
 	// hint says what to do about it; empty takes the hint of the error's
 	// decrypt.Reason (hints).
 	hint string
+	// rewrap is set when the request asked for a rewrap, not a decryption.
+	rewrap bool
 }
 
 // reason is the decrypt.Reason behind the refusal; refusals the handler
@@ -53,14 +55,18 @@ func (r *refusal) retryable() bool {
 // that into a header on which client-go silently retries for about 40 s, so
 // the caller would wait instead of hearing at once what failed.
 func (r *refusal) response(obj object) admission.Response {
+	cannot, couldNot := "cannot decrypt", "could not decrypt"
+	if r.rewrap {
+		cannot, couldNot = "cannot rewrap", "could not rewrap"
+	}
 	if !r.retryable() {
-		return admission.Denied(r.message(obj, "cannot decrypt"))
+		return admission.Denied(r.message(obj, cannot))
 	}
 	code, status := int32(http.StatusServiceUnavailable), metav1.StatusReasonServiceUnavailable
 	if reason, _ := r.reason(); reason == decrypt.ReasonInternal {
 		code, status = http.StatusInternalServerError, metav1.StatusReasonInternalError
 	}
-	msg := r.message(obj, "could not decrypt") + "; the request is not at fault: retry it"
+	msg := r.message(obj, couldNot) + "; the request is not at fault: retry it"
 	return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{
 		Allowed: false,
 		Result: &metav1.Status{

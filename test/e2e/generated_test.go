@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -52,8 +55,14 @@ policy:
   - keys: [pq]
     namespaces: [team-b]
     kinds: [Secret, ConfigMap]
+  - keys: [cluster]
+    namespaces: [guarded]
+    requireRBAC: true
 `
 }
+
+// encTokens matches the encrypted values and the MAC of a document.
+var encTokens = regexp.MustCompile(`ENC\[AES256_GCM,data:[^\]]*\]`)
 
 // generatedBed is the identity bed with the shipped RBAC and confinement
 // applied, and webhooks that run as the webhook's service account.
@@ -90,7 +99,9 @@ func TestGeneratedKeys(t *testing.T) {
 		_, err := runKubectl(b.admin, nil, "apply", "-f", filepath.Join(root, f))
 		require.NoError(t, err)
 	}
-	require.NoError(t, b.cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "team-b", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
+	for _, ns := range []string{"team-b", "guarded"} {
+		require.NoError(t, b.cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
+	}
 	b.kubeconfig = b.kubeconfigFor(ctx, t, "sops-webhook")
 	// The confinement policy takes effect asynchronously: wait until the
 	// webhook's identity is refused another Secret.
@@ -111,6 +122,12 @@ func TestGeneratedKeys(t *testing.T) {
 	wh = b.start(ctx, t, "rotating")
 	b.point(ctx, t, wh)
 	t.Run("rotation on schedule makes a new generation current and the one before still decrypts", func(t *testing.T) { b.rotation(ctx, t) })
+	// The generation before stays active; no more rotations from here.
+	require.NoError(t, wh.Stop())
+	b.rotateEvery = "0s"
+	wh = b.start(ctx, t, "steady")
+	b.point(ctx, t, wh)
+	t.Run("rewrap through admission moves a file to the current generation", func(t *testing.T) { b.rewrap(ctx, t, wh) })
 	t.Run("no private key outside its Secret", func(t *testing.T) { b.noPrivateKeyLeaks(ctx, t, wh) })
 }
 
@@ -384,6 +401,92 @@ func (b *generatedBed) rotation(ctx context.Context, t *testing.T) {
 	got := &corev1.Secret{}
 	require.NoError(t, b.cp.Client.Get(ctx, client.ObjectKey{Namespace: "apps", Name: "before-rotation"}, got))
 	assert.Equal(t, "cluster@"+strconv.Itoa(was.Number), got.Annotations[mutate.AnnotationKeys])
+}
+
+// rewrap asks, with a server-side dry run, for a file encrypted for an
+// older generation to be rewrapped: the answer holds the same values and
+// MAC, wrapped for the current generation too, and no plaintext; once the
+// older generation is retired the rewrapped file still decrypts, and a
+// drop-retired rewrap removes it. A rewrap is denied where the key is not
+// granted, and requireRBAC applies to it.
+func (b *generatedBed) rewrap(ctx context.Context, t *testing.T, wh *testbed.Webhook) {
+	pub, _ := b.recipientsOf(ctx, t, "cluster")
+	require.GreaterOrEqual(t, len(pub.Generations), 2)
+	current := pub.Generations[0]
+	var old clusterkeys.Generation
+	for _, g := range pub.Generations[1:] {
+		if g.State == clusterkeys.StateActive {
+			old = g
+			break
+		}
+	}
+	require.NotZero(t, old.Number, "an active older generation: %v", pub.Generations)
+	plain := []byte("password: PLAINTEXT-rewrap-e2e\n")
+	file := sopskit.SopsEncrypt(t, plain, "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{{Recipient: old.Recipient}}})
+	ask := func(c client.Client, ns, value string, data []byte) (*corev1.Secret, error) {
+		s := &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "rewrap-me", Annotations: map[string]string{mutate.AnnotationRewrap: value}},
+			Data:       map[string][]byte{"values.enc.yaml": data},
+		}
+		return s, c.Create(ctx, s, client.DryRunAll)
+	}
+
+	answer, err := ask(b.cp.Client, "apps", "true", file)
+	require.NoError(t, err)
+	rewrapped := answer.Data["values.enc.yaml"]
+	assert.NotContains(t, string(rewrapped), "PLAINTEXT", "no plaintext in the answer")
+	assert.Contains(t, string(rewrapped), current.Recipient)
+	assert.Contains(t, string(rewrapped), old.Recipient)
+	before, after := encTokens.FindAllString(string(file), -1), encTokens.FindAllString(string(rewrapped), -1)
+	require.NotEmpty(t, before)
+	assert.ElementsMatch(t, before, after, "values and MAC unchanged")
+	assert.NotContains(t, wh.Logs(), "PLAINTEXT-rewrap-e2e")
+	require.Error(t, b.cp.Client.Get(ctx, client.ObjectKey{Namespace: "apps", Name: "rewrap-me"}, &corev1.Secret{}), "a dry run stores nothing")
+
+	// Retire the older generation, as an operator would.
+	secrets := b.kube.CoreV1().Secrets("sops-webhook")
+	s, err := secrets.Get(ctx, clusterkeys.DefaultSecretName, metav1.GetOptions{})
+	require.NoError(t, err)
+	idx := string(s.Data["generations.json"])
+	at := strings.Index(idx, old.Recipient)
+	require.Positive(t, at)
+	s.Data["generations.json"] = []byte(idx[:at] + strings.Replace(idx[at:], `"active"`, `"retired"`, 1))
+	_, err = secrets.Update(ctx, s, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		return strings.Contains(wh.Logs(), fmt.Sprintf("%d retired %s", old.Number, old.Recipient))
+	}, 30*time.Second, 100*time.Millisecond, "the webhook loads the retirement")
+	err = b.create(ctx, "not-rewrapped", file)
+	require.Error(t, err, "the file as it was opens with the retired generation only")
+	require.NoError(t, b.create(ctx, "rewrapped", rewrapped))
+	assert.Equal(t, string(plain), b.stored(ctx, t, "rewrapped"))
+
+	// Dropping the retired generation leaves only the current one.
+	answer, err = ask(b.cp.Client, "apps", mutate.RewrapDropRetired, rewrapped)
+	require.NoError(t, err)
+	assert.NotContains(t, string(answer.Data["values.enc.yaml"]), old.Recipient)
+	assert.Contains(t, string(answer.Data["values.enc.yaml"]), current.Recipient)
+
+	// The same checks as a decryption: namespace and requireRBAC.
+	_, err = ask(b.cp.Client, "team-b", "true", rewrapped)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `cannot rewrap Secret team-b/rewrap-me field data.values.enc.yaml: the key that opens it is not granted here; key "cluster" is not granted to Secrets in namespace "team-b"`)
+	_, err = ask(b.cp.Client, "guarded", "true", rewrapped)
+	require.NoError(t, err, "the admin may use the key")
+	require.NoError(t, b.cp.Client.Create(ctx, &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "guarded", Name: "secrets"},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"create"}}},
+	}))
+	require.NoError(t, b.cp.Client.Create(ctx, &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "guarded", Name: "jane-secrets"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "secrets"},
+		Subjects:   []rbacv1.Subject{{Kind: "User", Name: "jane"}},
+	}))
+	var last error
+	require.Eventually(t, func() bool {
+		_, last = ask(b.impersonate(t, "jane"), "guarded", "true", rewrapped)
+		return last != nil && strings.Contains(last.Error(), "not granted")
+	}, 30*time.Second, 200*time.Millisecond, "jane, who may create Secrets but not use the key: %v", last)
 }
 
 // noPrivateKeyLeaks reads every private key from the Secret and looks for

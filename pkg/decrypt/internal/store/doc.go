@@ -16,7 +16,8 @@
 //   - the weighing of a document by its structure (items.go) and the cap
 //     on its nesting (depth.go), before and after parsing.
 //
-// What stays sops': the JSON, binary, dotenv and INI loaders, and the
-// binary, dotenv and INI emitters (Store says which step is whose), and
-// metadata extraction. The token grammar is package token's.
+// What stays sops': the JSON, binary, dotenv and INI loaders, the binary,
+// dotenv and INI emitters (Store says which step is whose), every
+// encrypted emitter (EmitEncrypted, for a rewrap), and metadata
+// extraction. The token grammar is package token's.
 package store

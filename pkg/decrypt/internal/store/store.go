@@ -8,6 +8,7 @@ import (
 	"github.com/getsops/sops/v3/stores/dotenv"
 	"github.com/getsops/sops/v3/stores/ini"
 	sopsjson "github.com/getsops/sops/v3/stores/json"
+	sopsyaml "github.com/getsops/sops/v3/stores/yaml"
 )
 
 // Store reads the encrypted documents of one format and writes their
@@ -18,6 +19,9 @@ import (
 type Store struct {
 	load func(doc []byte) (sops.Tree, error)
 	emit func(branches sops.TreeBranches, encryptedSize int) ([]byte, error)
+	// emitEncrypted is sops' own: a rewrap writes the encrypted tree back
+	// as `sops updatekeys` does.
+	emitEncrypted func(tree sops.Tree) ([]byte, error)
 }
 
 // Load parses an encrypted document into its tree and metadata. A YAML
@@ -31,6 +35,10 @@ func (s *Store) Load(doc []byte) (sops.Tree, error) { return s.load(doc) }
 func (s *Store) Emit(branches sops.TreeBranches, encryptedSize int) ([]byte, error) {
 	return s.emit(branches, encryptedSize)
 }
+
+// EmitEncrypted writes an encrypted tree and its metadata as sops' store
+// does, which is what `sops updatekeys` writes after changing the keys.
+func (s *Store) EmitEncrypted(tree sops.Tree) ([]byte, error) { return s.emitEncrypted(tree) }
 
 // The stores of the five document formats.
 var (
@@ -48,6 +56,7 @@ func newStores() (yml, jsn, binary, env, in *Store) {
 	if err != nil {
 		panic(fmt.Sprintf("store: sops' default JSON settings: %v", err))
 	}
+	sy := sopsyaml.NewStore(&c.YAML)
 	sj := sopsjson.NewStore(&c.JSON)
 	sb := sopsjson.NewBinaryStore(&c.JSONBinary)
 	sd := dotenv.NewStore(&c.Dotenv)
@@ -55,10 +64,10 @@ func newStores() (yml, jsn, binary, env, in *Store) {
 	whole := func(emit func(sops.TreeBranches) ([]byte, error)) func(sops.TreeBranches, int) ([]byte, error) {
 		return func(b sops.TreeBranches, _ int) ([]byte, error) { return emit(b) }
 	}
-	yml = &Store{load: loadYAMLFile, emit: whole(ye.emit)}
-	jsn = &Store{load: sj.LoadEncryptedFile, emit: func(b sops.TreeBranches, n int) ([]byte, error) { return emitJSON(b, indent, n) }}
-	binary = &Store{load: sb.LoadEncryptedFile, emit: whole(sb.EmitPlainFile)}
-	env = &Store{load: sd.LoadEncryptedFile, emit: whole(sd.EmitPlainFile)}
-	in = &Store{load: si.LoadEncryptedFile, emit: whole(si.EmitPlainFile)}
+	yml = &Store{load: loadYAMLFile, emit: whole(ye.emit), emitEncrypted: sy.EmitEncryptedFile}
+	jsn = &Store{load: sj.LoadEncryptedFile, emit: func(b sops.TreeBranches, n int) ([]byte, error) { return emitJSON(b, indent, n) }, emitEncrypted: sj.EmitEncryptedFile}
+	binary = &Store{load: sb.LoadEncryptedFile, emit: whole(sb.EmitPlainFile), emitEncrypted: sb.EmitEncryptedFile}
+	env = &Store{load: sd.LoadEncryptedFile, emit: whole(sd.EmitPlainFile), emitEncrypted: sd.EmitEncryptedFile}
+	in = &Store{load: si.LoadEncryptedFile, emit: whole(si.EmitPlainFile), emitEncrypted: si.EmitEncryptedFile}
 	return
 }

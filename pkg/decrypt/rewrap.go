@@ -1,0 +1,152 @@
+package decrypt
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"filippo.io/age"
+	"filippo.io/age/armor"
+	"github.com/getsops/sops/v3"
+	sopsage "github.com/getsops/sops/v3/age"
+	"github.com/getsops/sops/v3/keys"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
+)
+
+// MaxRewrapRecipients caps the age recipients one rewrap may add: the
+// current generation and the break-glass recipients.
+const MaxRewrapRecipients = 8
+
+// RewrapTargets says, for the configured key that opened a document's data
+// key (named as keysource.Client.Used names it: "name@generation" for a
+// generated key), which age recipients the data key must also be wrapped
+// for, and which must no longer hold it. An error refuses the rewrap; its
+// text is the user's to read.
+type RewrapTargets func(opened string) (add, drop []string, err error)
+
+// Rewrapped is a rewrapped document.
+type Rewrapped struct {
+	// File is the document with its data key wrapped for Added too, and no
+	// longer for Dropped; its values, MAC and other metadata are as they
+	// were.
+	File []byte
+	// Keys are the configured keys that opened the data key.
+	Keys []string
+	// Added and Dropped are the age recipients added and removed.
+	Added, Dropped []string
+}
+
+// Rewrap opens value's data key under exactly the checks Document applies
+// (the keys access allows, the MAC) and returns the document with that
+// data key also wrapped for the recipients targets names for the key that
+// opened it, as `sops updatekeys` would write it. No plaintext value leaves
+// this function. A document with several key groups (Shamir) is refused:
+// each group holds a share, not the data key. Errors are *Error.
+func (d *Decryptor) Rewrap(ctx context.Context, value []byte, f Format, access keysource.Access, targets RewrapTargets) (res Rewrapped, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			res, err = Rewrapped{}, fail(ReasonMalformed, "the sops library rejected its content")
+		}
+	}()
+	_, dataKey, opened, err := d.open(ctx, value, f, access)
+	if err != nil {
+		return Rewrapped{}, err
+	}
+	// The tree open returned is decrypted; the answer is the encrypted one.
+	tree, err := stores[f].Load(value)
+	if err != nil {
+		return Rewrapped{}, fail(ReasonMalformed, fmt.Sprintf("it does not parse as an encrypted %s document", f))
+	}
+	if len(tree.Metadata.KeyGroups) != 1 {
+		return Rewrapped{}, fail(ReasonUnsupported, "it has several key groups (a Shamir threshold): each holds a share of the data key, so it cannot be rewrapped here")
+	}
+	if len(opened) != 1 {
+		return Rewrapped{}, fail(ReasonInternal, "the data key was opened by no single key")
+	}
+	add, drop, err := targets(opened[0])
+	if err != nil {
+		return Rewrapped{}, fail(ReasonUnsupported, err.Error())
+	}
+	if len(add) > MaxRewrapRecipients {
+		return Rewrapped{}, fail(ReasonInternal, fmt.Sprintf("more than %d recipients to add", MaxRewrapRecipients))
+	}
+	group, added, dropped, err := rewrapGroup(tree.Metadata.KeyGroups[0], dataKey, add, drop)
+	if err != nil {
+		return Rewrapped{}, err
+	}
+	tree.Metadata.KeyGroups[0] = group
+	out, err := stores[f].EmitEncrypted(tree)
+	if err != nil {
+		return Rewrapped{}, fail(ReasonMalformed, fmt.Sprintf("it cannot be written back as %s", f))
+	}
+	return Rewrapped{File: out, Keys: opened, Added: added, Dropped: dropped}, nil
+}
+
+// rewrapGroup returns group without the age keys of drop and with dataKey
+// wrapped for each recipient of add it does not hold yet.
+func rewrapGroup(group sops.KeyGroup, dataKey []byte, add, drop []string) (sops.KeyGroup, []string, []string, error) {
+	var (
+		out            sops.KeyGroup
+		have           []string
+		added, dropped []string
+	)
+	for _, k := range group {
+		if a, ok := k.(*sopsage.MasterKey); ok {
+			if slices.Contains(drop, a.Recipient) && !slices.Contains(add, a.Recipient) {
+				dropped = append(dropped, a.Recipient)
+				continue
+			}
+			have = append(have, a.Recipient)
+		}
+		out = append(out, k)
+	}
+	for _, r := range add {
+		if slices.Contains(have, r) {
+			continue
+		}
+		wrapped, err := wrapAge(r, dataKey)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		out = append(out, keys.MasterKey(&sopsage.MasterKey{Recipient: r, EncryptedKey: wrapped}))
+		have = append(have, r)
+		added = append(added, r)
+	}
+	return out, added, dropped, nil
+}
+
+// wrapAge encrypts dataKey for the age recipient r, armored as sops stores
+// it.
+func wrapAge(r string, dataKey []byte) (string, error) {
+	var (
+		recipient age.Recipient
+		err       error
+	)
+	if strings.HasPrefix(r, "age1pq1") {
+		recipient, err = age.ParseHybridRecipient(r)
+	} else {
+		recipient, err = age.ParseX25519Recipient(r)
+	}
+	if err != nil {
+		return "", fail(ReasonInternal, fmt.Sprintf("recipient %s cannot be parsed", r))
+	}
+	var buf bytes.Buffer
+	aw := armor.NewWriter(&buf)
+	w, err := age.Encrypt(aw, recipient)
+	if err == nil {
+		_, err = w.Write(dataKey)
+	}
+	if err == nil {
+		err = w.Close()
+	}
+	if err == nil {
+		err = aw.Close()
+	}
+	if err != nil {
+		return "", fail(ReasonInternal, "wrapping the data key failed")
+	}
+	return buf.String(), nil
+}
