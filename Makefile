@@ -6,6 +6,7 @@ GO        ?= go
 FUZZTIME  ?= 2m
 FUZZCOUNT ?= 3000x
 BIN       := bin/webhook
+PLUGIN    := bin/kubectl-sops_webhook
 # The build command the Dockerfile runs too (checked by `make check-dockerfile`).
 BUILD_CMD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN) ./cmd/webhook
 
@@ -13,9 +14,10 @@ BUILD_CMD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN) ./cmd/web
 
 all: build
 
-## build: the webhook binary, static, into bin/webhook
+## build: the webhook binary and the kubectl plugin (kubectl sops-webhook), static, into bin/
 build:
 	$(BUILD_CMD)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(PLUGIN) ./cmd/kubectl-sops_webhook
 
 ## testbed: build or install kube-apiserver, etcd, sops, helm, age-keygen, promtool, Flux, and the real node (cached)
 testbed:

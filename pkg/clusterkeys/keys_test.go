@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -119,6 +120,51 @@ func TestSyncRotatesOnSchedule(t *testing.T) {
 	keys, err = s.Sync(ctx, specs)
 	require.NoError(t, err)
 	assert.Equal(t, []State{StateCurrent, StateActive, StateActive}, states(keys.Key("cluster")), "one generation per check, however late")
+}
+
+// The operator's requests are carried out once, in the write that removes
+// them.
+func TestSyncCarriesOutRequests(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore()
+	specs := []Spec{{Name: "cluster"}, {Name: "other"}}
+	_, err := s.Sync(ctx, specs)
+	require.NoError(t, err)
+	request := func(annotations map[string]string) *Keys {
+		t.Helper()
+		secret, err := s.Secrets.Get(ctx, s.Name, metav1.GetOptions{})
+		require.NoError(t, err)
+		secret.Annotations = annotations
+		_, err = s.Secrets.Update(ctx, secret, metav1.UpdateOptions{})
+		require.NoError(t, err)
+		keys, err := s.Sync(ctx, specs)
+		require.NoError(t, err)
+		secret, err = s.Secrets.Get(ctx, s.Name, metav1.GetOptions{})
+		require.NoError(t, err)
+		assert.Empty(t, secret.Annotations, "the requests are removed")
+		return keys
+	}
+	states := func(k *Key) string {
+		var out []string
+		for _, g := range k.Generations {
+			out = append(out, strconv.Itoa(g.Number)+" "+string(g.State))
+		}
+		return strings.Join(out, ", ")
+	}
+
+	keys := request(map[string]string{AnnotationRotate: "cluster, unknown"})
+	assert.Equal(t, "2 current, 1 active", states(keys.Key("cluster")))
+	assert.Equal(t, "1 current", states(keys.Key("other")))
+
+	keys = request(map[string]string{AnnotationRetire: "cluster@1,other@9,bad"})
+	assert.Equal(t, "2 current, 1 retired", states(keys.Key("cluster")))
+
+	keys = request(map[string]string{AnnotationRetire: "cluster@2"})
+	assert.Equal(t, "3 current, 2 retired, 1 retired", states(keys.Key("cluster")), "retiring the current one makes a new one")
+
+	again, err := s.Sync(ctx, specs)
+	require.NoError(t, err)
+	assert.Equal(t, keys.Version, again.Version, "done once")
 }
 
 func TestDecodeRefusesWhatDoesNotMatch(t *testing.T) {

@@ -85,6 +85,18 @@ type SopsConfig struct {
 // every namespace ("*") becomes the last, catch-all rule. Grants by
 // namespaceSelector have no path and are left out.
 func (r Recipients) CreationRules() SopsConfig {
+	return r.CreationRulesWith(DefaultPathTemplate, nil)
+}
+
+// DefaultPathTemplate is the path_regex of a namespace's files: a
+// directory named after it, anywhere in the path.
+const DefaultPathTemplate = `(^|/){namespace}/`
+
+// CreationRulesWith is CreationRules with the path_regex template (where
+// "{namespace}" stands for the namespace pattern, as NamespaceRegex
+// writes it) and extra age recipients, such as a break-glass one, added to
+// every rule.
+func (r Recipients) CreationRulesWith(pathTemplate string, extraAge []string) SopsConfig {
 	type rule struct{ ages, pgps []string }
 	var (
 		order  []string
@@ -109,28 +121,45 @@ func (r Recipients) CreationRules() SopsConfig {
 		}
 	}
 	var out SopsConfig
+	add := func(pathRegex string, rl *rule) {
+		out.CreationRules = append(out.CreationRules, CreationRule{PathRegex: pathRegex, Age: strings.Join(appendNew(rl.ages, extraAge...), ","), PGP: strings.Join(rl.pgps, ",")})
+	}
 	for _, ns := range order {
-		if ns == "*" {
-			continue
+		if ns != "*" {
+			add(strings.ReplaceAll(pathTemplate, "{namespace}", NamespaceRegex(ns)), byPath[ns])
 		}
-		rl := byPath[ns]
-		out.CreationRules = append(out.CreationRules, CreationRule{PathRegex: NamespacePathRegex(ns), Age: strings.Join(rl.ages, ","), PGP: strings.Join(rl.pgps, ",")})
 	}
 	if rl, ok := byPath["*"]; ok {
-		out.CreationRules = append(out.CreationRules, CreationRule{Age: strings.Join(rl.ages, ","), PGP: strings.Join(rl.pgps, ",")})
+		add("", rl)
 	}
 	return out
 }
 
-// NamespacePathRegex returns the path_regex of files meant for the
-// namespaces matching pattern (a policy glob: '*' matches any run of
-// characters): a directory of that name anywhere in the path.
-func NamespacePathRegex(pattern string) string {
+// Merge returns the keys of every rs, as one Recipients: what several
+// clusters publish, for one rule set that encrypts for all of them.
+func Merge(rs ...Recipients) Recipients {
+	var out Recipients
+	for _, r := range rs {
+		out.Keys = append(out.Keys, r.Keys...)
+	}
+	return out
+}
+
+// NamespaceRegex returns a regular expression of the namespaces matching
+// pattern (a policy glob: '*' matches any run of characters but '/').
+func NamespaceRegex(pattern string) string {
 	parts := strings.Split(pattern, "*")
 	for i, p := range parts {
 		parts[i] = regexp.QuoteMeta(p)
 	}
-	return `(^|/)` + strings.Join(parts, `[^/]*`) + `/`
+	return strings.Join(parts, `[^/]*`)
+}
+
+// NamespacePathRegex returns the path_regex of files meant for the
+// namespaces matching pattern: a directory of that name anywhere in the
+// path.
+func NamespacePathRegex(pattern string) string {
+	return strings.ReplaceAll(DefaultPathTemplate, "{namespace}", NamespaceRegex(pattern))
 }
 
 // appendNew appends the values of vs that list does not hold yet.

@@ -3,6 +3,8 @@ package clusterkeys
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"filippo.io/age"
@@ -46,6 +48,23 @@ func (k *Keys) Key(name string) *Key {
 		}
 	}
 	return nil
+}
+
+// Read returns the generated keys as the Secret holds them, writing
+// nothing; no Secret is no keys.
+func (s *Store) Read(ctx context.Context) (*Keys, error) {
+	secret, err := s.Secrets.Get(ctx, s.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return &Keys{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read Secret %s: %w", s.Name, err)
+	}
+	keys, err := decode(secret.Data)
+	if err != nil {
+		return nil, fmt.Errorf("Secret %s: %w", s.Name, err)
+	}
+	return &Keys{Version: secret.ResourceVersion, Keys: keys}, nil
 }
 
 // Sync returns the generated keys after making sure each spec has a
@@ -96,10 +115,26 @@ func (s *Store) Sync(ctx context.Context, specs []Spec) (*Keys, error) {
 	return nil, fmt.Errorf("Secret %s: still changing after %d attempts", s.Name, maxSyncAttempts)
 }
 
-// ensure adds a generation to each spec's key that has no current one, in
-// secret's data and in keys; it reports whether it changed anything.
+// The operator's requests, as annotations on the Secret (the plugin's
+// rotate and retire write them with a metadata patch, never reading the
+// identities). The webhook carries them out and removes them in the same
+// write, so each is done once.
+const (
+	// AnnotationRotate lists keys, comma separated, to give a new current
+	// generation now.
+	AnnotationRotate = "sops-webhook.io/rotate"
+	// AnnotationRetire lists generations, "key@number" comma separated, to
+	// retire: they no longer decrypt. Retiring the current generation
+	// makes a new one current.
+	AnnotationRetire = "sops-webhook.io/retire"
+)
+
+// ensure carries out the requests on secret, then adds a generation to
+// each spec's key that has none current, is due for rotation or was asked
+// to rotate, in secret's data and in keys; it reports whether it changed
+// anything.
 func (s *Store) ensure(secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool, error) {
-	changed := false
+	changed, rotate := s.requests(secret, *keys)
 	for _, spec := range specs {
 		var key *Key
 		for _, k := range *keys {
@@ -107,7 +142,7 @@ func (s *Store) ensure(secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool,
 				key = k
 			}
 		}
-		if key != nil && !s.due(key, spec) {
+		if key != nil && !s.due(key, spec) && !rotate[spec.Name] {
 			continue
 		}
 		if storedGenerations(*keys) >= MaxStoredGenerations {
@@ -131,12 +166,58 @@ func (s *Store) ensure(secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool,
 	if !changed {
 		return false, nil
 	}
+	if secret.Data == nil {
+		secret.Data = map[string][]byte{}
+	}
 	raw, err := encodeIndex(*keys)
 	if err != nil {
 		return false, err
 	}
 	secret.Data[indexEntry] = raw
 	return true, nil
+}
+
+// requests applies the retire requests of secret to keys, returns the
+// keys asked to rotate, and removes both annotations; it reports whether
+// there were any. Entries that name nothing are dropped.
+func (s *Store) requests(secret *corev1.Secret, keys []*Key) (bool, map[string]bool) {
+	rotate := map[string]bool{}
+	retire, hasRetire := secret.Annotations[AnnotationRetire]
+	rot, hasRotate := secret.Annotations[AnnotationRotate]
+	if !hasRetire && !hasRotate {
+		return false, rotate
+	}
+	for _, name := range splitList(rot) {
+		rotate[name] = true
+	}
+	for _, entry := range splitList(retire) {
+		name, num, _ := strings.Cut(entry, "@")
+		n, err := strconv.Atoi(num)
+		if err != nil {
+			continue
+		}
+		for _, k := range keys {
+			for i := range k.Generations {
+				if k.Name == name && k.Generations[i].Number == n {
+					k.Generations[i].State = StateRetired
+				}
+			}
+		}
+	}
+	delete(secret.Annotations, AnnotationRetire)
+	delete(secret.Annotations, AnnotationRotate)
+	return true, rotate
+}
+
+// splitList splits a comma-separated annotation value.
+func splitList(v string) []string {
+	var out []string
+	for _, e := range strings.Split(v, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // due reports whether key needs a new generation: it has no current one,

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,6 +24,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -128,6 +131,7 @@ func TestGeneratedKeys(t *testing.T) {
 	wh = b.start(ctx, t, "steady")
 	b.point(ctx, t, wh)
 	t.Run("rewrap through admission moves a file to the current generation", func(t *testing.T) { b.rewrap(ctx, t, wh) })
+	t.Run("the kubectl plugin against the test bed", func(t *testing.T) { b.plugin(ctx, t, wh) })
 	t.Run("no private key outside its Secret", func(t *testing.T) { b.noPrivateKeyLeaks(ctx, t, wh) })
 }
 
@@ -155,7 +159,7 @@ func (b *generatedBed) start(ctx context.Context, t *testing.T, name string) *te
 func (b *generatedBed) keysSecret(ctx context.Context, t *testing.T) *clusterkeys.Keys {
 	t.Helper()
 	s := &clusterkeys.Store{Secrets: b.kube.CoreV1().Secrets("sops-webhook"), Name: clusterkeys.DefaultSecretName}
-	keys, err := s.Sync(ctx, nil) // reads; with no specs it never writes
+	keys, err := s.Read(ctx)
 	require.NoError(t, err)
 	return keys
 }
@@ -487,6 +491,171 @@ func (b *generatedBed) rewrap(ctx context.Context, t *testing.T, wh *testbed.Web
 		_, last = ask(b.impersonate(t, "jane"), "guarded", "true", rewrapped)
 		return last != nil && strings.Contains(last.Error(), "not granted")
 	}, 30*time.Second, 200*time.Millisecond, "jane, who may create Secrets but not use the key: %v", last)
+}
+
+// plugin runs kubectl-sops_webhook, built as make build builds it, against
+// this cluster and a second one with a webhook of its own: recipients,
+// sops-config over both clusters (a file encrypted once decrypts in both),
+// rewrap, keys, a retirement refused while in use, and rotate.
+func (b *generatedBed) plugin(ctx context.Context, t *testing.T, wh *testbed.Webhook) {
+	bin, err := testbed.BuildPlugin(b.work)
+	require.NoError(t, err)
+	west := b.secondCluster(ctx, t)
+	kubeconfig := mergedKubeconfig(t, map[string]string{"east": b.admin, "west": west.admin})
+	run := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig", kubeconfig, "--context", "east"}, args...)...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return string(out), fmt.Errorf("%v: %s", err, stderr.String())
+		}
+		return string(out), nil
+	}
+	pub, _ := b.recipientsOf(ctx, t, "cluster")
+	current := pub.Generations[0]
+
+	t.Run("recipients", func(t *testing.T) {
+		out, err := run("recipients", "-n", "apps", "-o", "json")
+		require.NoError(t, err)
+		var got []struct{ Key, Recipient string }
+		require.NoError(t, json.Unmarshal([]byte(out), &got))
+		assert.ElementsMatch(t, []struct{ Key, Recipient string }{{"cluster", current.Recipient}, {"handmade", b.handmade.Recipient}}, got)
+		out, err = run("recipients", "-n", "team-b")
+		require.NoError(t, err)
+		assert.Contains(t, out, "pq ")
+		assert.NotContains(t, out, current.Recipient)
+	})
+
+	t.Run("sops-config encrypts once for two clusters", func(t *testing.T) {
+		cmd := exec.CommandContext(ctx, bin, "--kubeconfig", kubeconfig, "sops-config", "--context", "east", "--context", "west")
+		out, err := cmd.Output()
+		require.NoError(t, err)
+		assert.Contains(t, string(out), current.Recipient)
+		file := sopsWithConfig(t, string(out), "apps/two-clusters.enc.yaml", []byte("k: PLAINTEXT-two-clusters\n"))
+		for _, c := range []client.Client{b.cp.Client, west.cp.Client} {
+			s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "two-clusters"}, Data: map[string][]byte{"app.yaml": file}}
+			require.NoError(t, c.Create(ctx, s))
+			require.NoError(t, c.Get(ctx, client.ObjectKeyFromObject(s), s))
+			assert.Equal(t, "k: PLAINTEXT-two-clusters\n", string(s.Data["app.yaml"]))
+		}
+	})
+
+	t.Run("rotate", func(t *testing.T) {
+		before, _ := b.recipientsOf(ctx, t, "cluster")
+		_, err := run("rotate", "cluster")
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			p, _ := b.recipientsOf(ctx, t, "cluster")
+			return p.Generations[0].Number > before.Generations[0].Number && p.Generations[0].State == clusterkeys.StateCurrent
+		}, 30*time.Second, 100*time.Millisecond)
+		_, err = run("rotate", "handmade")
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), `key "handmade" is not generated in the cluster`)
+	})
+
+	t.Run("rewrap", func(t *testing.T) {
+		// The generation current before the rotation is active.
+		older := sopskit.SopsEncrypt(t, []byte("k: PLAINTEXT-plugin-rewrap\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{{Recipient: current.Recipient}}})
+		now, _ := b.recipientsOf(ctx, t, "cluster")
+		require.NotEqual(t, current.Recipient, now.Generations[0].Recipient)
+		path := filepath.Join(t.TempDir(), "values.enc.yaml")
+		require.NoError(t, os.WriteFile(path, older, 0o600))
+		out, err := run("rewrap", path, "-n", "apps")
+		require.NoError(t, err)
+		assert.Contains(t, out, now.Generations[0].Recipient)
+		assert.NotContains(t, out, "PLAINTEXT")
+		_, err = run("rewrap", path, "-n", "team-b")
+		require.Error(t, err, "not granted there")
+	})
+
+	var inUse int
+	t.Run("keys counts the objects each generation decrypted", func(t *testing.T) {
+		out, err := run("keys", "-o", "json")
+		require.NoError(t, err)
+		var rows []struct {
+			Key        string
+			Generation int
+			State      string
+			Secrets    int
+			ConfigMaps int
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &rows))
+		want := map[string]int{}
+		for _, ns := range []string{"apps"} {
+			list := &corev1.SecretList{}
+			require.NoError(t, b.cp.Client.List(ctx, list, client.InNamespace(ns)))
+			for _, s := range list.Items {
+				for _, k := range strings.Split(s.Annotations[mutate.AnnotationKeys], ",") {
+					want[k]++
+				}
+			}
+		}
+		for _, r := range rows {
+			if r.Key == "cluster" {
+				assert.Equal(t, want["cluster@"+strconv.Itoa(r.Generation)], r.Secrets, "generation %d", r.Generation)
+				if r.Secrets > 0 && r.State != string(clusterkeys.StateRetired) && inUse == 0 {
+					inUse = r.Generation
+				}
+			}
+		}
+		require.NotZero(t, inUse, "a generation in use: %s", out)
+	})
+
+	t.Run("retiring a generation in use is refused and names the objects", func(t *testing.T) {
+		_, err := run("retire", "cluster@"+strconv.Itoa(inUse))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "Secret apps/")
+		assert.Contains(t, err.Error(), "--force")
+		_, err = run("retire", "cluster@"+strconv.Itoa(inUse), "--force")
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			p, _ := b.recipientsOf(ctx, t, "cluster")
+			for _, g := range p.Generations {
+				if g.Number == inUse {
+					return g.State == clusterkeys.StateRetired
+				}
+			}
+			return false
+		}, 30*time.Second, 100*time.Millisecond)
+	})
+
+}
+
+// secondCluster is a second control plane with a webhook of its own that
+// generates the key cluster for its namespace apps.
+func (b *generatedBed) secondCluster(ctx context.Context, t *testing.T) *generatedBed {
+	cp, err := testbed.StartControlPlane()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cp.Stop() })
+	w := &generatedBed{identityBed: &identityBed{cp: cp, work: t.TempDir(), bin: b.bin}, handmade: sopskit.NewAgeKey(t, false)}
+	w.admin = filepath.Join(w.work, "admin.kubeconfig")
+	require.NoError(t, cp.WriteKubeconfig(w.admin))
+	w.kubeconfig = w.admin
+	for _, ns := range []string{"sops-webhook", "apps"} {
+		require.NoError(t, cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
+	}
+	wh := w.start(ctx, t, "west")
+	require.NoError(t, cp.RegisterWebhook(ctx, wh.URL, wh.CABundle))
+	require.NoError(t, cp.WaitForWebhook(ctx, "apps"))
+	return w
+}
+
+// mergedKubeconfig writes one kubeconfig holding the current context of
+// each file, renamed to its key, and returns its path.
+func mergedKubeconfig(t *testing.T, files map[string]string) string {
+	merged := clientcmdapi.NewConfig()
+	for name, path := range files {
+		c, err := clientcmd.LoadFromFile(path)
+		require.NoError(t, err)
+		ctx := c.Contexts[c.CurrentContext]
+		merged.Clusters[name] = c.Clusters[ctx.Cluster]
+		merged.AuthInfos[name] = c.AuthInfos[ctx.AuthInfo]
+		merged.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name}
+	}
+	path := filepath.Join(t.TempDir(), "merged.kubeconfig")
+	require.NoError(t, clientcmd.WriteToFile(*merged, path))
+	return path
 }
 
 // noPrivateKeyLeaks reads every private key from the Secret and looks for

@@ -27,16 +27,25 @@ import (
 // `make build` and the Dockerfile (static, -trimpath), and returns the
 // binary's path. The tests run the binary that ships, and the image the
 // node imports shares its build cache.
-func BuildWebhook(dir string) (string, error) {
+func BuildWebhook(dir string) (string, error) { return build(dir, "webhook", "./cmd/webhook") }
+
+// BuildPlugin builds the kubectl plugin ./cmd/kubectl-sops_webhook into dir
+// as `make build` does, and returns the binary's path.
+func BuildPlugin(dir string) (string, error) {
+	return build(dir, "kubectl-sops_webhook", "./cmd/kubectl-sops_webhook")
+}
+
+// build builds pkg into dir/name, static and -trimpath.
+func build(dir, name, pkg string) (string, error) {
 	root, err := sopskit.RepoRoot()
 	if err != nil {
 		return "", err
 	}
-	out := filepath.Join(dir, "webhook")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s", "-o", out, "./cmd/webhook")
+	out := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s", "-o", out, pkg)
 	cmd.Dir, cmd.Env = root, append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/webhook: %v: %s", err, b)
+		return "", fmt.Errorf("go build %s: %v: %s", pkg, err, b)
 	}
 	return out, nil
 }
