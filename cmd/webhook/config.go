@@ -72,6 +72,9 @@ type generateConfig struct {
 	// RotateEvery makes a new generation current when the current one is
 	// this old; absent: clusterkeys.DefaultRotateEvery; 0: never.
 	RotateEvery *metav1.Duration `json:"rotateEvery,omitempty"`
+	// BreakGlass are age recipients, kept offline, each generation is
+	// wrapped for (its backup) before it becomes current.
+	BreakGlass []string `json:"breakGlass,omitempty"`
 }
 
 // awsKMSConfig is an AWS KMS key, used as the pod's AWS identity.
@@ -192,6 +195,8 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.name: a generated key's name must be a DNS label (lower-case letters, digits, '-', '.'; at most 63)", at))
 		case k.Generate != nil && k.Generate.Type != "" && k.Generate.Type != clusterkeys.X25519 && k.Generate.Type != clusterkeys.Hybrid:
 			errs = append(errs, fmt.Errorf("%s.generate.type: %q is not %s or %s", at, k.Generate.Type, clusterkeys.X25519, clusterkeys.Hybrid))
+		case k.Generate != nil && badRecipient(k.Generate.BreakGlass) != nil:
+			errs = append(errs, fmt.Errorf("%s.generate.breakGlass: %w", at, badRecipient(k.Generate.BreakGlass)))
 		case k.Generate != nil && k.Generate.RotateEvery != nil && k.Generate.RotateEvery.Duration != 0 && k.Generate.RotateEvery.Duration < minRotateEvery:
 			errs = append(errs, fmt.Errorf("%s.generate.rotateEvery: at least %s, or 0 to never rotate", at, minRotateEvery))
 		case k.Age != nil && k.Age.IdentityFile == "":
@@ -286,6 +291,27 @@ func (c *config) keyFiles() []string {
 	return out
 }
 
+// badRecipient returns the error of the first recipient that does not
+// parse, or nil.
+func badRecipient(recipients []string) error {
+	for _, r := range recipients {
+		if _, err := clusterkeys.ParseRecipient(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// backedUp reports whether a generated key has break-glass recipients.
+func (c *config) backedUp() bool {
+	for _, s := range c.specs() {
+		if len(s.BreakGlass) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // specs returns the keys the webhook generates.
 func (c *config) specs() []clusterkeys.Spec {
 	var out []clusterkeys.Spec
@@ -295,7 +321,7 @@ func (c *config) specs() []clusterkeys.Spec {
 			if k.Generate.RotateEvery != nil {
 				every = k.Generate.RotateEvery.Duration
 			}
-			out = append(out, clusterkeys.Spec{Name: k.Name, Type: k.Generate.Type, RotateEvery: every})
+			out = append(out, clusterkeys.Spec{Name: k.Name, Type: k.Generate.Type, RotateEvery: every, BreakGlass: k.Generate.BreakGlass})
 		}
 	}
 	return out

@@ -73,6 +73,7 @@ func TestLoadConfig(t *testing.T) {
 		{"generated key of an unknown type", header + "keys:\n- name: cluster\n  generate: {type: rsa}\n", `keys[0].generate.type: "rsa" is not x25519 or hybrid`},
 		{"generated key name not a DNS label", header + "keys:\n- name: Cluster_Key\n  generate: {}\n", "keys[0].name: a generated key's name must be a DNS label"},
 		{"generated key rotated too often", header + "keys:\n- name: cluster\n  generate: {rotateEvery: 10ms}\n", "keys[0].generate.rotateEvery: at least 1s, or 0 to never rotate"},
+		{"generated key with a bad break-glass recipient", header + "keys:\n- name: cluster\n  generate: {breakGlass: [age1nope]}\n", `keys[0].generate.breakGlass: "age1nope" is not an age X25519 or hybrid recipient`},
 		{"key name with a generation separator", header + "keys:\n- name: a@1\n  age: {identityFile: " + ageKey.IdentityFile + "}\n", `may not contain ',' or '@'`},
 		{"vault needs a role", header + "keys:\n- name: v\n  vaultTransit: {address: \"https://vault:8200\", enginePath: transit, keyName: app}\n", "kubernetesAuth.role are required"},
 	}

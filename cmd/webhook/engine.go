@@ -40,6 +40,10 @@ type engineDeps struct {
 	recipients corev1client.ConfigMapInterface
 	// recipientsName is that ConfigMap's name.
 	recipientsName string
+	// backupsName is the ConfigMap, beside the recipients one, where the
+	// generations' backups are published when break-glass recipients are
+	// configured.
+	backupsName string
 }
 
 // buildEngine loads the keys of cfg and builds its policy. Errors name the
@@ -157,6 +161,9 @@ func (r *reloader) publish() {
 	ctx, cancel := context.WithTimeout(context.Background(), apiCallTimeout)
 	defer cancel()
 	err := clusterkeys.Publish(ctx, r.deps.recipients, r.deps.recipientsName, cur.cfg.recipients(cur.ring, cur.gen))
+	if err == nil && r.deps.backupsName != "" && cur.cfg.backedUp() {
+		err = clusterkeys.PublishData(ctx, r.deps.recipients, r.deps.backupsName, "key-backups", clusterkeys.BackupsData(cur.gen))
+	}
 	if err != nil && !r.publishPending {
 		r.log.Error(err, "publishing the recipients failed; retrying at each config check")
 	}

@@ -65,6 +65,7 @@ func run(ctx context.Context, o options, mem budget.Sizes, log logr.Logger) erro
 		deps.generated = &clusterkeys.Store{Secrets: kube.CoreV1().Secrets(ns), Name: o.generatedKeysSecret}
 		if o.recipientsConfigMap != "" {
 			deps.recipients, deps.recipientsName = kube.CoreV1().ConfigMaps(ns), o.recipientsConfigMap
+			deps.backupsName = o.backupsConfigMap
 		}
 	}
 	config, names, err := newReloader(o.configFile, deps, log.WithName("config"))

@@ -1,9 +1,11 @@
 package clusterkeys
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"slices"
 	"strconv"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"filippo.io/age"
+	"filippo.io/age/armor"
 )
 
 // Type is the kind of age identity a key generates.
@@ -46,6 +49,10 @@ type Spec struct {
 	// RotateEvery is how old the current generation may get before a new
 	// one replaces it; 0 never rotates.
 	RotateEvery time.Duration
+	// BreakGlass are age recipients, whose identities are kept offline,
+	// that each generation is wrapped for (its backup) in the write that
+	// makes it current.
+	BreakGlass []string
 }
 
 // DefaultRotateEvery is the rotation period of a generated key whose
@@ -72,7 +79,14 @@ type Key struct {
 	Generations []Generation `json:"generations" yaml:"generations"`
 
 	identities map[int]age.Identity
+	// backups are the generations' identities wrapped for the break-glass
+	// recipients, armored age files, by generation.
+	backups map[int][]byte
 }
+
+// Backup returns generation n's backup, an armored age file that the
+// break-glass identities open, or nil.
+func (k *Key) Backup(n int) []byte { return k.backups[n] }
 
 // Identity returns the private identity of generation n, or nil. The
 // caller keeps it in memory only.
@@ -120,6 +134,13 @@ func ValidName(name string) bool { return namePattern.MatchString(name) }
 // entryName is the Secret data entry of generation n of key name.
 func entryName(name string, n int) string { return name + "." + strconv.Itoa(n) + ".agekey" }
 
+// BackupName is the name of generation n of key name's backup: its Secret
+// data entry, and its entry in the backups ConfigMap.
+func BackupName(name string, n int) string { return entryName(name, n) + ".age" }
+
+// MaxBackupSize caps a stored backup.
+const MaxBackupSize = 16 << 10
+
 // generate returns a new identity of type t and its recipient.
 func generate(t Type) (age.Identity, string, string, error) {
 	switch t {
@@ -137,6 +158,53 @@ func generate(t Type) (age.Identity, string, string, error) {
 		return id, id.Recipient().String(), id.String(), nil
 	}
 	return nil, "", "", fmt.Errorf("unknown key type %q (want %s or %s)", t, X25519, Hybrid)
+}
+
+// wrapBackup encrypts an identity's text for the break-glass recipients,
+// armored. Errors name the recipient, never the identity.
+func wrapBackup(text string, breakGlass []string) ([]byte, error) {
+	var recipients []age.Recipient
+	for _, r := range breakGlass {
+		rc, err := ParseRecipient(r)
+		if err != nil {
+			return nil, err
+		}
+		recipients = append(recipients, rc)
+	}
+	var buf bytes.Buffer
+	aw := armor.NewWriter(&buf)
+	w, err := age.Encrypt(aw, recipients...)
+	if err != nil {
+		return nil, fmt.Errorf("wrap the backup: %w", err)
+	}
+	if _, err := io.WriteString(w, text+"\n"); err != nil {
+		return nil, fmt.Errorf("wrap the backup: %w", err)
+	}
+	if err := w.Close(); err != nil {
+		return nil, fmt.Errorf("wrap the backup: %w", err)
+	}
+	if err := aw.Close(); err != nil {
+		return nil, fmt.Errorf("wrap the backup: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// ParseRecipient parses an age recipient, X25519 (age1...) or hybrid
+// (age1pq1...); plugin recipients are refused.
+func ParseRecipient(r string) (age.Recipient, error) {
+	var (
+		rc  age.Recipient
+		err error
+	)
+	if strings.HasPrefix(r, "age1pq1") {
+		rc, err = age.ParseHybridRecipient(r)
+	} else {
+		rc, err = age.ParseX25519Recipient(r)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%q is not an age X25519 or hybrid recipient", r)
+	}
+	return rc, nil
 }
 
 // parseIdentity parses one stored identity and returns it with its
@@ -201,6 +269,12 @@ func decode(data map[string][]byte) ([]*Key, error) {
 				return nil, fmt.Errorf("key %q generation %d: the stored identity does not match the recorded recipient", k.Name, g.Number)
 			}
 			k.identities[g.Number] = id
+			if b, ok := data[BackupName(k.Name, g.Number)]; ok && len(b) <= MaxBackupSize {
+				if k.backups == nil {
+					k.backups = map[int][]byte{}
+				}
+				k.backups[g.Number] = b
+			}
 		}
 		sortGenerations(k)
 	}

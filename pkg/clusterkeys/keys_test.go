@@ -1,8 +1,10 @@
 package clusterkeys
 
 import (
+	"bytes"
 	"context"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
+	"filippo.io/age/armor"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -165,6 +169,47 @@ func TestSyncCarriesOutRequests(t *testing.T) {
 	again, err := s.Sync(ctx, specs)
 	require.NoError(t, err)
 	assert.Equal(t, keys.Version, again.Version, "done once")
+}
+
+// Each generation that decrypts is wrapped for the break-glass recipients
+// in the write that makes it current; a backup opens with a break-glass
+// identity alone and holds the generation's identity.
+func TestBackups(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore()
+	offline, err := age.GenerateX25519Identity()
+	require.NoError(t, err)
+	_, err = s.Sync(ctx, []Spec{{Name: "early"}})
+	require.NoError(t, err)
+
+	specs := []Spec{{Name: "early", BreakGlass: []string{offline.Recipient().String()}}, {Name: "late", Type: Hybrid, BreakGlass: []string{offline.Recipient().String()}}, {Name: "none"}}
+	keys, err := s.Sync(ctx, specs)
+	require.NoError(t, err)
+	for _, name := range []string{"early", "late"} {
+		k := keys.Key(name)
+		backup := k.Backup(1)
+		require.NotNil(t, backup, "%s: backed up, generated before break-glass was configured or not", name)
+		assert.NotContains(t, string(backup), "AGE-SECRET-KEY")
+		r, err := age.Decrypt(armor.NewReader(bytes.NewReader(backup)), offline)
+		require.NoError(t, err)
+		plain, err := io.ReadAll(r)
+		require.NoError(t, err)
+		id, recipient, err := parseIdentity(string(plain))
+		require.NoError(t, err)
+		assert.NotNil(t, id)
+		assert.Equal(t, k.Generations[0].Recipient, recipient, "%s: the backup holds the generation's identity", name)
+	}
+	assert.Nil(t, keys.Key("none").Backup(1), "no break-glass recipient, no backup")
+	data := BackupsData(keys)
+	assert.Len(t, data, 2)
+	assert.Contains(t, data, "late.1.agekey.age")
+
+	// Read back, the backups are what was written.
+	again, err := s.Read(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, keys.Key("late").Backup(1), again.Key("late").Backup(1))
+	_, err = s.Sync(ctx, []Spec{{Name: "bad", BreakGlass: []string{"age1notarecipient"}}})
+	require.ErrorContains(t, err, `"age1notarecipient" is not an age X25519 or hybrid recipient`)
 }
 
 func TestDecodeRefusesWhatDoesNotMatch(t *testing.T) {

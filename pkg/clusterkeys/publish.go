@@ -204,20 +204,47 @@ func marshalYAML(v any) (string, error) {
 	return b.String(), enc.Close()
 }
 
-// Publish writes r to the ConfigMap name of configMaps, unless it already
-// holds exactly that. Replicas publishing the same config write the same
-// bytes, so they do not undo each other.
+// Publish writes r to the ConfigMap name of configMaps (PublishData).
 func Publish(ctx context.Context, configMaps corev1client.ConfigMapInterface, name string, r Recipients) error {
 	data, err := r.Data()
 	if err != nil {
 		return fmt.Errorf("ConfigMap %s: %w", name, err)
 	}
+	return PublishData(ctx, configMaps, name, "recipients", data)
+}
+
+// DefaultBackupsConfigMapName is the ConfigMap, in the webhook's
+// namespace, where the generations' backups are published.
+const DefaultBackupsConfigMapName = "sops-webhook-key-backups"
+
+// BackupsData returns the backups of keys as ConfigMap data, by
+// BackupName: ciphertext only the break-glass identities open.
+func BackupsData(keys *Keys) map[string]string {
+	data := map[string]string{}
+	if keys == nil {
+		return data
+	}
+	for _, k := range keys.Keys {
+		for _, g := range k.Generations {
+			if b := k.Backup(g.Number); b != nil {
+				data[BackupName(k.Name, g.Number)] = string(b)
+			}
+		}
+	}
+	return data
+}
+
+// PublishData writes data to the ConfigMap name of configMaps (labelled
+// with component), unless it already holds exactly that. Replicas
+// publishing the same config write the same bytes, so they do not undo
+// each other.
+func PublishData(ctx context.Context, configMaps corev1client.ConfigMapInterface, name, component string, data map[string]string) error {
 	for attempt := 0; attempt < maxSyncAttempts; attempt++ {
 		cm, err := configMaps.Get(ctx, name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
 			cm = &corev1.ConfigMap{
-				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app.kubernetes.io/name": "sops-webhook", "app.kubernetes.io/component": "recipients"}},
+				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app.kubernetes.io/name": "sops-webhook", "app.kubernetes.io/component": component}},
 				Data:       data,
 			}
 			_, err = configMaps.Create(ctx, cm, metav1.CreateOptions{})

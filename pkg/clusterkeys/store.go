@@ -163,6 +163,37 @@ func (s *Store) ensure(secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool,
 		}
 		changed = true
 	}
+	// Every generation that decrypts has its backup, if the spec asks for
+	// one: the new one before it is written current, older ones once
+	// break-glass recipients are configured.
+	for _, spec := range specs {
+		if len(spec.BreakGlass) == 0 {
+			continue
+		}
+		for _, k := range *keys {
+			if k.Name != spec.Name {
+				continue
+			}
+			for _, g := range k.Generations {
+				if g.State == StateRetired || k.Backup(g.Number) != nil {
+					continue
+				}
+				backup, err := wrapBackup(identityText(k.Identity(g.Number)), spec.BreakGlass)
+				if err != nil {
+					return false, fmt.Errorf("key %q: %w", spec.Name, err)
+				}
+				if k.backups == nil {
+					k.backups = map[int][]byte{}
+				}
+				k.backups[g.Number] = backup
+				if secret.Data == nil {
+					secret.Data = map[string][]byte{}
+				}
+				secret.Data[BackupName(k.Name, g.Number)] = backup
+				changed = true
+			}
+		}
+	}
 	if !changed {
 		return false, nil
 	}
@@ -229,6 +260,14 @@ func (s *Store) due(key *Key, spec Spec) bool {
 		return true
 	}
 	return spec.RotateEvery > 0 && len(key.Generations) < MaxGenerations && !s.now().Before(cur.Created.Add(spec.RotateEvery))
+}
+
+// identityText is the text form of an identity generate made.
+func identityText(id age.Identity) string {
+	if s, ok := id.(fmt.Stringer); ok {
+		return s.String()
+	}
+	return ""
 }
 
 // now is the Store's clock.

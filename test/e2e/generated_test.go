@@ -36,11 +36,12 @@ import (
 )
 
 // generatedConfig generates two keys beside a hand-made one; the policy
-// grants cluster and the hand-made one to apps, pq to team-b. rotateEvery, if set, is cluster's rotation period.
-func generatedConfig(handmade sopskit.AgeKey, rotateEvery string) string {
-	generate := "{}"
+// grants cluster and the hand-made one to apps, pq to team-b. cluster's
+// generations are backed up for breakGlass. rotateEvery, if set, is cluster's rotation period.
+func generatedConfig(handmade sopskit.AgeKey, rotateEvery, breakGlass string) string {
+	generate := "{breakGlass: [" + breakGlass + "]}"
 	if rotateEvery != "" {
-		generate = "{rotateEvery: " + rotateEvery + "}"
+		generate = "{rotateEvery: " + rotateEvery + ", breakGlass: [" + breakGlass + "]}"
 	}
 	return `apiVersion: sops-webhook.io/v1alpha1
 kind: Config
@@ -73,6 +74,8 @@ type generatedBed struct {
 	*identityBed
 	admin, kubeconfig string
 	handmade          sopskit.AgeKey
+	// breakGlass is the identity, kept offline, of cluster's backups.
+	breakGlass sopskit.AgeKey
 	// rotateEvery is cluster's rotation period in the webhooks started.
 	rotateEvery string
 	// started are every webhook started, for their logs.
@@ -93,7 +96,7 @@ func TestGeneratedKeys(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	b := &generatedBed{identityBed: newIdentityBed(ctx, t), handmade: sopskit.NewAgeKey(t, false)}
+	b := &generatedBed{identityBed: newIdentityBed(ctx, t), handmade: sopskit.NewAgeKey(t, false), breakGlass: sopskit.NewAgeKey(t, false)}
 	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
 	b.admin = filepath.Join(b.work, "admin.kubeconfig")
@@ -132,6 +135,7 @@ func TestGeneratedKeys(t *testing.T) {
 	b.point(ctx, t, wh)
 	t.Run("rewrap through admission moves a file to the current generation", func(t *testing.T) { b.rewrap(ctx, t, wh) })
 	t.Run("the kubectl plugin against the test bed", func(t *testing.T) { b.plugin(ctx, t, wh) })
+	t.Run("a backup restores into a fresh control plane", func(t *testing.T) { b.restore(ctx, t) })
 	t.Run("no private key outside its Secret", func(t *testing.T) { b.noPrivateKeyLeaks(ctx, t, wh) })
 }
 
@@ -142,7 +146,7 @@ func (b *generatedBed) start(ctx context.Context, t *testing.T, name string) *te
 	dir := filepath.Join(b.work, name)
 	require.NoError(t, os.MkdirAll(dir, 0o700))
 	path := filepath.Join(dir, "config.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(generatedConfig(b.handmade, b.rotateEvery)), 0o600))
+	require.NoError(t, os.WriteFile(path, []byte(generatedConfig(b.handmade, b.rotateEvery, b.breakGlass.Recipient)), 0o600))
 	wh, err := testbed.StartWebhookWith(ctx, b.bin, testbed.WebhookOptions{
 		Config: path, WorkDir: dir, Log: verbose(),
 		Args: []string{"--log-level", "debug", "--kubeconfig", b.kubeconfig, "--namespace", "sops-webhook", "--config-check-interval", "200ms"},
@@ -628,7 +632,7 @@ func (b *generatedBed) secondCluster(ctx context.Context, t *testing.T) *generat
 	cp, err := testbed.StartControlPlane()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cp.Stop() })
-	w := &generatedBed{identityBed: &identityBed{cp: cp, work: t.TempDir(), bin: b.bin}, handmade: sopskit.NewAgeKey(t, false)}
+	w := &generatedBed{identityBed: &identityBed{cp: cp, work: t.TempDir(), bin: b.bin}, handmade: sopskit.NewAgeKey(t, false), breakGlass: b.breakGlass}
 	w.admin = filepath.Join(w.work, "admin.kubeconfig")
 	require.NoError(t, cp.WriteKubeconfig(w.admin))
 	w.kubeconfig = w.admin
@@ -656,6 +660,50 @@ func mergedKubeconfig(t *testing.T, files map[string]string) string {
 	path := filepath.Join(t.TempDir(), "merged.kubeconfig")
 	require.NoError(t, clientcmd.WriteToFile(*merged, path))
 	return path
+}
+
+// restore takes the published backup of cluster's current generation,
+// opens it with the age CLI and the break-glass identity alone, as
+// docs/operations.md says, and gives it to a webhook on a fresh control
+// plane as a hand-made key: a file encrypted for that generation before
+// decrypts there.
+func (b *generatedBed) restore(ctx context.Context, t *testing.T) {
+	pub, _ := b.recipientsOf(ctx, t, "cluster")
+	gen := pub.Generations[0]
+	file := sopskit.SopsEncrypt(t, []byte("k: PLAINTEXT-restored\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{{Recipient: gen.Recipient}}})
+
+	jane := b.impersonate(t, "jane")
+	err := jane.Get(ctx, client.ObjectKey{Namespace: "sops-webhook", Name: clusterkeys.DefaultBackupsConfigMapName}, &corev1.ConfigMap{})
+	assert.True(t, apierrors.IsForbidden(err), "the backups are the operator's, not every user's: %v", err)
+	backups := &corev1.ConfigMap{}
+	require.NoError(t, b.cp.Client.Get(ctx, client.ObjectKey{Namespace: "sops-webhook", Name: clusterkeys.DefaultBackupsConfigMapName}, backups))
+	backup := backups.Data[clusterkeys.BackupName("cluster", gen.Number)]
+	require.NotEmpty(t, backup, "generation %d's backup is published: %v", gen.Number, backups.Data)
+	assert.NotContains(t, backup, "AGE-SECRET-KEY")
+
+	tools := sopskit.Need(t, "the age CLI", func(t sopskit.Tools) string { return t.Age })
+	dir := t.TempDir()
+	exported := filepath.Join(dir, "cluster.agekey.age")
+	require.NoError(t, os.WriteFile(exported, []byte(backup), 0o600))
+	restored := filepath.Join(dir, "restored.agekey")
+	out, err := exec.CommandContext(ctx, tools.Age, "--decrypt", "--identity", b.breakGlass.IdentityFile, "--output", restored, exported).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	fresh, err := testbed.StartControlPlane()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = fresh.Stop() })
+	require.NoError(t, fresh.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
+	config := filepath.Join(dir, "config.yaml")
+	require.NoError(t, os.WriteFile(config, []byte("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: restored\n    age: {identityFile: "+restored+"}\n"), 0o600))
+	wh, err := testbed.StartWebhookWith(ctx, b.bin, testbed.WebhookOptions{Config: config, WorkDir: dir, Log: verbose()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = wh.Stop() })
+	require.NoError(t, fresh.RegisterWebhook(ctx, wh.URL, wh.CABundle))
+	require.NoError(t, fresh.WaitForWebhook(ctx, "apps"))
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "made-before"}, Data: map[string][]byte{"app.yaml": file}}
+	require.NoError(t, fresh.Client.Create(ctx, s))
+	require.NoError(t, fresh.Client.Get(ctx, client.ObjectKeyFromObject(s), s))
+	assert.Equal(t, "k: PLAINTEXT-restored\n", string(s.Data["app.yaml"]))
 }
 
 // noPrivateKeyLeaks reads every private key from the Secret and looks for

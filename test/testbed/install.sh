@@ -5,7 +5,7 @@
 #
 #   kube-apiserver  built from the Go module proxy (k8s.io/kubernetes)
 #   etcd            Debian's etcd-server, unpacked into the cache
-#   sops, helm v3, helm v4, age-keygen, promtool   `go install` from the
+#   sops, helm v3, helm v4, age-keygen, age, promtool   `go install` from the
 #                   module proxy (promtool tests the shipped alert rules)
 #   CRDs            cert-manager's, the ServiceMonitor and PrometheusRule
 #                   CRDs, from their Go modules, for dry-runs of the manifests
@@ -298,6 +298,7 @@ etcd() {
 sops() { gobin sops "$SOPS_VERSION" "github.com/getsops/sops/v3/cmd/sops@$SOPS_VERSION"; }
 age() {
 	gobin age-keygen "$AGE_VERSION" "filippo.io/age/cmd/age-keygen@$AGE_VERSION"
+	gobin age "$AGE_VERSION" "filippo.io/age/cmd/age@$AGE_VERSION"
 }
 promtool() {
 	gobin promtool "$PROMETHEUS_VERSION" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
@@ -389,6 +390,7 @@ SOPS_BIN=$BIN/sops
 HELM3_BIN=$BIN/helm3
 HELM4_BIN=$BIN/helm4
 AGE_KEYGEN_BIN=$BIN/age-keygen
+AGE_BIN=$BIN/age
 PROMTOOL_BIN=$BIN/promtool
 CRD_DIRS=$CACHE/crds/cert-manager-$CERT_MANAGER_VERSION:$CACHE/crds/prometheus-operator-$PROM_OPERATOR_VERSION
 KUSTOMIZE_CONTROLLER_BIN=$BIN/kustomize-controller

@@ -86,3 +86,8 @@ none
 {{- define "sops-webhook.recipientsConfigMap" -}}
 {{ include "sops-webhook.fullname" . }}-recipients
 {{- end }}
+
+{{/* The ConfigMap where the webhook publishes its keys' backups. */}}
+{{- define "sops-webhook.backupsConfigMap" -}}
+{{ include "sops-webhook.fullname" . }}-key-backups
+{{- end }}

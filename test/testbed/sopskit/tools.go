@@ -18,6 +18,7 @@ type Tools struct {
 	Helm3             string
 	Helm4             string
 	AgeKeygen         string
+	Age               string
 	// Promtool is Prometheus' rule checker and rule unit-test runner.
 	Promtool string
 	// CRDDirs are folders of CustomResourceDefinitions the deployment
@@ -90,6 +91,7 @@ func load() (Tools, error) {
 		Helm3:             vars["HELM3_BIN"],
 		Helm4:             vars["HELM4_BIN"],
 		AgeKeygen:         vars["AGE_KEYGEN_BIN"],
+		Age:               vars["AGE_BIN"],
 		Promtool:          vars["PROMTOOL_BIN"],
 
 		KustomizeController: vars["KUSTOMIZE_CONTROLLER_BIN"],
