@@ -375,12 +375,15 @@ func generatedSource(name string, gen *clusterkeys.Keys) (keysource.Source, erro
 		return nil, errors.New("not generated yet")
 	}
 	var gens []keysource.AgeGeneration
+	decrypting := 0
 	for _, g := range key.Generations {
-		if g.State != clusterkeys.StateRetired {
-			gens = append(gens, keysource.AgeGeneration{Number: g.Number, Identity: key.Identity(g.Number)})
+		retired := g.State == clusterkeys.StateRetired
+		if !retired {
+			decrypting++
 		}
+		gens = append(gens, keysource.AgeGeneration{Number: g.Number, Identity: key.Identity(g.Number), Retired: retired})
 	}
-	if len(gens) == 0 {
+	if decrypting == 0 {
 		return nil, errors.New("every generation is retired")
 	}
 	return keysource.NewAgeGenerations(name, gens), nil

@@ -202,6 +202,9 @@ func (d *Decryptor) unwrap(ctx context.Context, m sops.Metadata, access keysourc
 		if denied := client.Denied(); len(denied) > 0 {
 			return nil, nil, fail(ReasonNotGranted, joinUnique(denied))
 		}
+		if retired := client.Retired(); len(retired) > 0 {
+			return nil, nil, fail(ReasonRetired, joinUnique(retired))
+		}
 		return nil, nil, fail(ReasonNoKey, describeKeys(m))
 	}
 	return dataKey, client.Used(), nil

@@ -20,6 +20,7 @@ const (
 	ReasonNotIndexed  Reason = "an ENC[...] token is missing from the values index"
 	ReasonBadIndex    Reason = "the values index is unusable"
 	ReasonTooMuchWork Reason = "its keys ask more unwraps than one request may start"
+	ReasonRetired     Reason = "it is encrypted only for a retired generation of a key"
 
 	ReasonUnavailable Reason = "the key that opens it could not be used"
 	ReasonPolicyCheck Reason = "the policy could not be checked"
@@ -54,6 +55,7 @@ var reasons = map[Reason]reasonInfo{
 	ReasonNotIndexed:  {label: "not_indexed"},
 	ReasonBadIndex:    {label: "bad_index"},
 	ReasonTooMuchWork: {label: "too_many_unwraps"},
+	ReasonRetired:     {label: "retired_generation"},
 
 	ReasonUnavailable: {label: "key_unavailable", retryable: true},
 	ReasonPolicyCheck: {label: "policy_check_failed", retryable: true},

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,7 +24,12 @@ type Metrics struct {
 	cache       *prometheus.CounterVec
 	unwraps     *prometheus.CounterVec
 	busy        *prometheus.CounterVec
-	reg         prometheus.Registerer
+	// lastUsed and retired are by generated key and generation: label
+	// values the config and the generated keys' Secret fix, at most
+	// clusterkeys.MaxStoredGenerations.
+	lastUsed *prometheus.GaugeVec
+	retired  *prometheus.CounterVec
+	reg      prometheus.Registerer
 }
 
 // The outcome labels of sops_webhook_admission_requests_total.
@@ -66,9 +72,17 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "sops_webhook_budget_refusals_total",
 			Help: "Requests refused, retryably, because their lane of the memory budget had no room in time: small and large (decryption), bodies (reading large request bodies), heavy (handling large requests once read).",
 		}, []string{"lane"}),
+		lastUsed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sops_webhook_key_generation_last_used_timestamp_seconds",
+			Help: "When a generation of a generated key last opened a data key (Unix time), by key and generation; absent until it has.",
+		}, []string{"key", "generation"}),
+		retired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sops_webhook_retired_generation_requests_total",
+			Help: "Payloads refused because they are encrypted for a retired generation of a generated key, by key and generation: files still to rewrap.",
+		}, []string{"key", "generation"}),
 		reg: reg,
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency, m.decryptions, m.reloads, m.cache, m.unwraps, m.busy} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.decryptions, m.reloads, m.cache, m.unwraps, m.busy, m.lastUsed, m.retired} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -212,6 +226,13 @@ func (m *Metrics) KeyStats() keysource.Stats {
 		CacheLookup: func(hit bool) { m.cache.WithLabelValues(map[bool]string{true: "hit", false: "miss"}[hit]).Inc() },
 		Unwrap: func(key string, opened bool) {
 			m.unwraps.WithLabelValues(key, map[bool]string{true: "opened", false: "not_opened"}[opened]).Inc()
+		},
+		Generation: func(key string, generation int, retired bool) {
+			if retired {
+				m.retired.WithLabelValues(key, strconv.Itoa(generation)).Inc()
+				return
+			}
+			m.lastUsed.WithLabelValues(key, strconv.Itoa(generation)).SetToCurrentTime()
 		},
 	}
 }

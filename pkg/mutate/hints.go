@@ -18,5 +18,6 @@ var hints = map[decrypt.Reason]string{
 	decrypt.ReasonNoIndex:     hintHelper + "; a document payload must be the complete file sops wrote",
 	decrypt.ReasonNotIndexed:  hintHelper + "; was the annotation rendered from other values than the token?",
 	decrypt.ReasonBadIndex:    hintHelper,
+	decrypt.ReasonRetired:     "move the file to the key's current generation before its generations retire (kubectl sops-webhook rewrap), or encrypt it again for a current recipient (kubectl sops-webhook recipients)",
 	decrypt.ReasonTooMuchWork: "list only the keys that can open it, and encrypt the object's files with the same data key (one sops file, or a values file)",
 }

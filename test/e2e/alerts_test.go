@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -22,7 +25,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	sigsyaml "sigs.k8s.io/yaml"
+
+	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
 
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
@@ -73,6 +79,8 @@ keys:
     age: {identityFile: ` + local.IdentityFile + `}
   - name: owned
     age: {identityFile: ` + owned.IdentityFile + `}
+  - name: generated
+    generate: {rotateEvery: 0s}
   - name: vault
     vaultTransit:
       address: ` + vault.URL + `
@@ -82,12 +90,14 @@ keys:
       kubernetesAuth: {role: sops-webhook, tokenFile: ` + tokenFile + `}
 policy:
   - {keys: [owned], namespaces: [elsewhere]}
-  - {keys: [local, vault], namespaces: ["*"]}
+  - {keys: [local, vault, generated], namespaces: ["*"]}
 `
 	// A 1 ms budget wait makes a burst of large documents overflow the
 	// heavy lane, which handles one large request at a time on this
 	// machine.
-	wh := b.startWebhookWith(ctx, t, "alerts", config, []string{"--config-check-interval", "200ms", "--budget-wait", "1ms"}, nil)
+	admin := filepath.Join(b.work, "admin.kubeconfig")
+	require.NoError(t, b.cp.WriteKubeconfig(admin))
+	wh := b.startWebhookWith(ctx, t, "alerts", config, []string{"--config-check-interval", "200ms", "--budget-wait", "1ms", "--kubeconfig", admin, "--namespace", "sops-webhook"}, nil)
 	mine := sopskit.Recipients{Age: []sopskit.AgeKey{local}}
 
 	// What operators alert on, driven for real.
@@ -109,6 +119,23 @@ policy:
 	require.True(t, apierrors.IsForbidden(err), "tampered: %v", err)
 	err = b.create(ctx, "swapped", swapYAMLValues(t, doc, "password", "user"))
 	require.True(t, apierrors.IsForbidden(err), "swapped values: %v", err)
+
+	// A generation used, then retired while a file still needs it.
+	keys := &clusterkeys.Store{Secrets: b.kube.CoreV1().Secrets("sops-webhook"), Name: clusterkeys.DefaultSecretName}
+	gen, err := keys.Read(ctx)
+	require.NoError(t, err)
+	first := gen.Key("generated").Generations[0]
+	forFirst := sopskit.SopsEncrypt(t, []byte("password: alerts-PLAINTEXT-6\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{{Recipient: first.Recipient}}})
+	require.NoError(t, b.create(ctx, "generation-1", forFirst))
+	secret, err := b.kube.CoreV1().Secrets("sops-webhook").Get(ctx, clusterkeys.DefaultSecretName, metav1.GetOptions{})
+	require.NoError(t, err)
+	secret.Annotations = map[string]string{clusterkeys.AnnotationRetire: "generated@1"}
+	_, err = b.kube.CoreV1().Secrets("sops-webhook").Update(ctx, secret, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return strings.Contains(wh.Logs(), "1 retired "+first.Recipient) }, 20*time.Second, 100*time.Millisecond)
+	err = b.create(ctx, "retired", forFirst)
+	require.True(t, apierrors.IsForbidden(err), "a retired generation: %v", err)
+	require.Contains(t, err.Error(), "retired generation")
 
 	busy := busyBurst(ctx, t, b, sopskit.SopsEncrypt(t, sopskit.PlainOfSize("yaml", 200<<10), "yaml", mine))
 	require.True(t, apierrors.IsServiceUnavailable(busy), "a full budget is retryable: %v", busy)
@@ -167,6 +194,7 @@ policy:
 		"SopsWebhookUnreachable":            {{}},
 		"SopsWebhookUnauthenticatedCallers": {{"mode": "network-policy"}},
 		"SopsWebhookCallersRefused":         {{"reason": "no_certificate"}},
+		"SopsWebhookRetiredGenerationUsed":  {{"key": "generated", "generation": "1"}},
 	}
 	var tests []map[string]any
 	for _, r := range rules {
@@ -209,6 +237,50 @@ policy:
 		t.Logf("promtool input:\n%s", series)
 	}
 	t.Logf("promtool: %s", strings.TrimSpace(string(out)))
+
+	t.Run("the Grafana dashboard's queries parse and name scraped metrics", func(t *testing.T) {
+		checkDashboard(t, tools.Promtool, webhookSeries)
+	})
+}
+
+// dashboardFile is the shipped Grafana dashboard.
+const dashboardFile = "manifests/monitoring/grafana-dashboard.json"
+
+// metricName matches the metric names a PromQL expression of ours uses.
+var metricName = regexp.MustCompile(`\bsops_webhook_[a-z_]+`)
+
+// checkDashboard parses every query of the dashboard's panels with
+// promtool (as recording rules) and checks that each metric it names is in
+// scraped, the series of a real webhook.
+func checkDashboard(t *testing.T, promtool string, scraped []series) {
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	require.NoError(t, json.Unmarshal(readRepo(t, dashboardFile), &dash))
+	have := map[string]bool{}
+	for _, s := range scraped {
+		have[s.name] = true
+	}
+	var rules []map[string]string
+	for i, p := range dash.Panels {
+		require.NotEmpty(t, p.Targets, "panel %q has no query", p.Title)
+		for j, target := range p.Targets {
+			require.NotEmpty(t, target.Expr, "panel %q", p.Title)
+			rules = append(rules, map[string]string{"record": fmt.Sprintf("dashboard:panel_%d_%d", i, j), "expr": target.Expr})
+			names := metricName.FindAllString(target.Expr, -1)
+			require.NotEmpty(t, names, "panel %q: %s names no metric of the webhook", p.Title, target.Expr)
+			for _, n := range names {
+				assert.True(t, have[n], "panel %q: %s is not in a real scrape", p.Title, n)
+			}
+		}
+	}
+	path := filepath.Join(t.TempDir(), "dashboard-rules.yaml")
+	writeYAML(t, path, map[string]any{"groups": []map[string]any{{"name": "dashboard", "rules": rules}}})
+	out, err := exec.Command(promtool, "check", "rules", path).CombinedOutput()
+	require.NoError(t, err, "promtool check rules (the dashboard's queries): %s", out)
 }
 
 // busyBurst creates Secrets holding doc four at a time, until the API

@@ -382,7 +382,10 @@ func (b *generatedBed) newGeneration(ctx context.Context, t *testing.T, wh *test
 	assert.Equal(t, "k: PLAINTEXT-generated-new\n", b.stored(ctx, t, "after-rotation"))
 	err = b.create(ctx, "retired-generation", before)
 	require.Error(t, err, "generation 1 is retired")
-	assert.Contains(t, err.Error(), "denied the request")
+	assert.Contains(t, err.Error(), `it is encrypted only for a retired generation of a key; key "cluster" generation 1 is retired`)
+	retired, err := wh.Metric(`sops_webhook_retired_generation_requests_total{generation="1",key="cluster"}`)
+	require.NoError(t, err)
+	assert.Equal(t, 1.0, retired)
 }
 
 // rotation runs beside a webhook that rotates cluster every 3 s: a new

@@ -23,27 +23,46 @@ type Age struct {
 	// recipients are the identities' public keys, for Matches, with the
 	// generation each belongs to (0 for a key that has none).
 	recipients map[string]int
+	// retired are the recipients of retired generations: never tried,
+	// only recognised (RetiredGeneration).
+	retired map[string]int
 }
 
 // AgeGeneration is one generation of a key the webhook generated: its
-// number and its identity.
+// number and its identity. A retired generation's identity is never used;
+// its recipient is recognised, to say why a payload for it is refused.
 type AgeGeneration struct {
 	Number   int
 	Identity age.Identity
+	Retired  bool
 }
 
 // NewAgeGenerations returns an Age source named name holding the
 // identities of a generated key's decrypting generations. The key it
 // opens a data key with is reported as "name@number" (Generations).
 func NewAgeGenerations(name string, gens []AgeGeneration) *Age {
-	a := &Age{name: name, recipients: map[string]int{}}
+	a := &Age{name: name, recipients: map[string]int{}, retired: map[string]int{}}
 	for _, g := range gens {
+		r := ageRecipient(g.Identity)
+		if g.Retired {
+			a.retired[r] = g.Number
+			continue
+		}
 		a.identities = append(a.identities, g.Identity)
-		if r := ageRecipient(g.Identity); r != "" {
+		if r != "" {
 			a.recipients[r] = g.Number
 		}
 	}
 	return a
+}
+
+// RetiredGeneration returns the retired generation whose recipient key's
+// metadata names, or 0.
+func (a *Age) RetiredGeneration(key *keyservice.Key) int {
+	if k := key.GetAgeKey(); k != nil {
+		return a.retired[k.Recipient]
+	}
+	return 0
 }
 
 // Generation returns the generation of a's identity that key's metadata

@@ -67,6 +67,10 @@ type Stats struct {
 	// Unwrap is called after a Source was asked to unwrap, with the key's
 	// name and whether it opened the data key.
 	Unwrap func(key string, opened bool)
+	// Generation is called when a generation of a generated key opened a
+	// data key (from the cache too), or, retired, was named by a payload
+	// that may use the key.
+	Generation func(key string, generation int, retired bool)
 }
 
 // RingOption configures a Ring.
@@ -168,6 +172,7 @@ type Client struct {
 
 	mu          sync.Mutex
 	used        map[string]bool
+	retired     []error
 	denied      []error
 	failures    []error
 	checkFailed []error
@@ -208,6 +213,15 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 				c.record(&c.denied, err)
 			}
 			continue
+		}
+		if r, ok := s.(RetiredMatcher); ok {
+			if n := r.RetiredGeneration(req.Key); n > 0 {
+				c.record(&c.retired, fmt.Errorf("key %q generation %d is retired", s.Name(), n))
+				if c.ring.stats.Generation != nil {
+					c.ring.stats.Generation(s.Name(), n, true)
+				}
+				continue
+			}
 		}
 		if m, ok := s.(Matcher); ok && !m.Matches(req.Key) {
 			continue
@@ -250,6 +264,11 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 			c.ring.cache.Put(ck, append([]byte(nil), plain...), 1)
 		}
 		c.markUsed(usedName(s, req.Key))
+		if g, ok := s.(Generational); ok && c.ring.stats.Generation != nil {
+			if n := g.Generation(req.Key); n > 0 {
+				c.ring.stats.Generation(s.Name(), n, false)
+			}
+		}
 		return &keyservice.DecryptResponse{Plaintext: plain}, nil
 	}
 	if len(errs) > 0 {
@@ -267,6 +286,14 @@ func (c *Client) unwrap(s Source, local bool, req *keyservice.DecryptRequest) ([
 		defer c.ring.cpu.Release(1)
 	}
 	return s.Unwrap(c.ctx, req.Key, req.Ciphertext)
+}
+
+// Retired returns the errors of allowed keys whose retired generation the
+// payload names.
+func (c *Client) Retired() []error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]error(nil), c.retired...)
 }
 
 // Exhausted returns the errors of unwraps refused because the request's
@@ -341,6 +368,13 @@ func (c *Client) Used() []string {
 // Generation returns the generation that key's metadata names, or 0.
 type Generational interface {
 	Generation(key *keyservice.Key) int
+}
+
+// RetiredMatcher is implemented by Sources that recognise the recipients
+// of their retired generations. RetiredGeneration returns the retired
+// generation that key's metadata names, or 0.
+type RetiredMatcher interface {
+	RetiredGeneration(key *keyservice.Key) int
 }
 
 // generationSep separates a key's name from its generation in the names

@@ -115,6 +115,36 @@ func TestClientNamesTheGenerationThatUnwrapped(t *testing.T) {
 	assert.Len(t, recipients, 3)
 }
 
+// A retired generation never opens a data key; a payload for it is
+// recognised, so the refusal can say why, and counted.
+func TestClientRecognisesRetiredGenerations(t *testing.T) {
+	old, err := age.GenerateX25519Identity()
+	require.NoError(t, err)
+	cur, err := age.GenerateX25519Identity()
+	require.NoError(t, err)
+	type use struct {
+		gen     int
+		retired bool
+	}
+	var uses []use
+	ring, err := keysource.NewRingWith([]keysource.Source{keysource.NewAgeGenerations("cluster", []keysource.AgeGeneration{
+		{Number: 2, Identity: cur}, {Number: 1, Identity: old, Retired: true},
+	})}, []keysource.RingOption{keysource.WithStats(keysource.Stats{Generation: func(_ string, n int, retired bool) { uses = append(uses, use{n, retired}) }})})
+	require.NoError(t, err)
+
+	c := ring.Client(context.Background(), nil)
+	_, err = c.Decrypt(context.Background(), ageReq(wrapAge(t, old.Recipient()), old.Recipient().String()))
+	require.ErrorIs(t, err, keysource.ErrNoKey)
+	require.Len(t, c.Retired(), 1)
+	assert.Contains(t, c.Retired()[0].Error(), `key "cluster" generation 1 is retired`)
+
+	c = ring.Client(context.Background(), nil)
+	_, err = c.Decrypt(context.Background(), ageReq(wrapAge(t, cur.Recipient()), cur.Recipient().String()))
+	require.NoError(t, err)
+	assert.Empty(t, c.Retired())
+	assert.Equal(t, []use{{1, true}, {2, false}}, uses)
+}
+
 func TestClientRefusesWhatItDoesNotHold(t *testing.T) {
 	p, _ := ageKeyFile(t)
 	a, err := keysource.LoadAge("a", p)
