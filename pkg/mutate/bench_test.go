@@ -22,6 +22,7 @@ import (
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
+	"github.com/sops-webhook/sops-webhook/pkg/policy"
 	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
 )
 
@@ -182,5 +183,84 @@ func BenchmarkWorstSmallRequest(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// configOfSize is an Engine with n generated keys of one generation each,
+// and one policy rule per key granting it to a namespace of its own; the
+// last key, which the payloads are encrypted for, is granted to team-a,
+// the requests' namespace. With caches the data keys and results are
+// reused; without, every request unwraps and decrypts.
+func configOfSize(b *testing.B, n int, caches bool) (mutate.Engine, sopskit.Recipients) {
+	var (
+		sources []keysource.Source
+		names   []string
+		rules   []policy.Rule
+		last    *age.X25519Identity
+	)
+	for i := range n {
+		id, err := age.GenerateX25519Identity()
+		if err != nil {
+			b.Fatal(err)
+		}
+		name := fmt.Sprintf("key-%04d", i)
+		sources = append(sources, keysource.NewAgeGenerations(name, []keysource.AgeGeneration{{Number: 1, Identity: id}}))
+		names = append(names, name)
+		ns := fmt.Sprintf("team-%04d-*", i)
+		if i == n-1 {
+			ns, last = "team-a", id
+		}
+		rules = append(rules, policy.Rule{Keys: []string{name}, Namespaces: []string{ns}})
+	}
+	var opts []keysource.RingOption
+	var dopts []decrypt.Option
+	if caches {
+		opts = append(opts, keysource.WithCache(1024, time.Hour, nil))
+		dopts = append(dopts, decrypt.WithResultCache(time.Hour, decrypt.DefaultResultCacheBytes))
+	}
+	ring, err := keysource.NewRingWith(sources, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	p, err := policy.New(rules, names, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return mutate.Engine{Decryptor: decrypt.New(ring, dopts...), Policy: p}, sopskit.Recipients{Age: []sopskit.AgeKey{{Recipient: last.Recipient().String()}}}
+}
+
+// BenchmarkConfigSize is how a request's cost grows with the size of the
+// configuration: a cold document (no cache: the data key unwrapped, the
+// document decrypted) and a warm values payload (cached), with 1, 100 and
+// 1,000 configured keys and as many policy rules.
+func BenchmarkConfigSize(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
+		cold, r := configOfSize(b, n, false)
+		doc := request(b, "Secret", admissionv1.Create, secret("bench", map[string][]byte{"app.yaml": sopskit.SopsEncrypt(b, []byte("password: cold\n"), "yaml", r)}))
+		warm, r := configOfSize(b, n, true)
+		values := sopskit.SopsEncrypt(b, []byte("db:\n  password: warm\n  user: app\n"), "yaml", r)
+		var file strings.Builder
+		for _, l := range sopskit.ValuesLeaves(b, values) {
+			fmt.Fprintf(&file, "%s = %s\n", strings.TrimSuffix(l.Path, ":"), l.Value)
+		}
+		vs := secret("bench", map[string][]byte{"app.ini": []byte(file.String())})
+		vs.Annotations = map[string]string{mutate.AnnotationValues: sopskit.ValuesIndex(b, values)}
+		for _, c := range []struct {
+			name string
+			eng  mutate.Engine
+			req  admissionv1.AdmissionRequest
+		}{{"cold-document", cold, doc}, {"warm-values", warm, request(b, "Secret", admissionv1.Create, vs)}} {
+			b.Run(fmt.Sprintf("%s/keys-%d", c.name, n), func(b *testing.B) {
+				h := mutate.NewHandler(static(c.eng))
+				areq := admission.Request{AdmissionRequest: c.req}
+				h.Handle(context.Background(), areq) // warm what may be warmed
+				b.ReportAllocs()
+				for b.Loop() {
+					if resp := h.Handle(context.Background(), areq); !resp.Allowed {
+						b.Fatal(messageOf(resp))
+					}
+				}
+			})
+		}
 	}
 }

@@ -77,7 +77,11 @@ type Authorizer interface {
 // Policy is a validated set of rules. It is immutable and safe for
 // concurrent use.
 type Policy struct {
-	rules      []Rule
+	rules []Rule
+	// byKey lists, for each key, the rules that name it, in order: a
+	// request's check costs what its key's rules cost, however many there
+	// are in all.
+	byKey      map[string][]int
 	namespaces NamespaceLabels
 	authorizer Authorizer
 }
@@ -127,7 +131,15 @@ func New(rules []Rule, keys []string, namespaces NamespaceLabels, authorizer Aut
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return &Policy{rules: out, namespaces: namespaces, authorizer: authorizer}, nil
+	byKey := map[string][]int{}
+	for i, r := range out {
+		for _, k := range r.Keys {
+			if l := byKey[k]; len(l) == 0 || l[len(l)-1] != i {
+				byKey[k] = append(l, i)
+			}
+		}
+	}
+	return &Policy{rules: out, byKey: byKey, namespaces: namespaces, authorizer: authorizer}, nil
 }
 
 // Access returns the keys user may use for an object of kind in namespace.
@@ -146,8 +158,9 @@ type access struct {
 // if every such rule requires RBAC, when the user holds verb use on it.
 func (a *access) Allowed(ctx context.Context, key string) error {
 	granted, needRBAC := false, true
-	for _, r := range a.p.rules {
-		if !slices.Contains(r.Keys, key) || !slices.Contains(r.Kinds, a.kind) {
+	for _, i := range a.p.byKey[key] {
+		r := a.p.rules[i]
+		if !slices.Contains(r.Kinds, a.kind) {
 			continue
 		}
 		ok, err := a.matchNamespace(ctx, r)

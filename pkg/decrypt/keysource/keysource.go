@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,6 +59,63 @@ type Ring struct {
 	failed *failedCache
 	// cpu bounds the Local unwraps running at once.
 	cpu *semaphore.Weighted
+	// byRecipient indexes the sources that are Matchers by the age
+	// recipients (retired ones too) and PGP fingerprints they hold;
+	// unmatched lists the others (KMS, Vault), which any key may concern.
+	byRecipient map[string][]int
+	unmatched   []int
+}
+
+// indexed is implemented by the Matchers the Ring indexes: indexKeys
+// returns every age recipient or PGP fingerprint (upper-case) the source
+// answers to.
+type indexed interface {
+	Matcher
+	indexKeys() []string
+}
+
+func (a *Age) indexKeys() []string {
+	out := make([]string, 0, len(a.recipients)+len(a.retired))
+	for r := range a.recipients {
+		out = append(out, r)
+	}
+	for r := range a.retired {
+		out = append(out, r)
+	}
+	return out
+}
+
+func (p *PGP) indexKeys() []string {
+	out := make([]string, 0, len(p.fingerprints))
+	for f := range p.fingerprints {
+		out = append(out, f)
+	}
+	return out
+}
+
+// candidates returns, in config order, the sources that may concern key:
+// those indexed under its recipient or fingerprint, and every source that
+// is not indexed. A request's cost so does not grow with the number of
+// age and PGP keys configured.
+func (r *Ring) candidates(key *keyservice.Key) []int {
+	var id string
+	switch {
+	case key.GetAgeKey() != nil:
+		id = key.GetAgeKey().Recipient
+	case key.GetPgpKey() != nil:
+		id = strings.ToUpper(key.GetPgpKey().Fingerprint)
+	}
+	matched := r.byRecipient[id]
+	if len(matched) == 0 {
+		return r.unmatched
+	}
+	if len(r.unmatched) == 0 {
+		return matched
+	}
+	out := make([]int, 0, len(matched)+len(r.unmatched))
+	out = append(append(out, matched...), r.unmatched...)
+	slices.Sort(out)
+	return out
 }
 
 // Stats observes a Ring's unwraps; its methods may be nil.
@@ -107,7 +165,19 @@ func NewRingWith(sources []Source, opts []RingOption) (*Ring, error) {
 		}
 		seen[s.Name()] = true
 	}
-	r := &Ring{sources: append([]Source(nil), sources...), failed: newFailedCache(nil), cpu: newCPUSlots(runtime.GOMAXPROCS(0) - 1)}
+	r := &Ring{sources: append([]Source(nil), sources...), failed: newFailedCache(nil), cpu: newCPUSlots(runtime.GOMAXPROCS(0) - 1), byRecipient: map[string][]int{}}
+	for i, s := range r.sources {
+		ix, ok := s.(indexed)
+		if !ok {
+			r.unmatched = append(r.unmatched, i)
+			continue
+		}
+		for _, k := range ix.indexKeys() {
+			if l := r.byRecipient[k]; len(l) == 0 || l[len(l)-1] != i {
+				r.byRecipient[k] = append(l, i)
+			}
+		}
+	}
 	for _, o := range opts {
 		o(r)
 	}
@@ -202,7 +272,8 @@ func (c *Client) Decrypt(_ context.Context, req *keyservice.DecryptRequest, _ ..
 		return nil, fmt.Errorf("wrapped data key is larger than %d bytes", MaxWrappedKeySize)
 	}
 	var errs []error
-	for _, s := range c.ring.sources {
+	for _, i := range c.ring.candidates(req.Key) {
+		s := c.ring.sources[i]
 		if err := allowed(c.ctx, c.access, s); err != nil {
 			switch m, ok := s.(Matcher); {
 			case errors.Is(err, ErrCheckFailed):

@@ -145,6 +145,39 @@ func TestClientRecognisesRetiredGenerations(t *testing.T) {
 	assert.Equal(t, []use{{1, true}, {2, false}}, uses)
 }
 
+// opensAll is a source that is not a Matcher (as a KMS key): it is asked
+// for any wrapped key, and opens every one.
+type opensAll string
+
+func (o opensAll) Name() string { return string(o) }
+func (o opensAll) Unwrap(context.Context, *keyservice.Key, []byte) ([]byte, error) {
+	return dataKey, nil
+}
+
+// The Ring asks only the age and PGP keys a payload names, through its
+// index, and every source that is not indexed, in config order.
+func TestRingAsksInConfigOrder(t *testing.T) {
+	_, id := ageKeyFile(t)
+	a := keysource.NewAgeGenerations("age", []keysource.AgeGeneration{{Number: 1, Identity: id}})
+	for _, tt := range []struct {
+		name    string
+		sources []keysource.Source
+		want    string
+	}{
+		{"the unindexed source first", []keysource.Source{opensAll("kms"), a}, "kms"},
+		{"the age key first", []keysource.Source{a, opensAll("kms")}, "age@1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ring, err := keysource.NewRing(tt.sources...)
+			require.NoError(t, err)
+			c := ring.Client(context.Background(), nil)
+			_, err = c.Decrypt(context.Background(), ageReq(wrapAge(t, id.Recipient()), id.Recipient().String()))
+			require.NoError(t, err)
+			assert.Equal(t, []string{tt.want}, c.Used())
+		})
+	}
+}
+
 func TestClientRefusesWhatItDoesNotHold(t *testing.T) {
 	p, _ := ageKeyFile(t)
 	a, err := keysource.LoadAge("a", p)
