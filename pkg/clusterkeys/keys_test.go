@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -298,4 +299,68 @@ func TestNamespacePathRegex(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkGenerate is the time to generate one identity of each type, as
+// a new generation does before it is written.
+func BenchmarkGenerate(b *testing.B) {
+	for _, typ := range []Type{X25519, Hybrid} {
+		b.Run(string(typ), func(b *testing.B) {
+			for b.Loop() {
+				if _, _, _, err := generate(typ); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkRecipientsConfigMap reports the size of the recipients
+// ConfigMap's data for 100 generated keys (two generations each, one
+// grant of two namespace patterns each) and the time to render it: with
+// X25519 generations, and with a hybrid current generation, whose
+// recipient is about 1,960 characters against 62.
+func BenchmarkRecipientsConfigMap(b *testing.B) {
+	created := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	for _, current := range []Type{X25519, Hybrid} {
+		var r Recipients
+		for i := range 100 {
+			var gens []Generation
+			for n, typ := range []Type{current, X25519} {
+				_, recipient, _, err := generate(typ)
+				if err != nil {
+					b.Fatal(err)
+				}
+				state := StateActive
+				if n == 0 {
+					state = StateCurrent
+				}
+				gens = append(gens, Generation{Number: 2 - n, Type: typ, Recipient: recipient, Created: created, State: state})
+			}
+			r.Keys = append(r.Keys, PublishedKey{Name: fmt.Sprintf("key-%03d", i), Source: "generated", Generations: gens,
+				Grants: []Grant{{Namespaces: []string{fmt.Sprintf("team-%03d", i), fmt.Sprintf("team-%03d-*", i)}, Kinds: []string{"Secret"}}}})
+		}
+		b.Run("current-"+string(current), func(b *testing.B) {
+			var size int
+			for b.Loop() {
+				data, err := r.Data()
+				if err != nil {
+					b.Fatal(err)
+				}
+				size = dataSize(data)
+			}
+			b.ReportMetric(float64(size), "bytes")
+		})
+	}
+}
+
+func TestPublishRefusesWhatAConfigMapCannotHold(t *testing.T) {
+	kube := fake.NewClientset()
+	cms := kube.CoreV1().ConfigMaps("sops-webhook")
+	err := PublishData(context.Background(), cms, "r", "recipients", map[string]string{"big": strings.Repeat("a", MaxPublishedBytes)})
+	require.ErrorContains(t, err, "more than the 921600 a ConfigMap may safely hold")
+	require.NoError(t, PublishData(context.Background(), cms, "r", "recipients", map[string]string{"small": "a"}))
+	cm, err := cms.Get(context.Background(), "r", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "recipients", cm.Labels["app.kubernetes.io/component"])
 }

@@ -234,11 +234,29 @@ func BackupsData(keys *Keys) map[string]string {
 	return data
 }
 
+// MaxPublishedBytes caps what one published ConfigMap holds, under the API
+// server's 1 MiB object limit: about 150 keys whose current generation is
+// hybrid (its recipient is some 1,960 characters), or thousands of X25519.
+const MaxPublishedBytes = 900 << 10
+
+// dataSize is the size of a ConfigMap's data.
+func dataSize(data map[string]string) int {
+	n := 0
+	for k, v := range data {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
 // PublishData writes data to the ConfigMap name of configMaps (labelled
-// with component), unless it already holds exactly that. Replicas
+// with component), unless it already holds exactly that; data over
+// MaxPublishedBytes is refused. Replicas
 // publishing the same config write the same bytes, so they do not undo
 // each other.
 func PublishData(ctx context.Context, configMaps corev1client.ConfigMapInterface, name, component string, data map[string]string) error {
+	if n := dataSize(data); n > MaxPublishedBytes {
+		return fmt.Errorf("ConfigMap %s: %d bytes to publish, more than the %d a ConfigMap may safely hold; fewer keys, or X25519 instead of hybrid ones", name, n, MaxPublishedBytes)
+	}
 	for attempt := 0; attempt < maxSyncAttempts; attempt++ {
 		cm, err := configMaps.Get(ctx, name, metav1.GetOptions{})
 		switch {

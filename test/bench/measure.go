@@ -325,14 +325,15 @@ func median[T time.Duration | float64](xs []T) T {
 	return s[n/2]
 }
 
-// goBenchmarks runs the Go benchmarks of package decrypt and returns their
+// goBenchmarks runs the Go benchmarks of packages decrypt, mutate and
+// clusterkeys and returns their
 // result lines.
 func goBenchmarks(root string, quick bool) []string {
 	benchtime := "300ms"
 	if quick {
 		benchtime = "20ms"
 	}
-	cmd := exec.Command("go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", benchtime, "./pkg/decrypt/", "./pkg/mutate/")
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", ".", "-benchmem", "-benchtime", benchtime, "./pkg/decrypt/", "./pkg/mutate/", "./pkg/clusterkeys/")
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	var lines []string
