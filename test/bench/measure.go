@@ -326,8 +326,7 @@ func median[T time.Duration | float64](xs []T) T {
 }
 
 // goBenchmarks runs the Go benchmarks of packages decrypt, mutate and
-// clusterkeys and returns their
-// result lines.
+// clusterkeys and returns their result lines.
 func goBenchmarks(root string, quick bool) []string {
 	benchtime := "300ms"
 	if quick {
