@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -28,6 +29,7 @@ type recipient struct {
 }
 
 func (o *options) recipientsCmd(s streams) *cobra.Command {
+	var ageOnly bool
 	cmd := &cobra.Command{
 		Use:   "recipients [-n NAMESPACE]",
 		Short: "The recipients to encrypt for, for files meant for NAMESPACE",
@@ -48,6 +50,19 @@ func (o *options) recipientsCmd(s streams) *cobra.Command {
 				return err
 			}
 			list := forNamespace(pub, ns, namespaceLabels(cmd.Context(), kube, ns))
+			if ageOnly {
+				var ages []string
+				for _, r := range list {
+					if r.Source != "pgp" {
+						ages = append(ages, r.Recipient)
+					}
+				}
+				if len(ages) == 0 {
+					return fmt.Errorf("no age recipient is granted in namespace %s", ns)
+				}
+				_, err := fmt.Fprintln(s.out, strings.Join(ages, ","))
+				return err
+			}
 			return o.print(s.out, list, func(w io.Writer) error {
 				if len(list) == 0 {
 					_, err := fmt.Fprintf(w, "no key is granted in namespace %s\n", ns)
@@ -71,6 +86,7 @@ func (o *options) recipientsCmd(s streams) *cobra.Command {
 		},
 	}
 	o.addOutput(cmd)
+	cmd.Flags().BoolVar(&ageOnly, "age", false, `print only the age recipients, comma separated, for sops encrypt --age "$(kubectl sops-webhook recipients --age)"`)
 	return cmd
 }
 

@@ -86,7 +86,7 @@ func (d *Decryptor) Rewrap(ctx context.Context, value []byte, f Format, access k
 }
 
 // rewrapGroup returns group without the age keys of drop and with dataKey
-// wrapped for each recipient of add it does not hold yet.
+// wrapped, first, for each recipient of add it does not hold yet.
 func rewrapGroup(group sops.KeyGroup, dataKey []byte, add, drop []string) (sops.KeyGroup, []string, []string, error) {
 	var (
 		out            sops.KeyGroup
@@ -103,6 +103,7 @@ func rewrapGroup(group sops.KeyGroup, dataKey []byte, add, drop []string) (sops.
 		}
 		out = append(out, k)
 	}
+	var first sops.KeyGroup
 	for _, r := range add {
 		if slices.Contains(have, r) {
 			continue
@@ -111,11 +112,13 @@ func rewrapGroup(group sops.KeyGroup, dataKey []byte, add, drop []string) (sops.
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		out = append(out, keys.MasterKey(&sopsage.MasterKey{Recipient: r, EncryptedKey: wrapped}))
+		first = append(first, keys.MasterKey(&sopsage.MasterKey{Recipient: r, EncryptedKey: wrapped}))
 		have = append(have, r)
 		added = append(added, r)
 	}
-	return out, added, dropped, nil
+	// sops tries a group's keys in order: the added ones go first, so the
+	// current generation opens the file and the older one falls out of use.
+	return append(first, out...), added, dropped, nil
 }
 
 // wrapAge encrypts dataKey for the age recipient r, armored as sops stores

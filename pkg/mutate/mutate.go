@@ -52,7 +52,13 @@ func (m *mutation) finish(obj object) []jsonpatch.JsonPatchOperation {
 	all := func(string) bool { return true }
 	kept := mergeList(obj.old.decrypted, nil, func(p string) bool { return present[p] })
 	want := provenance{decrypted: mergeList(kept, m.decrypted, all)}
-	if kept != "" {
+	// The old record's keys stay only while a field it covers was not
+	// decrypted again now: the record names keys per object, not per field.
+	now := make(map[string]bool, len(m.decrypted))
+	for _, p := range m.decrypted {
+		now[p] = true
+	}
+	if mergeList(kept, nil, func(p string) bool { return !now[p] }) != "" {
 		want.keys = obj.old.keys
 	}
 	if want.decrypted != "" {

@@ -1,9 +1,13 @@
 // Command demo runs sops-webhook for real on an embedded local control plane
-// and installs the example chart (examples/webapp) with plain `helm install`
-// and a SOPS-encrypted values file, printing each command and its output: a
-// real kube-apiserver and etcd (envtest), the real webhook binary on loopback
-// TLS, the project's MutatingWebhookConfiguration, a fresh age key, the real
-// sops, helm and kubectl CLIs.
+// and tells its story, printing each command and its output: the webhook
+// generates its key in the cluster; `kubectl sops-webhook` publishes its
+// recipient and .sops.yaml rules; the example chart (examples/webapp) is
+// encrypted with sops and installed with plain `helm install`; then the key
+// is rotated, the files rewrapped through the webhook, and `helm upgrade`
+// moves every object to the new generation. A real kube-apiserver and etcd
+// (envtest), the real webhook binary on loopback TLS, the project's
+// MutatingWebhookConfiguration, the real sops, helm and kubectl CLIs and the
+// kubectl plugin; no private key ever leaves the cluster.
 //
 // With -keep it leaves everything running and prints how to use it.
 package main
@@ -59,8 +63,17 @@ func run(ctx context.Context, keep bool) error {
 		return err
 	}
 
+	bin, err := testbed.BuildWebhook(work)
+	if err != nil {
+		return err
+	}
+	plugin, err := testbed.BuildPlugin(work)
+	if err != nil {
+		return err
+	}
 	sh := shell{dir: work, env: []string{
-		"PATH=" + filepath.Dir(tools.Sops) + ":" + os.Getenv("PATH"),
+		// kubectl finds the plugin, kubectl-sops_webhook, on the PATH.
+		"PATH=" + filepath.Dir(plugin) + ":" + filepath.Dir(tools.Sops) + ":" + os.Getenv("PATH"),
 		"HELM_CACHE_HOME=" + filepath.Join(work, "helm", "cache"),
 		"HELM_CONFIG_HOME=" + filepath.Join(work, "helm", "config"),
 		"HELM_DATA_HOME=" + filepath.Join(work, "helm", "data"),
@@ -68,26 +81,24 @@ func run(ctx context.Context, keep bool) error {
 		"KUBECONFIG=" + kubeconfig,
 	}}
 
-	step("generating the webhook's age key (it never leaves the cluster)")
-	if err := sh.run("age-keygen -o webhook.agekey 2>&1 && grep 'public key' webhook.agekey"); err != nil {
+	step("1. install: a config whose key the webhook generates itself")
+	if err := sh.run("kubectl create namespace sops-webhook && kubectl create namespace demo && kubectl label namespace demo sops-webhook.io/decrypt=enabled"); err != nil {
 		return err
 	}
-	recipient, err := sh.output("age-keygen -y webhook.agekey")
-	if err != nil {
-		return err
-	}
-	config := fmt.Sprintf("apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: demo\n    age: {identityFile: %s}\n",
-		filepath.Join(work, "webhook.agekey"))
+	config := `apiVersion: sops-webhook.io/v1alpha1
+kind: Config
+keys:
+  - name: demo
+    generate: {}
+policy:
+  - keys: [demo]
+    namespaces: [demo]
+    kinds: [Secret, ConfigMap]
+`
 	if err := os.WriteFile(filepath.Join(work, "config.yaml"), []byte(config), 0o600); err != nil {
 		return err
 	}
 	if err := sh.run("cat config.yaml"); err != nil {
-		return err
-	}
-
-	step("building and starting the webhook, registering manifests/base/mutatingwebhookconfiguration.yaml")
-	bin, err := testbed.BuildWebhook(work)
-	if err != nil {
 		return err
 	}
 	logFile, err := os.Create(filepath.Join(work, "webhook.log"))
@@ -95,7 +106,10 @@ func run(ctx context.Context, keep bool) error {
 		return err
 	}
 	defer logFile.Close()
-	wh, err := testbed.StartWebhook(ctx, bin, filepath.Join(work, "config.yaml"), work, logFile)
+	wh, err := testbed.StartWebhookWith(ctx, bin, testbed.WebhookOptions{
+		Config: filepath.Join(work, "config.yaml"), WorkDir: work, Log: logFile,
+		Args: []string{"--kubeconfig", kubeconfig, "--namespace", "sops-webhook", "--config-check-interval", "1s"},
+	})
 	if err != nil {
 		return err
 	}
@@ -103,43 +117,39 @@ func run(ctx context.Context, keep bool) error {
 	if err := cp.RegisterWebhook(ctx, wh.URL, wh.CABundle); err != nil {
 		return err
 	}
-	fmt.Println("webhook serving at", wh.URL)
-
-	step("opting a namespace in")
-	if err := sh.run("kubectl create namespace demo && kubectl label namespace demo sops-webhook.io/decrypt=enabled"); err != nil {
-		return err
-	}
 	if err := cp.WaitForWebhook(ctx, "demo"); err != nil {
 		return err
 	}
+	fmt.Println("webhook serving at", wh.URL, "with manifests/base/mutatingwebhookconfiguration.yaml")
+	step("the key was born in the cluster: one Secret holds it, nothing else does")
+	if err := sh.run("kubectl -n sops-webhook get secret sops-webhook-generated-keys\ngrep -o '\"msg\":\"generated key\".*' " + logFile.Name() + " | cut -c1-120"); err != nil {
+		return err
+	}
 
-	step("the example chart: examples/webapp (copied to %s)", work)
+	step("2. a chart author asks for the recipient, and the .sops.yaml rules, then encrypts with sops")
+	if err := sh.run("kubectl sops-webhook recipients -n demo"); err != nil {
+		return err
+	}
 	if err := testbed.CopyFromRepo(work, "examples/webapp", "charts/sops-webhook-values"); err != nil {
 		return err
 	}
 	sh.dir = filepath.Join(work, "examples", "webapp")
-	if err := sh.run("ls templates && cat secrets.example.yaml"); err != nil {
+	if err := sh.run(`sops encrypt --age "$(kubectl sops-webhook recipients -n demo --age)" --input-type dotenv --output-type dotenv files/app.env.example > files/app.enc.env` + "\n" +
+		"kubectl sops-webhook sops-config > .sops.yaml && cat .sops.yaml\n" +
+		"mkdir -p demo && cp secrets.example.yaml demo/secrets.enc.yaml && sops encrypt -i demo/secrets.enc.yaml\n" +
+		"head -8 demo/secrets.enc.yaml | cut -c1-110 && echo ..."); err != nil {
 		return err
 	}
 
-	step("encrypting the secret values and the chart's dotenv file with sops, for the webhook's public key only")
-	r := strings.TrimSpace(recipient)
-	if err := sh.run("sops encrypt --age " + r + " secrets.example.yaml > secrets.enc.yaml && head -8 secrets.enc.yaml | cut -c1-110 && echo ...\n" +
-		"sops encrypt --age " + r + " --input-type dotenv --output-type dotenv files/app.env.example > files/app.enc.env"); err != nil {
+	step("3. plain helm install: no plugin, no key on this side")
+	if err := sh.run("helm dependency build . >/dev/null && helm install webapp . -n demo -f demo/secrets.enc.yaml"); err != nil {
 		return err
 	}
-
-	step("plain helm install: no plugin, no key on this side")
-	if err := sh.run("helm dependency build . >/dev/null && helm install webapp . -n demo -f secrets.enc.yaml"); err != nil {
-		return err
-	}
-
 	step("what Helm sent and recorded: tokens only")
 	if err := sh.run(`helm get manifest webapp -n demo | grep -m4 -E 'db-password|url:|port =|app.env' | cut -c1-110`); err != nil {
 		return err
 	}
-
-	step("what the API server stored: the plaintext, decrypted in the cluster")
+	step("what the API server stored: the plaintext, decrypted in the cluster by generation 1")
 	if err := sh.run(`kubectl -n demo get secret webapp-credentials -o go-template='{{range $k, $v := .data}}{{$k}}: {{$v | base64decode}}{{"\n"}}{{end}}'
 kubectl -n demo get secret webapp-app-config -o jsonpath='{.data.config\.yaml}' | base64 -d
 kubectl -n demo get configmap webapp-settings -o jsonpath='{.data.settings\.ini}'
@@ -148,8 +158,26 @@ kubectl -n demo get secret webapp-credentials -o jsonpath='{.metadata.annotation
 		return err
 	}
 
+	step("4. rotate: a new generation becomes current; the first one keeps decrypting")
+	if err := sh.run("kubectl sops-webhook rotate demo && until kubectl sops-webhook keys | grep -q '^demo  *2 '; do sleep 0.5; done; kubectl sops-webhook keys"); err != nil {
+		return err
+	}
+	step("rewrap the files through the webhook: same values, same MAC, wrapped for generation 2 too; no private key here")
+	if err := sh.run("cp demo/secrets.enc.yaml before.enc.yaml\n" +
+		"kubectl sops-webhook rewrap demo/secrets.enc.yaml -n demo -i && kubectl sops-webhook rewrap files/app.enc.env -n demo -i\n" +
+		"diff <(grep -c 'recipient:' before.enc.yaml) <(grep -c 'recipient:' demo/secrets.enc.yaml) || true\n" +
+		"diff <(grep -o 'ENC\\[[^]]*\\]' before.enc.yaml) <(grep -o 'ENC\\[[^]]*\\]' demo/secrets.enc.yaml) && echo 'values and MAC unchanged'; rm -f before.enc.yaml"); err != nil {
+		return err
+	}
+	step("helm upgrade: every object is decrypted by generation 2 now, so generation 1 can retire")
+	if err := sh.run("helm upgrade webapp . -n demo -f demo/secrets.enc.yaml >/dev/null && kubectl -n demo get secret webapp-credentials -o jsonpath='{.metadata.annotations.sops-webhook\\.io/keys}' && echo\n" +
+		"kubectl sops-webhook keys && kubectl sops-webhook retire demo@1\n" +
+		"until kubectl sops-webhook keys | grep -q '^demo  *1  *retired'; do sleep 0.5; done; kubectl sops-webhook keys"); err != nil {
+		return err
+	}
+
 	if keep {
-		step("still running; in another shell:\n    export KUBECONFIG=%s\n    kubectl -n demo get secrets,configmaps\n    helm -n demo list\n  chart and encrypted values: %s\n  webhook logs: %s\n  Ctrl-C to stop", kubeconfig, sh.dir, logFile.Name())
+		step("still running; in another shell:\n    export KUBECONFIG=%s PATH=%s:$PATH\n    kubectl -n demo get secrets,configmaps\n    kubectl sops-webhook keys\n    helm -n demo list\n  chart and encrypted values: %s\n  webhook logs: %s\n  Ctrl-C to stop", kubeconfig, filepath.Dir(plugin), sh.dir, logFile.Name())
 		<-ctx.Done()
 	}
 	step("stopping")
