@@ -26,8 +26,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 	"github.com/sops-webhook/sops-webhook/test/testbed/flood"
@@ -71,8 +73,9 @@ type installation struct {
 // root under Pod Security "restricted", the pods reach the API server
 // through the kubernetes Service, the caBundle they patch is trusted by
 // the API server, rollouts and pod deletions under writers lose no write,
-// a key added through the mounted ConfigMap works without a restart, and
-// a flood leaves the 256 MiB containers running.
+// a key added through the mounted ConfigMap works without a restart, a
+// flood leaves the 256 MiB containers running, and two replicas starting
+// together generate one key in the cluster under the shipped RBAC.
 func TestRealPods(t *testing.T) {
 	if testing.Short() {
 		t.Skip("e2e: runs a real node; run without -short")
@@ -409,6 +412,10 @@ func (b *podsBed) kustomizeSelfManaged(t *testing.T) {
 		b.flood(t, in)
 	})
 
+	t.Run("a generated key: two replicas starting together make one identity, and publish it", func(t *testing.T) {
+		b.generatedKey(t, in)
+	})
+
 	b.kubectl(t, nil, "delete", "-k", dir, "--wait", "--timeout=3m")
 	b.gone(t, in)
 }
@@ -477,6 +484,58 @@ func (b *podsBed) configReload(t *testing.T, in installation) {
 	assert.ElementsMatch(t, before, podNames(b.pods(t, in)), "the pods were not replaced")
 	restarts, _ := b.restarts(t, in)
 	assert.Zero(t, restarts, "no container restarted")
+}
+
+// generatedKey adds a generated key to the installation's config, as an
+// operator does, then, twice, scales the Deployment to zero, deletes the
+// keys' Secret and scales back to two: both replicas start together, with
+// the shipped RBAC and confinement, and exactly one identity exists, which
+// both use (each, asked directly, opens a document for it) and publish; a
+// document encrypted for the published recipient is stored decrypted.
+func (b *podsBed) generatedKey(t *testing.T, in installation) {
+	ctx := context.Background()
+	var cm corev1.ConfigMap
+	require.NoError(t, b.n.Client.Get(ctx, client.ObjectKey{Namespace: webhookNS, Name: "sops-webhook-config"}, &cm))
+	cm.Data["config.yaml"] = strings.Replace(cm.Data["config.yaml"], "keys:\n", "keys:\n  - name: cluster\n    generate: {}\n", 1)
+	require.NoError(t, b.n.Client.Update(ctx, &cm))
+	kube, err := kubernetes.NewForConfig(b.n.Config)
+	require.NoError(t, err)
+	store := &clusterkeys.Store{Secrets: kube.CoreV1().Secrets(webhookNS), Name: clusterkeys.DefaultSecretName}
+	require.Eventually(t, func() bool {
+		keys, err := store.Read(ctx)
+		return err == nil && keys.Key("cluster") != nil
+	}, 3*time.Minute, time.Second, "the running replicas generate the key after the config changed")
+
+	for round := range 2 {
+		b.kubectl(t, nil, "-n", webhookNS, "scale", "deploy/"+in.deployment, "--replicas=0")
+		require.Eventually(t, func() bool { return len(b.pods(t, in)) == 0 }, 3*time.Minute, time.Second)
+		require.NoError(t, kube.CoreV1().Secrets(webhookNS).Delete(ctx, clusterkeys.DefaultSecretName, metav1.DeleteOptions{}))
+		b.kubectl(t, nil, "-n", webhookNS, "scale", "deploy/"+in.deployment, "--replicas=2")
+		b.rolledOut(t, in)
+		keys, err := store.Read(ctx)
+		require.NoError(t, err)
+		key := keys.Key("cluster")
+		require.NotNil(t, key, "round %d", round)
+		require.Len(t, key.Generations, 1, "round %d: one generation", round)
+		recipient := key.Generations[0].Recipient
+		plain := []byte(fmt.Sprintf("PASSWORD=generated-PLAINTEXT-%d\n", round))
+		doc := sopskit.SopsEncrypt(t, plain, "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{{Recipient: recipient}}})
+		// Each replica, asked directly, opens a document for that identity.
+		fd := flood.FloodDoc{File: "app.env", Enc: doc, Plain: plain}
+		clients := b.podClients(t, in)
+		require.Len(t, clients, 2)
+		for pod, c := range clients {
+			r, err := flood.SendReview(ctx, c.client, c.url, flood.SecretReview("generated", fd))
+			require.NoError(t, err)
+			assert.NoError(t, fd.Check(r), "round %d: pod %s uses the one identity", round, pod)
+		}
+		var published corev1.ConfigMap
+		require.Eventually(t, func() bool {
+			err := b.n.Client.Get(ctx, client.ObjectKey{Namespace: webhookNS, Name: clusterkeys.DefaultConfigMapName}, &published)
+			return err == nil && strings.Contains(published.Data[clusterkeys.RecipientsEntry], recipient)
+		}, time.Minute, time.Second, "round %d: the recipient is published", round)
+		b.createDecrypted(t, fmt.Sprintf("generated-key-%d", round), doc, plain)
+	}
 }
 
 type podClient struct {
