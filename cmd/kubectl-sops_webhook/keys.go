@@ -97,11 +97,7 @@ func (o *options) keysCmd(s streams) *cobra.Command {
 			"Needs list on Secrets and ConfigMaps cluster-wide; only their metadata is read.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			kube, err := o.client()
-			if err != nil {
-				return err
-			}
-			pub, err := o.readRecipients(cmd.Context(), kube)
+			_, pub, err := o.published(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -158,11 +154,7 @@ func (o *options) retireCmd(s streams) *cobra.Command {
 			if !ok || err != nil {
 				return fmt.Errorf("%q: want KEY@GENERATION, as kubectl sops-webhook keys lists them", args[0])
 			}
-			kube, err := o.client()
-			if err != nil {
-				return err
-			}
-			pub, err := o.readRecipients(cmd.Context(), kube)
+			_, pub, err := o.published(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -203,11 +195,7 @@ func (o *options) rotateCmd(s streams) *cobra.Command {
 			"The webhook generates it in the cluster at its next config check.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			kube, err := o.client()
-			if err != nil {
-				return err
-			}
-			pub, err := o.readRecipients(cmd.Context(), kube)
+			_, pub, err := o.published(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -41,11 +42,7 @@ func (o *options) recipientsCmd(s streams) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			kube, err := o.client()
-			if err != nil {
-				return err
-			}
-			pub, err := o.readRecipients(cmd.Context(), kube)
+			kube, pub, err := o.published(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -123,8 +120,10 @@ func forNamespace(pub clusterkeys.Recipients, ns string, nsLabels labels.Set) []
 					granted = true
 				}
 			}
-			if granted {
-				kinds = appendNew(kinds, g.Kinds...)
+			for _, k := range g.Kinds {
+				if granted && !slices.Contains(kinds, k) {
+					kinds = append(kinds, k)
+				}
 			}
 		}
 		if len(kinds) == 0 {
@@ -140,18 +139,4 @@ func forNamespace(pub clusterkeys.Recipients, ns string, nsLabels labels.Set) []
 		}
 	}
 	return out
-}
-
-// appendNew appends the values of vs that list lacks.
-func appendNew(list []string, vs ...string) []string {
-	for _, v := range vs {
-		found := false
-		for _, have := range list {
-			found = found || have == v
-		}
-		if !found {
-			list = append(list, v)
-		}
-	}
-	return list
 }

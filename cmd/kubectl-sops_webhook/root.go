@@ -74,6 +74,17 @@ func (o *options) namespace() (string, error) {
 	return ns, err
 }
 
+// published returns a clientset for the flags' context and the
+// recipients its webhook publishes.
+func (o *options) published(ctx context.Context) (kubernetes.Interface, clusterkeys.Recipients, error) {
+	kube, err := o.client()
+	if err != nil {
+		return nil, clusterkeys.Recipients{}, err
+	}
+	pub, err := o.readRecipients(ctx, kube)
+	return kube, pub, err
+}
+
 // readRecipients reads the published recipients with kube.
 func (o *options) readRecipients(ctx context.Context, kube kubernetes.Interface) (clusterkeys.Recipients, error) {
 	var r clusterkeys.Recipients

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -165,11 +166,7 @@ func NamespacePathRegex(pattern string) string {
 // appendNew appends the values of vs that list does not hold yet.
 func appendNew(list []string, vs ...string) []string {
 	for _, v := range vs {
-		found := false
-		for _, have := range list {
-			found = found || have == v
-		}
-		if !found {
+		if !slices.Contains(list, v) {
 			list = append(list, v)
 		}
 	}
