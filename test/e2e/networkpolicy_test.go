@@ -48,6 +48,7 @@ patches:
 `, b.relToRepo(t, "manifests/components/caller-auth-network-policy"), b.n.NS.NodeIP, node.BridgeIP))
 	b.kubectl(t, nil, "apply", "-k", dir)
 	b.rolledOut(t, in)
+	b.encryptForInstall(t, in)
 	webhooks := b.pods(t, in)
 	require.Len(t, webhooks, 2)
 	b.createDecrypted(t, "network-policy-before", b.doc, b.plain)

@@ -28,6 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
@@ -52,9 +53,11 @@ const (
 type podsBed struct {
 	n    *node.Node
 	work string
-	// key is the installation's default.agekey; doc its dotenv document
-	// of plain.
+	// key is a hand-made key file in the keys Secret (configReload adds
+	// it to the config); recipient is the current installation's default
+	// key, which it generates, and doc plain's dotenv document for it.
 	key        sopskit.AgeKey
+	recipient  string
 	doc, plain []byte
 }
 
@@ -63,6 +66,9 @@ type installation struct {
 	// name names the way of installing in the test's objects.
 	name                                string
 	deployment, service, mwc, tlsSecret string
+	// recipients is the published recipients' ConfigMap (default
+	// clusterkeys.DefaultConfigMapName).
+	recipients string
 	// selector selects the Deployment's pods.
 	selector map[string]string
 }
@@ -87,7 +93,6 @@ func TestRealPods(t *testing.T) {
 	t.Cleanup(func() { assert.NoError(t, n.Stop(), "the node stops cleanly") })
 	b := &podsBed{n: n, work: t.TempDir(), key: sopskit.NewAgeKey(t, false)}
 	b.plain = []byte("PASSWORD=real-pods-PLAINTEXT-1\n")
-	b.doc = sopskit.SopsEncrypt(t, b.plain, "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{b.key}})
 	b.importImage(ctx, t)
 	require.NoError(t, n.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "apps", Labels: map[string]string{mutate.LabelDecrypt: "enabled"}}}))
 
@@ -188,6 +193,30 @@ func (b *podsBed) rolledOut(t *testing.T, in installation) {
 	b.kubectl(t, nil, "-n", webhookNS, "rollout", "status", "deploy/"+in.deployment, "--timeout=4m")
 }
 
+// encryptForInstall reads the recipient that in's default key, generated
+// by its pods, publishes, as a chart author does, and encrypts b.doc for
+// it.
+func (b *podsBed) encryptForInstall(t *testing.T, in installation) {
+	t.Helper()
+	name := clusterkeys.DefaultConfigMapName
+	if in.recipients != "" {
+		name = in.recipients
+	}
+	var cm corev1.ConfigMap
+	var pub clusterkeys.Recipients
+	require.Eventually(t, func() bool {
+		err := b.n.Client.Get(context.Background(), client.ObjectKey{Namespace: webhookNS, Name: name}, &cm)
+		return err == nil && yaml.Unmarshal([]byte(cm.Data[clusterkeys.RecipientsEntry]), &pub) == nil && len(pub.Keys) > 0
+	}, 3*time.Minute, time.Second, "%s: the default key's recipient is published", in.name)
+	for _, k := range pub.Keys {
+		if k.Name == "default" {
+			b.recipient = k.Generations[0].Recipient
+		}
+	}
+	require.NotEmpty(t, b.recipient, "%s: the default key is a generated one", in.name)
+	b.doc = sopskit.SopsEncrypt(t, b.plain, "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{{Recipient: b.recipient}}})
+}
+
 // checkInstall checks a fresh installation: two Ready pods admitted under
 // Pod Security restricted, running as uid 65532 on a read-only root, a
 // caBundle that the pods' certificate chains to, and a decrypt through the
@@ -195,6 +224,7 @@ func (b *podsBed) rolledOut(t *testing.T, in installation) {
 func (b *podsBed) checkInstall(t *testing.T, in installation) {
 	ctx := context.Background()
 	b.rolledOut(t, in)
+	b.encryptForInstall(t, in)
 	pods := b.pods(t, in)
 	require.Len(t, pods, 2, "two replicas")
 	for _, p := range pods {
@@ -444,13 +474,15 @@ func (b *podsBed) gone(t *testing.T, in installation) {
 	require.Eventually(t, func() bool { return len(b.pods(t, in)) == 0 }, 2*time.Minute, time.Second, "pods are left")
 }
 
-// configReload adds a second key: its file to the keys Secret and its
+// configReload adds a hand-made key: its file to the keys Secret and its
 // entry to the config, as an operator edits them, and waits until each pod
 // decrypts a document only that key opens, then checks no pod restarted.
 func (b *podsBed) configReload(t *testing.T, in installation) {
 	ctx := context.Background()
 	before := podNames(b.pods(t, in))
-	second := sopskit.NewAgeKey(t, false)
+	// The hand-made key: in the keys Secret since the install, in the
+	// config from now on (the flood after this uses it too).
+	second := b.key
 	plain := []byte("PASSWORD=second-key-PLAINTEXT\n")
 	doc := sopskit.SopsEncrypt(t, plain, "dotenv", sopskit.Recipients{Age: []sopskit.AgeKey{second}})
 	fd := flood.FloodDoc{File: "app.env", Enc: doc, Plain: plain}
@@ -571,7 +603,7 @@ func (b *podsBed) podClients(t *testing.T, in installation) map[string]podClient
 func (b *podsBed) flood(t *testing.T, in installation) {
 	ctx := context.Background()
 	other := sopskit.NewAgeKey(t, false)
-	mine := sopskit.Recipients{Age: []sopskit.AgeKey{b.key}}
+	mine := sopskit.Recipients{Age: []sopskit.AgeKey{b.key}} // configured by configReload
 	start := time.Now()
 	payloads := flood.NewFloodPayloads(t, mine, sopskit.Recipients{Age: []sopskit.AgeKey{other}}, floodHeavySenders, floodDocsPerSender)
 	t.Logf("payloads encrypted with the sops CLI in %s", time.Since(start).Round(time.Second))
@@ -643,7 +675,7 @@ func memoryCgroup(t *testing.T, pid int) (limit, peak int64) {
 func (b *podsBed) chart(t *testing.T) {
 	root, err := sopskit.RepoRoot()
 	require.NoError(t, err)
-	chartInstall := installation{deployment: "sw-sops-webhook", service: "sw-sops-webhook", mwc: "sw-sops-webhook", tlsSecret: "sw-sops-webhook-tls",
+	chartInstall := installation{deployment: "sw-sops-webhook", service: "sw-sops-webhook", mwc: "sw-sops-webhook", tlsSecret: "sw-sops-webhook-tls", recipients: "sw-sops-webhook-recipients",
 		selector: map[string]string{"app.kubernetes.io/name": "sops-webhook", "app.kubernetes.io/instance": "sw"}}
 	for _, h := range testbed.HelmCLIs(t, b.n.Kubeconfig) {
 		t.Run(h.Name, func(t *testing.T) {
@@ -662,8 +694,8 @@ func (b *podsBed) chart(t *testing.T) {
 			for _, s := range left.Items {
 				names = append(names, s.Name)
 			}
-			assert.ElementsMatch(t, []string{"sops-webhook-keys", in.tlsSecret}, names,
-				"left after uninstall, as docs/operations.md says: the keys and the certificate the pods created")
+			assert.ElementsMatch(t, []string{"sops-webhook-keys", in.tlsSecret, "sw-sops-webhook-generated-keys"}, names,
+				"left after uninstall, as docs/operations.md says: the keys (hand-made and generated) and the certificate the pods created")
 			b.deleteNamespace(t)
 		})
 	}
