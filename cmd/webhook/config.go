@@ -426,17 +426,19 @@ func (c *config) recipients(ring *keysource.Ring, gen *clusterkeys.Keys) cluster
 
 // rewrapTargets is the Engine's Rewrap for the generated keys gen: a file
 // opened by a generation of a generated key gains the key's current
-// generation, and with dropRetired loses its retired ones. A file opened
+// generation and its break-glass recipients, and with dropRetired loses
+// its retired generations. A file opened
 // by a hand-made key has no generation to move to.
 func (c *config) rewrapTargets(gen *clusterkeys.Keys) func(opened string, dropRetired bool) ([]string, []string, error) {
-	generated := map[string]bool{}
+	generated := map[string][]string{}
 	for _, s := range c.specs() {
-		generated[s.Name] = true
+		generated[s.Name] = s.BreakGlass
 	}
 	return func(opened string, dropRetired bool) ([]string, []string, error) {
 		name := keysource.KeyName(opened)
 		key := gen.Key(name)
-		if !generated[name] || key == nil {
+		breakGlass, isGenerated := generated[name]
+		if !isGenerated || key == nil {
 			return nil, nil, fmt.Errorf("key %q opens it, and it is not generated in the cluster: only generated keys have generations to rewrap for", name)
 		}
 		cur := key.Current()
@@ -449,6 +451,6 @@ func (c *config) rewrapTargets(gen *clusterkeys.Keys) func(opened string, dropRe
 				drop = append(drop, g.Recipient)
 			}
 		}
-		return []string{cur.Recipient}, drop, nil
+		return append([]string{cur.Recipient}, breakGlass...), drop, nil
 	}
 }

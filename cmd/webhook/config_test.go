@@ -13,6 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/sops-webhook/sops-webhook/pkg/budget"
 	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
@@ -251,4 +253,44 @@ keys:
 		{Name: "never", Type: clusterkeys.Hybrid},
 		{Name: "monthly", RotateEvery: 720 * time.Hour},
 	}, cfg.specs())
+}
+
+// A rewrap adds the opening key's current generation and its break-glass
+// recipients, drops its retired generations when asked, and refuses keys
+// that are not generated.
+func TestRewrapTargets(t *testing.T) {
+	offline := sopskit.NewAgeKey(t, false)
+	handmade := sopskit.NewAgeKey(t, false)
+	cfg, err := parseConfig("config.yaml", []byte(`apiVersion: sops-webhook.io/v1alpha1
+kind: Config
+keys:
+  - name: cluster
+    generate: {breakGlass: [`+offline.Recipient+`]}
+  - name: handmade
+    age: {identityFile: `+handmade.IdentityFile+`}
+`))
+	require.NoError(t, err)
+	store := &clusterkeys.Store{Secrets: fake.NewClientset().CoreV1().Secrets("sops-webhook"), Name: clusterkeys.DefaultSecretName}
+	_, err = store.Sync(context.Background(), cfg.specs())
+	require.NoError(t, err)
+	secret, err := store.Secrets.Get(context.Background(), store.Name, metav1.GetOptions{})
+	require.NoError(t, err)
+	secret.Annotations = map[string]string{clusterkeys.AnnotationRetire: "cluster@1"}
+	_, err = store.Secrets.Update(context.Background(), secret, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	gen, err := store.Sync(context.Background(), cfg.specs())
+	require.NoError(t, err)
+	key := gen.Key("cluster")
+	require.Len(t, key.Generations, 2)
+	targets := cfg.rewrapTargets(gen)
+
+	add, drop, err := targets("cluster@2", false)
+	require.NoError(t, err)
+	assert.Equal(t, []string{key.Generations[0].Recipient, offline.Recipient}, add)
+	assert.Empty(t, drop)
+	_, drop, err = targets("cluster@2", true)
+	require.NoError(t, err)
+	assert.Equal(t, []string{key.Generations[1].Recipient}, drop, "generation 1 is retired")
+	_, _, err = targets("handmade", false)
+	require.ErrorContains(t, err, `key "handmade" opens it, and it is not generated in the cluster`)
 }

@@ -448,6 +448,7 @@ func (b *generatedBed) rewrap(ctx context.Context, t *testing.T, wh *testbed.Web
 	assert.NotContains(t, string(rewrapped), "PLAINTEXT", "no plaintext in the answer")
 	assert.Contains(t, string(rewrapped), current.Recipient)
 	assert.Contains(t, string(rewrapped), old.Recipient)
+	assert.Contains(t, string(rewrapped), b.breakGlass.Recipient, "the break-glass recipient too")
 	before, after := encTokens.FindAllString(string(file), -1), encTokens.FindAllString(string(rewrapped), -1)
 	require.NotEmpty(t, before)
 	assert.ElementsMatch(t, before, after, "values and MAC unchanged")
