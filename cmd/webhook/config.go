@@ -295,7 +295,7 @@ func (c *config) keyFiles() []string {
 // parse, or nil.
 func badRecipient(recipients []string) error {
 	for _, r := range recipients {
-		if _, err := clusterkeys.ParseRecipient(r); err != nil {
+		if _, err := keysource.ParseAgeRecipient(r); err != nil {
 			return err
 		}
 	}

@@ -1,11 +1,9 @@
 package clusterkeys
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"slices"
 	"strconv"
@@ -13,7 +11,8 @@ import (
 	"time"
 
 	"filippo.io/age"
-	"filippo.io/age/armor"
+
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 )
 
 // Type is the kind of age identity a key generates.
@@ -163,48 +162,7 @@ func generate(t Type) (age.Identity, string, string, error) {
 // wrapBackup encrypts an identity's text for the break-glass recipients,
 // armored. Errors name the recipient, never the identity.
 func wrapBackup(text string, breakGlass []string) ([]byte, error) {
-	var recipients []age.Recipient
-	for _, r := range breakGlass {
-		rc, err := ParseRecipient(r)
-		if err != nil {
-			return nil, err
-		}
-		recipients = append(recipients, rc)
-	}
-	var buf bytes.Buffer
-	aw := armor.NewWriter(&buf)
-	w, err := age.Encrypt(aw, recipients...)
-	if err != nil {
-		return nil, fmt.Errorf("wrap the backup: %w", err)
-	}
-	if _, err := io.WriteString(w, text+"\n"); err != nil {
-		return nil, fmt.Errorf("wrap the backup: %w", err)
-	}
-	if err := w.Close(); err != nil {
-		return nil, fmt.Errorf("wrap the backup: %w", err)
-	}
-	if err := aw.Close(); err != nil {
-		return nil, fmt.Errorf("wrap the backup: %w", err)
-	}
-	return buf.Bytes(), nil
-}
-
-// ParseRecipient parses an age recipient, X25519 (age1...) or hybrid
-// (age1pq1...); plugin recipients are refused.
-func ParseRecipient(r string) (age.Recipient, error) {
-	var (
-		rc  age.Recipient
-		err error
-	)
-	if strings.HasPrefix(r, "age1pq1") {
-		rc, err = age.ParseHybridRecipient(r)
-	} else {
-		rc, err = age.ParseX25519Recipient(r)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%q is not an age X25519 or hybrid recipient", r)
-	}
-	return rc, nil
+	return keysource.SealAge([]byte(text+"\n"), breakGlass...)
 }
 
 // parseIdentity parses one stored identity and returns it with its

@@ -1,14 +1,10 @@
 package decrypt
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 
-	"filippo.io/age"
-	"filippo.io/age/armor"
 	"github.com/getsops/sops/v3"
 	sopsage "github.com/getsops/sops/v3/age"
 	"github.com/getsops/sops/v3/keys"
@@ -108,48 +104,15 @@ func rewrapGroup(group sops.KeyGroup, dataKey []byte, add, drop []string) (sops.
 		if slices.Contains(have, r) {
 			continue
 		}
-		wrapped, err := wrapAge(r, dataKey)
+		wrapped, err := keysource.SealAge(dataKey, r)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, fail(ReasonInternal, "wrapping the data key for "+r+" failed")
 		}
-		first = append(first, keys.MasterKey(&sopsage.MasterKey{Recipient: r, EncryptedKey: wrapped}))
+		first = append(first, keys.MasterKey(&sopsage.MasterKey{Recipient: r, EncryptedKey: string(wrapped)}))
 		have = append(have, r)
 		added = append(added, r)
 	}
 	// sops tries a group's keys in order: the added ones go first, so the
 	// current generation opens the file and the older one falls out of use.
 	return append(first, out...), added, dropped, nil
-}
-
-// wrapAge encrypts dataKey for the age recipient r, armored as sops stores
-// it.
-func wrapAge(r string, dataKey []byte) (string, error) {
-	var (
-		recipient age.Recipient
-		err       error
-	)
-	if strings.HasPrefix(r, "age1pq1") {
-		recipient, err = age.ParseHybridRecipient(r)
-	} else {
-		recipient, err = age.ParseX25519Recipient(r)
-	}
-	if err != nil {
-		return "", fail(ReasonInternal, fmt.Sprintf("recipient %s cannot be parsed", r))
-	}
-	var buf bytes.Buffer
-	aw := armor.NewWriter(&buf)
-	w, err := age.Encrypt(aw, recipient)
-	if err == nil {
-		_, err = w.Write(dataKey)
-	}
-	if err == nil {
-		err = w.Close()
-	}
-	if err == nil {
-		err = aw.Close()
-	}
-	if err != nil {
-		return "", fail(ReasonInternal, "wrapping the data key failed")
-	}
-	return buf.String(), nil
 }
