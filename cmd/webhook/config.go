@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 	"github.com/sops-webhook/sops-webhook/pkg/policy"
 )
@@ -75,6 +77,10 @@ type generateConfig struct {
 	// BreakGlass are age recipients, kept offline, each generation is
 	// wrapped for (its backup) before it becomes current.
 	BreakGlass []string `json:"breakGlass,omitempty"`
+	// BreakGlassKeys name configured awsKms, gcpKms, azureKeyVault or
+	// vaultTransit keys, each naming one key, that each generation is
+	// sealed for (its sealed backup) before it becomes current.
+	BreakGlassKeys []string `json:"breakGlassKeys,omitempty"`
 }
 
 // awsKMSConfig is an AWS KMS key, used as the pod's AWS identity.
@@ -197,6 +203,10 @@ func (c *config) validate() error {
 			errs = append(errs, fmt.Errorf("%s.generate.type: %q is not %s or %s", at, k.Generate.Type, clusterkeys.X25519, clusterkeys.Hybrid))
 		case k.Generate != nil && badRecipient(k.Generate.BreakGlass) != nil:
 			errs = append(errs, fmt.Errorf("%s.generate.breakGlass: %w", at, badRecipient(k.Generate.BreakGlass)))
+		case k.Generate != nil && c.badBreakGlassKey(k.Generate.BreakGlassKeys) != nil:
+			errs = append(errs, fmt.Errorf("%s.generate.breakGlassKeys: %w", at, c.badBreakGlassKey(k.Generate.BreakGlassKeys)))
+		case k.Generate != nil && len(k.Generate.BreakGlass)+len(k.Generate.BreakGlassKeys) >= decrypt.MaxRewrapRecipients:
+			errs = append(errs, fmt.Errorf("%s.generate: at most %d break-glass recipients and keys together", at, decrypt.MaxRewrapRecipients-1))
 		case k.Generate != nil && k.Generate.RotateEvery != nil && k.Generate.RotateEvery.Duration != 0 && k.Generate.RotateEvery.Duration < minRotateEvery:
 			errs = append(errs, fmt.Errorf("%s.generate.rotateEvery: at least %s, or 0 to never rotate", at, minRotateEvery))
 		case k.Age != nil && k.Age.IdentityFile == "":
@@ -302,10 +312,48 @@ func badRecipient(recipients []string) error {
 	return nil
 }
 
-// backedUp reports whether a generated key has break-glass recipients.
+// badBreakGlassKey returns an error for the first name that is not a
+// configured KMS or Vault key naming one key, or nil.
+func (c *config) badBreakGlassKey(names []string) error {
+	for _, name := range names {
+		k := c.key(name)
+		var locator string
+		switch {
+		case k == nil:
+			return fmt.Errorf("%q is not a configured key", name)
+		case k.AWSKMS != nil:
+			locator = k.AWSKMS.ARN
+		case k.GCPKMS != nil:
+			locator = k.GCPKMS.ResourceID
+		case k.AzureKeyVault != nil:
+			locator = k.AzureKeyVault.KeyName
+		case k.VaultTransit != nil:
+			locator = k.VaultTransit.KeyName
+		default:
+			return fmt.Errorf("key %q: only an awsKms, gcpKms, azureKeyVault or vaultTransit key can be a break-glass key (age recipients go in breakGlass)", name)
+		}
+		if strings.ContainsAny(locator, `*?[\`) {
+			return fmt.Errorf("key %q: names a glob of keys; a break-glass key must name one", name)
+		}
+	}
+	return nil
+}
+
+// key returns the configured key name, or nil.
+func (c *config) key(name string) *keyConfig {
+	for i := range c.Keys {
+		if c.Keys[i].Name == name {
+			return &c.Keys[i]
+		}
+	}
+	return nil
+}
+
+// backedUp reports whether a generated key has break-glass recipients or
+// keys.
 func (c *config) backedUp() bool {
 	for _, s := range c.specs() {
-		if len(s.BreakGlass) > 0 {
+		if len(s.BreakGlass) > 0 || s.Seal != nil {
 			return true
 		}
 	}
@@ -321,10 +369,47 @@ func (c *config) specs() []clusterkeys.Spec {
 			if k.Generate.RotateEvery != nil {
 				every = k.Generate.RotateEvery.Duration
 			}
-			out = append(out, clusterkeys.Spec{Name: k.Name, Type: k.Generate.Type, RotateEvery: every, BreakGlass: k.Generate.BreakGlass})
+			spec := clusterkeys.Spec{Name: k.Name, Type: k.Generate.Type, RotateEvery: every, BreakGlass: k.Generate.BreakGlass}
+			if len(k.Generate.BreakGlassKeys) > 0 {
+				spec.Seal = c.sealer(k.Generate.BreakGlassKeys)
+			}
+			out = append(out, spec)
 		}
 	}
 	return out
+}
+
+// sealer returns a Spec's Seal for the break-glass keys names: it loads
+// those keys afresh (a generation is sealed rarely, and before the ring
+// that would hold them is built), seals the identity for all of them and
+// closes them.
+func (c *config) sealer(names []string) func(context.Context, string) ([]byte, error) {
+	return func(ctx context.Context, identity string) ([]byte, error) {
+		var wrappers []keysource.Wrapper
+		defer func() {
+			for _, w := range wrappers {
+				if cl, ok := w.(io.Closer); ok {
+					_ = cl.Close()
+				}
+			}
+		}()
+		for _, name := range names {
+			k := c.key(name)
+			if k == nil {
+				return nil, fmt.Errorf("break-glass key %q is not configured", name)
+			}
+			s, err := k.source(nil)
+			if err != nil {
+				return nil, fmt.Errorf("break-glass key %q: %w", name, err)
+			}
+			w, ok := s.(keysource.Wrapper)
+			if !ok {
+				return nil, fmt.Errorf("break-glass key %q cannot wrap a data key", name)
+			}
+			wrappers = append(wrappers, w)
+		}
+		return decrypt.Seal(ctx, clusterkeys.SealedEntry, identity, wrappers)
+	}
 }
 
 // loadRing reads every configured key into memory, once; a generated
@@ -332,36 +417,39 @@ func (c *config) specs() []clusterkeys.Spec {
 func (c *config) loadRing(gen *clusterkeys.Keys, opts ...keysource.RingOption) (*keysource.Ring, error) {
 	var sources []keysource.Source
 	for i, k := range c.Keys {
-		var (
-			s   keysource.Source
-			err error
-		)
-		switch {
-		case k.Generate != nil:
-			s, err = generatedSource(k.Name, gen)
-		case k.Age != nil:
-			s, err = keysource.LoadAge(k.Name, k.Age.IdentityFile)
-		case k.PGP != nil:
-			s, err = keysource.LoadPGP(k.Name, k.PGP.PrivateKeyFile)
-		case k.AWSKMS != nil:
-			s, err = keysource.NewAWSKMS(context.Background(), k.Name, keysource.AWSKMSConfig{ARN: k.AWSKMS.ARN, Endpoint: k.AWSKMS.Endpoint})
-		case k.AzureKeyVault != nil:
-			s, err = keysource.NewAzureKeyVault(k.Name, keysource.AzureKeyVaultConfig{VaultURL: k.AzureKeyVault.VaultURL, KeyName: k.AzureKeyVault.KeyName})
-		case k.GCPKMS != nil:
-			s, err = keysource.NewGCPKMS(k.Name, keysource.GCPKMSConfig{ResourceID: k.GCPKMS.ResourceID, Endpoint: k.GCPKMS.Endpoint})
-		case k.VaultTransit != nil:
-			v := k.VaultTransit
-			s, err = keysource.NewVault(k.Name, keysource.VaultConfig{
-				Address: v.Address, EnginePath: v.EnginePath, KeyName: v.KeyName, CAFile: v.CAFile,
-				Role: v.KubernetesAuth.Role, MountPath: v.KubernetesAuth.MountPath, TokenFile: v.KubernetesAuth.TokenFile,
-			})
-		}
+		s, err := k.source(gen)
 		if err != nil {
 			return nil, fmt.Errorf("keys[%d] (%s): %w", i, k.Name, err)
 		}
 		sources = append(sources, s)
 	}
 	return keysource.NewRingWith(sources, opts)
+}
+
+// source loads the key k; a generated key's decrypting generations come
+// from gen.
+func (k *keyConfig) source(gen *clusterkeys.Keys) (keysource.Source, error) {
+	switch {
+	case k.Generate != nil:
+		return generatedSource(k.Name, gen)
+	case k.Age != nil:
+		return keysource.LoadAge(k.Name, k.Age.IdentityFile)
+	case k.PGP != nil:
+		return keysource.LoadPGP(k.Name, k.PGP.PrivateKeyFile)
+	case k.AWSKMS != nil:
+		return keysource.NewAWSKMS(context.Background(), k.Name, keysource.AWSKMSConfig{ARN: k.AWSKMS.ARN, Endpoint: k.AWSKMS.Endpoint})
+	case k.AzureKeyVault != nil:
+		return keysource.NewAzureKeyVault(k.Name, keysource.AzureKeyVaultConfig{VaultURL: k.AzureKeyVault.VaultURL, KeyName: k.AzureKeyVault.KeyName})
+	case k.GCPKMS != nil:
+		return keysource.NewGCPKMS(k.Name, keysource.GCPKMSConfig{ResourceID: k.GCPKMS.ResourceID, Endpoint: k.GCPKMS.Endpoint})
+	case k.VaultTransit != nil:
+		v := k.VaultTransit
+		return keysource.NewVault(k.Name, keysource.VaultConfig{
+			Address: v.Address, EnginePath: v.EnginePath, KeyName: v.KeyName, CAFile: v.CAFile,
+			Role: v.KubernetesAuth.Role, MountPath: v.KubernetesAuth.MountPath, TokenFile: v.KubernetesAuth.TokenFile,
+		})
+	}
+	return nil, errors.New("no key source set")
 }
 
 // generatedSource is the age source of the generated key name: its
@@ -426,31 +514,40 @@ func (c *config) recipients(ring *keysource.Ring, gen *clusterkeys.Keys) cluster
 
 // rewrapTargets is the Engine's Rewrap for the generated keys gen: a file
 // opened by a generation of a generated key gains the key's current
-// generation and its break-glass recipients, and with dropRetired loses
-// its retired generations. A file opened
+// generation and its break-glass recipients and keys (ring's sources of
+// them), and with dropRetired loses its retired generations. A file opened
 // by a hand-made key has no generation to move to.
-func (c *config) rewrapTargets(gen *clusterkeys.Keys) func(opened string, dropRetired bool) ([]string, []string, error) {
-	generated := map[string][]string{}
-	for _, s := range c.specs() {
-		generated[s.Name] = s.BreakGlass
+func (c *config) rewrapTargets(gen *clusterkeys.Keys, ring *keysource.Ring) func(opened string, dropRetired bool) (decrypt.RewrapPlan, error) {
+	generated := map[string]*generateConfig{}
+	for _, k := range c.Keys {
+		if k.Generate != nil {
+			generated[k.Name] = k.Generate
+		}
 	}
-	return func(opened string, dropRetired bool) ([]string, []string, error) {
+	return func(opened string, dropRetired bool) (decrypt.RewrapPlan, error) {
 		name := keysource.KeyName(opened)
 		key := gen.Key(name)
-		breakGlass, isGenerated := generated[name]
+		g, isGenerated := generated[name]
 		if !isGenerated || key == nil {
-			return nil, nil, fmt.Errorf("key %q opens it, and it is not generated in the cluster: only generated keys have generations to rewrap for", name)
+			return decrypt.RewrapPlan{}, fmt.Errorf("key %q opens it, and it is not generated in the cluster: only generated keys have generations to rewrap for", name)
 		}
 		cur := key.Current()
 		if cur == nil {
-			return nil, nil, fmt.Errorf("key %q has no current generation", name)
+			return decrypt.RewrapPlan{}, fmt.Errorf("key %q has no current generation", name)
 		}
-		var drop []string
-		for _, g := range key.Generations {
-			if dropRetired && g.State == clusterkeys.StateRetired {
-				drop = append(drop, g.Recipient)
+		plan := decrypt.RewrapPlan{Add: append([]string{cur.Recipient}, g.BreakGlass...)}
+		for _, n := range g.BreakGlassKeys {
+			w, ok := ring.Wrapper(n)
+			if !ok {
+				return decrypt.RewrapPlan{}, fmt.Errorf("break-glass key %q cannot wrap a data key", n)
+			}
+			plan.Keys = append(plan.Keys, w)
+		}
+		for _, gn := range key.Generations {
+			if dropRetired && gn.State == clusterkeys.StateRetired {
+				plan.Drop = append(plan.Drop, gn.Recipient)
 			}
 		}
-		return append([]string{cur.Recipient}, breakGlass...), drop, nil
+		return plan, nil
 	}
 }

@@ -56,7 +56,7 @@ func buildEngine(cfg *config, gen *clusterkeys.Keys, deps engineDeps) (mutate.En
 	}
 	eng := mutate.Engine{Decryptor: decrypt.New(ring, decrypt.WithResultCache(deps.cacheTTL, deps.resultCacheBytes))}
 	if gen != nil {
-		eng.Rewrap = cfg.rewrapTargets(gen)
+		eng.Rewrap = cfg.rewrapTargets(gen, ring)
 	}
 	rules, err := cfg.rules()
 	if err != nil {

@@ -1,6 +1,7 @@
 package clusterkeys
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,6 +53,10 @@ type Spec struct {
 	// that each generation is wrapped for (its backup) in the write that
 	// makes it current.
 	BreakGlass []string
+	// Seal, if set, seals a generation's identity text for the break-glass
+	// KMS or Vault keys: a sops document (its sealed backup), made in the
+	// same write. A generation whose backup cannot be made is not written.
+	Seal func(ctx context.Context, identity string) ([]byte, error)
 }
 
 // DefaultRotateEvery is the rotation period of a generated key whose
@@ -79,13 +84,18 @@ type Key struct {
 
 	identities map[int]age.Identity
 	// backups are the generations' identities wrapped for the break-glass
-	// recipients, armored age files, by generation.
-	backups map[int][]byte
+	// recipients, armored age files, by generation; sealed the ones sealed
+	// for the break-glass keys, sops documents.
+	backups, sealed map[int][]byte
 }
 
 // Backup returns generation n's backup, an armored age file that the
 // break-glass identities open, or nil.
 func (k *Key) Backup(n int) []byte { return k.backups[n] }
+
+// SealedBackup returns generation n's sealed backup, a sops document that
+// the break-glass KMS or Vault keys open, or nil.
+func (k *Key) SealedBackup(n int) []byte { return k.sealed[n] }
 
 // Identity returns the private identity of generation n, or nil. The
 // caller keeps it in memory only.
@@ -136,6 +146,14 @@ func entryName(name string, n int) string { return name + "." + strconv.Itoa(n) 
 // BackupName is the name of generation n of key name's backup: its Secret
 // data entry, and its entry in the backups ConfigMap.
 func BackupName(name string, n int) string { return entryName(name, n) + ".age" }
+
+// SealedBackupName is the name of generation n of key name's sealed
+// backup, in the Secret and the backups ConfigMap.
+func SealedBackupName(name string, n int) string { return entryName(name, n) + ".sops.yaml" }
+
+// SealedEntry is the key, in a sealed backup, whose value is the identity:
+// `sops decrypt --extract '["identity"]'` prints it.
+const SealedEntry = "identity"
 
 // MaxBackupSize caps a stored backup.
 const MaxBackupSize = 16 << 10
@@ -228,15 +246,24 @@ func decode(data map[string][]byte) ([]*Key, error) {
 			}
 			k.identities[g.Number] = id
 			if b, ok := data[BackupName(k.Name, g.Number)]; ok && len(b) <= MaxBackupSize {
-				if k.backups == nil {
-					k.backups = map[int][]byte{}
-				}
-				k.backups[g.Number] = b
+				k.backups = setBackup(k.backups, g.Number, b)
+			}
+			if b, ok := data[SealedBackupName(k.Name, g.Number)]; ok && len(b) <= MaxBackupSize {
+				k.sealed = setBackup(k.sealed, g.Number, b)
 			}
 		}
 		sortGenerations(k)
 	}
 	return idx.Keys, nil
+}
+
+// setBackup returns m, made if nil, with generation n's backup b.
+func setBackup(m map[int][]byte, n int, b []byte) map[int][]byte {
+	if m == nil {
+		m = map[int][]byte{}
+	}
+	m[n] = b
+	return m
 }
 
 // storedGenerations counts the generations of keys.

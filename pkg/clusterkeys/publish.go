@@ -215,7 +215,8 @@ func Publish(ctx context.Context, configMaps corev1client.ConfigMapInterface, na
 const DefaultBackupsConfigMapName = "sops-webhook-key-backups"
 
 // BackupsData returns the backups of keys as ConfigMap data, by
-// BackupName: ciphertext only the break-glass identities open.
+// BackupName and SealedBackupName: ciphertext only the break-glass
+// identities and keys open.
 func BackupsData(keys *Keys) map[string]string {
 	data := map[string]string{}
 	if keys == nil {
@@ -225,6 +226,9 @@ func BackupsData(keys *Keys) map[string]string {
 		for _, g := range k.Generations {
 			if b := k.Backup(g.Number); b != nil {
 				data[BackupName(k.Name, g.Number)] = string(b)
+			}
+			if b := k.SealedBackup(g.Number); b != nil {
+				data[SealedBackupName(k.Name, g.Number)] = string(b)
 			}
 		}
 	}

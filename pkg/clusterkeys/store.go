@@ -91,7 +91,7 @@ func (s *Store) Sync(ctx context.Context, specs []Spec) (*Keys, error) {
 		if err != nil {
 			return nil, fmt.Errorf("Secret %s: %w", s.Name, err)
 		}
-		changed, err := s.ensure(secret, &keys, specs)
+		changed, err := s.ensure(ctx, secret, &keys, specs)
 		if err != nil {
 			return nil, fmt.Errorf("Secret %s: %w", s.Name, err)
 		}
@@ -133,7 +133,7 @@ const (
 // each spec's key that has none current, is due for rotation or was asked
 // to rotate, in secret's data and in keys; it reports whether it changed
 // anything.
-func (s *Store) ensure(secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool, error) {
+func (s *Store) ensure(ctx context.Context, secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool, error) {
 	changed, rotate := s.requests(secret, *keys)
 	for _, spec := range specs {
 		var key *Key
@@ -163,11 +163,11 @@ func (s *Store) ensure(secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool,
 		}
 		changed = true
 	}
-	// Every generation that decrypts has its backup, if the spec asks for
-	// one: the new one before it is written current, older ones once
-	// break-glass recipients are configured.
+	// Every generation that decrypts has its backups, if the spec asks for
+	// them: the new one before it is written current, older ones once
+	// break-glass recipients or keys are configured.
 	for _, spec := range specs {
-		if len(spec.BreakGlass) == 0 {
+		if len(spec.BreakGlass) == 0 && spec.Seal == nil {
 			continue
 		}
 		for _, k := range *keys {
@@ -175,22 +175,31 @@ func (s *Store) ensure(secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool,
 				continue
 			}
 			for _, g := range k.Generations {
-				if g.State == StateRetired || k.Backup(g.Number) != nil {
+				if g.State == StateRetired {
 					continue
 				}
-				backup, err := wrapBackup(identityText(k.Identity(g.Number)), spec.BreakGlass)
-				if err != nil {
-					return false, fmt.Errorf("key %q: %w", spec.Name, err)
+				text := identityText(k.Identity(g.Number))
+				if len(spec.BreakGlass) > 0 && k.Backup(g.Number) == nil {
+					backup, err := wrapBackup(text, spec.BreakGlass)
+					if err != nil {
+						return false, fmt.Errorf("key %q: %w", spec.Name, err)
+					}
+					k.backups = setBackup(k.backups, g.Number, backup)
+					secret.Data = setEntry(secret.Data, BackupName(k.Name, g.Number), backup)
+					changed = true
 				}
-				if k.backups == nil {
-					k.backups = map[int][]byte{}
+				if spec.Seal != nil && k.SealedBackup(g.Number) == nil {
+					sealed, err := spec.Seal(ctx, text)
+					if err != nil {
+						return false, fmt.Errorf("key %q generation %d: sealed backup: %w", spec.Name, g.Number, err)
+					}
+					if len(sealed) > MaxBackupSize {
+						return false, fmt.Errorf("key %q generation %d: sealed backup larger than %d bytes", spec.Name, g.Number, MaxBackupSize)
+					}
+					k.sealed = setBackup(k.sealed, g.Number, sealed)
+					secret.Data = setEntry(secret.Data, SealedBackupName(k.Name, g.Number), sealed)
+					changed = true
 				}
-				k.backups[g.Number] = backup
-				if secret.Data == nil {
-					secret.Data = map[string][]byte{}
-				}
-				secret.Data[BackupName(k.Name, g.Number)] = backup
-				changed = true
 			}
 		}
 	}
@@ -206,6 +215,15 @@ func (s *Store) ensure(secret *corev1.Secret, keys *[]*Key, specs []Spec) (bool,
 	}
 	secret.Data[indexEntry] = raw
 	return true, nil
+}
+
+// setEntry returns data, made if nil, with entry name set to b.
+func setEntry(data map[string][]byte, name string, b []byte) map[string][]byte {
+	if data == nil {
+		data = map[string][]byte{}
+	}
+	data[name] = b
+	return data
 }
 
 // requests applies the retire requests of secret to keys, returns the

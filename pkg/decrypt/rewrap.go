@@ -8,20 +8,30 @@ import (
 	"github.com/getsops/sops/v3"
 	sopsage "github.com/getsops/sops/v3/age"
 	"github.com/getsops/sops/v3/keys"
+	"github.com/getsops/sops/v3/keyservice"
 
 	"github.com/sops-webhook/sops-webhook/pkg/decrypt/keysource"
 )
 
-// MaxRewrapRecipients caps the age recipients one rewrap may add: the
-// current generation and the break-glass recipients.
+// MaxRewrapRecipients caps the recipients and keys one rewrap may add: the
+// current generation and the break-glass recipients and keys.
 const MaxRewrapRecipients = 8
+
+// RewrapPlan is what a rewrap changes in the holders of a data key.
+type RewrapPlan struct {
+	// Add are age recipients the data key is also wrapped for.
+	Add []string
+	// Keys are configured KMS or Vault keys it is also wrapped with.
+	Keys []keysource.Wrapper
+	// Drop are age recipients that no longer hold it.
+	Drop []string
+}
 
 // RewrapTargets says, for the configured key that opened a document's data
 // key (named as keysource.Client.Used names it: "name@generation" for a
-// generated key), which age recipients the data key must also be wrapped
-// for, and which must no longer hold it. An error refuses the rewrap; its
+// generated key), what the rewrap changes. An error refuses the rewrap; its
 // text is the user's to read.
-type RewrapTargets func(opened string) (add, drop []string, err error)
+type RewrapTargets func(opened string) (RewrapPlan, error)
 
 // Rewrapped is a rewrapped document.
 type Rewrapped struct {
@@ -31,7 +41,8 @@ type Rewrapped struct {
 	File []byte
 	// Keys are the configured keys that opened the data key.
 	Keys []string
-	// Added and Dropped are the age recipients added and removed.
+	// Added are the age recipients and the names of the configured keys
+	// added; Dropped the age recipients removed.
 	Added, Dropped []string
 }
 
@@ -62,14 +73,14 @@ func (d *Decryptor) Rewrap(ctx context.Context, value []byte, f Format, access k
 	if len(opened) != 1 {
 		return Rewrapped{}, fail(ReasonInternal, "the data key was opened by no single key")
 	}
-	add, drop, err := targets(opened[0])
+	plan, err := targets(opened[0])
 	if err != nil {
 		return Rewrapped{}, fail(ReasonUnsupported, err.Error())
 	}
-	if len(add) > MaxRewrapRecipients {
-		return Rewrapped{}, fail(ReasonInternal, fmt.Sprintf("more than %d recipients to add", MaxRewrapRecipients))
+	if len(plan.Add)+len(plan.Keys) > MaxRewrapRecipients {
+		return Rewrapped{}, fail(ReasonInternal, fmt.Sprintf("more than %d recipients and keys to add", MaxRewrapRecipients))
 	}
-	group, added, dropped, err := rewrapGroup(tree.Metadata.KeyGroups[0], dataKey, add, drop)
+	group, added, dropped, err := rewrapGroup(ctx, tree.Metadata.KeyGroups[0], dataKey, plan)
 	if err != nil {
 		return Rewrapped{}, err
 	}
@@ -81,14 +92,24 @@ func (d *Decryptor) Rewrap(ctx context.Context, value []byte, f Format, access k
 	return Rewrapped{File: out, Keys: opened, Added: added, Dropped: dropped}, nil
 }
 
-// rewrapGroup returns group without the age keys of drop and with dataKey
-// wrapped, first, for each recipient of add it does not hold yet.
-func rewrapGroup(group sops.KeyGroup, dataKey []byte, add, drop []string) (sops.KeyGroup, []string, []string, error) {
+// rewrapGroup returns group without the age keys of plan.Drop and with
+// dataKey wrapped, first, for each recipient and key of the plan that does
+// not hold it yet. A key's wrap is a remote call, under its own deadline.
+func rewrapGroup(ctx context.Context, group sops.KeyGroup, dataKey []byte, plan RewrapPlan) (sops.KeyGroup, []string, []string, error) {
 	var (
 		out            sops.KeyGroup
 		have           []string
 		added, dropped []string
 	)
+	add, drop := plan.Add, plan.Drop
+	held := func(w keysource.Wrapper) bool {
+		for _, k := range group {
+			if key := keyservice.KeyFromMasterKey(k); w.Matches(&key) {
+				return true
+			}
+		}
+		return false
+	}
 	for _, k := range group {
 		if a, ok := k.(*sopsage.MasterKey); ok {
 			if slices.Contains(drop, a.Recipient) && !slices.Contains(add, a.Recipient) {
@@ -111,6 +132,17 @@ func rewrapGroup(group sops.KeyGroup, dataKey []byte, add, drop []string) (sops.
 		first = append(first, keys.MasterKey(&sopsage.MasterKey{Recipient: r, EncryptedKey: string(wrapped)}))
 		have = append(have, r)
 		added = append(added, r)
+	}
+	for _, w := range plan.Keys {
+		if held(w) {
+			continue
+		}
+		mk, err := w.Wrap(ctx, dataKey)
+		if err != nil {
+			return nil, nil, nil, fail(ReasonUnavailable, fmt.Sprintf("wrapping the data key with key %q failed: %v", w.Name(), err))
+		}
+		first = append(first, mk)
+		added = append(added, w.Name())
 	}
 	// sops tries a group's keys in order: the added ones go first, so the
 	// current generation opens the file and the older one falls out of use.

@@ -40,15 +40,15 @@ func TestRewrap(t *testing.T) {
 	require.NoError(t, err)
 	d := decrypt.New(ring)
 	targets := func(drop bool) decrypt.RewrapTargets {
-		return func(opened string) ([]string, []string, error) {
+		return func(opened string) (decrypt.RewrapPlan, error) {
 			if opened != "cluster@1" && opened != "cluster@2" {
-				return nil, nil, errors.New("unexpected key " + opened)
+				return decrypt.RewrapPlan{}, errors.New("unexpected key " + opened)
 			}
 			var retired []string
 			if drop {
 				retired = []string{key1.Recipient}
 			}
-			return []string{key2.Recipient, breakGlass.Recipient}, retired, nil
+			return decrypt.RewrapPlan{Add: []string{key2.Recipient, breakGlass.Recipient}, Drop: retired}, nil
 		}
 	}
 	plain := map[string]string{
@@ -110,7 +110,7 @@ func TestRewrapRefusals(t *testing.T) {
 	ring, err := keysource.NewRing(keysource.NewAgeGenerations("cluster", []keysource.AgeGeneration{g1}), team)
 	require.NoError(t, err)
 	d := decrypt.New(ring)
-	add := func(string) ([]string, []string, error) { return []string{other.Recipient}, nil, nil }
+	add := func(string) (decrypt.RewrapPlan, error) { return decrypt.RewrapPlan{Add: []string{other.Recipient}}, nil }
 	doc := sopskit.SopsEncrypt(t, []byte("k: PLAINTEXT-refused\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key1}})
 
 	tests := []struct {
@@ -121,8 +121,8 @@ func TestRewrapRefusals(t *testing.T) {
 		reason  decrypt.Reason
 	}{
 		{"a key the request may not use", doc, onlyKey("team"), add, decrypt.ReasonNotGranted},
-		{"a key that cannot be rewrapped", doc, nil, func(string) ([]string, []string, error) {
-			return nil, nil, errors.New(`key "cluster" is not generated in the cluster`)
+		{"a key that cannot be rewrapped", doc, nil, func(string) (decrypt.RewrapPlan, error) {
+			return decrypt.RewrapPlan{}, errors.New(`key "cluster" is not generated in the cluster`)
 		}, decrypt.ReasonUnsupported},
 		{"a tampered MAC", []byte(strings.Replace(string(doc), "mac: ENC[AES256_GCM,data:", "mac: ENC[AES256_GCM,data:AA", 1)), nil, add, decrypt.ReasonNoMAC},
 		{"a key of nobody here", sopskit.SopsEncrypt(t, []byte("k: v\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{stranger}}), nil, add, decrypt.ReasonNoKey},

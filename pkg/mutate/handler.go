@@ -84,9 +84,10 @@ type Engine struct {
 	// Policy may be nil: every key is usable in every namespace.
 	Policy Policy
 	// Rewrap says, for the key that opened a file's data key, which age
-	// recipients a rewrap adds and, with dropRetired, removes; nil: the
-	// webhook has no generated keys and refuses rewraps.
-	Rewrap func(opened string, dropRetired bool) (add, drop []string, err error)
+	// recipients and configured keys a rewrap adds and, with dropRetired,
+	// which recipients it removes; nil: the webhook has no generated keys
+	// and refuses rewraps.
+	Rewrap func(opened string, dropRetired bool) (decrypt.RewrapPlan, error)
 }
 
 // Handler is the admission handler for Secrets and ConfigMaps.

@@ -48,7 +48,7 @@ func (h *Handler) rewrap(ctx context.Context, eng Engine, access keysource.Acces
 	case eng.Rewrap == nil || !ok:
 		return refuse(&refusal{field: rewrapAnnotation, err: errors.New("this webhook generates no keys, so it has no generation to rewrap for")})
 	}
-	targets := func(opened string) ([]string, []string, error) { return eng.Rewrap(opened, dropRetired) }
+	targets := func(opened string) (decrypt.RewrapPlan, error) { return eng.Rewrap(opened, dropRetired) }
 
 	var (
 		m      mutation

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/sops-webhook/sops-webhook/pkg/decrypt"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 )
 
@@ -19,11 +20,11 @@ import (
 // cannot rewrap, or no generated keys, it is never decrypted instead.
 func TestRewrapRefusals(t *testing.T) {
 	doc := []byte("k: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]\nsops:\n    mac: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]\n")
-	targets := func(string, bool) ([]string, []string, error) { return nil, nil, nil }
+	targets := func(string, bool) (decrypt.RewrapPlan, error) { return decrypt.RewrapPlan{}, nil }
 	tests := []struct {
 		name, kind, value string
 		data              map[string][]byte
-		rewrap            func(string, bool) ([]string, []string, error)
+		rewrap            func(string, bool) (decrypt.RewrapPlan, error)
 		want              string
 	}{
 		{"a value that is not a request", "Secret", "yes", map[string][]byte{"f.yaml": doc}, targets,
@@ -60,7 +61,7 @@ func TestRewrapRefusals(t *testing.T) {
 // kept, and puts back a provenance record the request wrote.
 func TestRewrapAnswers(t *testing.T) {
 	fake := &fakeDecryptor{}
-	h := mutate.NewHandler(static(mutate.Engine{Decryptor: fake, Rewrap: func(string, bool) ([]string, []string, error) { return nil, nil, nil }}))
+	h := mutate.NewHandler(static(mutate.Engine{Decryptor: fake, Rewrap: func(string, bool) (decrypt.RewrapPlan, error) { return decrypt.RewrapPlan{}, nil }}))
 	s := secret("app", map[string][]byte{"f.yaml": []byte("k: ENC[AES256_GCM,data:AAAA,iv:AAAA,tag:AAAA,type:str]\nsops:\n    mac: x\n"), "plain": []byte("x")})
 	s.Annotations = map[string]string{mutate.AnnotationRewrap: "true", mutate.AnnotationDecrypted: "data.forged"}
 	areq := request(t, "Secret", admissionv1.Create, s)

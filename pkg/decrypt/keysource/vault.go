@@ -138,12 +138,13 @@ func (v *Vault) Unwrap(ctx context.Context, key *keyservice.Key, ciphertext []by
 		return nil, ErrNotHeld
 	}
 	name := key.GetVaultKey().KeyName
-	secret, err := v.decrypt(ctx, name, ciphertext)
+	body := map[string]any{"ciphertext": string(ciphertext)}
+	secret, err := v.transit(ctx, "decrypt", name, body)
 	var re *vault.ResponseError
 	if errors.As(err, &re) && re.StatusCode == http.StatusForbidden {
 		// The token was revoked or expired early: log in again, once.
 		v.forget()
-		secret, err = v.decrypt(ctx, name, ciphertext)
+		secret, err = v.transit(ctx, "decrypt", name, body)
 	}
 	if err != nil {
 		return nil, vaultError("transit decrypt", err)
@@ -162,13 +163,15 @@ func (v *Vault) Unwrap(ctx context.Context, key *keyservice.Key, ciphertext []by
 	return dataKey, nil
 }
 
-func (v *Vault) decrypt(ctx context.Context, keyName string, ciphertext []byte) (*vault.Secret, error) {
+// transit logs in if needed and calls the transit engine's op (encrypt or
+// decrypt) for keyName.
+func (v *Vault) transit(ctx context.Context, op, keyName string, body map[string]any) (*vault.Secret, error) {
 	if err := v.login(ctx); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, CallTimeout)
 	defer cancel()
-	return v.client.Logical().WriteWithContext(ctx, v.cfg.EnginePath+"/decrypt/"+keyName, map[string]any{"ciphertext": string(ciphertext)})
+	return v.client.Logical().WriteWithContext(ctx, v.cfg.EnginePath+"/"+op+"/"+keyName, body)
 }
 
 // login logs in with the service-account token unless the current Vault
