@@ -76,6 +76,10 @@ func TestLoadConfig(t *testing.T) {
 		{"generated key name not a DNS label", header + "keys:\n- name: Cluster_Key\n  generate: {}\n", "keys[0].name: a generated key's name must be a DNS label"},
 		{"generated key rotated too often", header + "keys:\n- name: cluster\n  generate: {rotateEvery: 10ms}\n", "keys[0].generate.rotateEvery: at least 1s, or 0 to never rotate"},
 		{"generated key with a bad break-glass recipient", header + "keys:\n- name: cluster\n  generate: {breakGlass: [age1nope]}\n", `keys[0].generate.breakGlass: "age1nope" is not an age X25519 or hybrid recipient`},
+		{"break-glass key that is not configured", header + "keys:\n- name: cluster\n  generate: {breakGlassKeys: [backup]}\n", `keys[0].generate.breakGlassKeys: "backup" is not a configured key`},
+		{"break-glass key that is an age key", header + "keys:\n- name: cluster\n  generate: {breakGlassKeys: [a]}\n- name: a\n  age: {identityFile: " + ageKey.IdentityFile + "}\n", `key "a": only an awsKms, gcpKms, azureKeyVault or vaultTransit key can be a break-glass key`},
+		{"break-glass key that names a glob", header + "keys:\n- name: cluster\n  generate: {breakGlassKeys: [kms]}\n- name: kms\n  awsKms: {arn: \"arn:aws:kms:eu-west-1:111122223333:key/*\"}\n", `key "kms": names a glob of keys; a break-glass key must name one`},
+		{"too many break-glass recipients and keys", header + "keys:\n- name: cluster\n  generate: {breakGlassKeys: [kms, kms, kms], breakGlass: [" + strings.Repeat(ageKey.Recipient+", ", 4) + ageKey.Recipient + "]}\n- name: kms\n  awsKms: {arn: \"arn:aws:kms:eu-west-1:111122223333:key/one\"}\n", "keys[0].generate: at most 7 break-glass recipients and keys together"},
 		{"key name with a generation separator", header + "keys:\n- name: a@1\n  age: {identityFile: " + ageKey.IdentityFile + "}\n", `may not contain ',' or '@'`},
 		{"vault needs a role", header + "keys:\n- name: v\n  vaultTransit: {address: \"https://vault:8200\", enginePath: transit, keyName: app}\n", "kubernetesAuth.role are required"},
 	}
@@ -265,20 +269,25 @@ func TestRewrapTargets(t *testing.T) {
 kind: Config
 keys:
   - name: cluster
-    generate: {breakGlass: [`+offline.Recipient+`]}
+    generate: {breakGlass: [`+offline.Recipient+`], breakGlassKeys: [backup]}
   - name: handmade
     age: {identityFile: `+handmade.IdentityFile+`}
+  - name: backup
+    awsKms: {arn: "arn:aws:kms:eu-west-1:111122223333:key/backup"}
 `))
 	require.NoError(t, err)
 	store := &clusterkeys.Store{Secrets: fake.NewClientset().CoreV1().Secrets("sops-webhook"), Name: clusterkeys.DefaultSecretName}
-	_, err = store.Sync(context.Background(), cfg.specs())
+	specs := cfg.specs()
+	require.NotNil(t, specs[0].Seal, "the break-glass key seals each generation")
+	specs[0].Seal = func(context.Context, string) ([]byte, error) { return []byte("sealed"), nil } // AWS cannot run here
+	_, err = store.Sync(context.Background(), specs)
 	require.NoError(t, err)
 	secret, err := store.Secrets.Get(context.Background(), store.Name, metav1.GetOptions{})
 	require.NoError(t, err)
 	secret.Annotations = map[string]string{clusterkeys.AnnotationRetire: "cluster@1"}
 	_, err = store.Secrets.Update(context.Background(), secret, metav1.UpdateOptions{})
 	require.NoError(t, err)
-	gen, err := store.Sync(context.Background(), cfg.specs())
+	gen, err := store.Sync(context.Background(), specs)
 	require.NoError(t, err)
 	key := gen.Key("cluster")
 	require.Len(t, key.Generations, 2)
@@ -290,7 +299,8 @@ keys:
 	require.NoError(t, err)
 	assert.Equal(t, []string{key.Generations[0].Recipient, offline.Recipient}, plan.Add)
 	assert.Empty(t, plan.Drop)
-	assert.Empty(t, plan.Keys)
+	require.Len(t, plan.Keys, 1)
+	assert.Equal(t, "backup", plan.Keys[0].Name())
 	plan, err = targets("cluster@2", true)
 	require.NoError(t, err)
 	assert.Equal(t, []string{key.Generations[1].Recipient}, plan.Drop, "generation 1 is retired")

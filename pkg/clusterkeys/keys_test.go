@@ -3,6 +3,7 @@ package clusterkeys
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -211,6 +212,46 @@ func TestBackups(t *testing.T) {
 	assert.Equal(t, keys.Key("late").Backup(1), again.Key("late").Backup(1))
 	_, err = s.Sync(ctx, []Spec{{Name: "bad", BreakGlass: []string{"age1notarecipient"}}})
 	require.ErrorContains(t, err, `"age1notarecipient" is not an age X25519 or hybrid recipient`)
+}
+
+// TestSealedBackups: a spec with a Seal (break-glass KMS keys) seals each
+// generation's identity in the write that makes it current, once; what
+// cannot be sealed is not written, so no generation exists without its
+// sealed backup.
+func TestSealedBackups(t *testing.T) {
+	ctx := context.Background()
+	s, kube := newStore()
+	var sealed []string
+	seal := func(_ context.Context, identity string) ([]byte, error) {
+		sealed = append(sealed, identity)
+		return []byte("sealed:" + strconv.Itoa(len(identity))), nil
+	}
+	keys, err := s.Sync(ctx, []Spec{{Name: "cluster", Seal: seal}})
+	require.NoError(t, err)
+	require.Len(t, sealed, 1)
+	id, recipient, err := parseIdentity(sealed[0])
+	require.NoError(t, err)
+	assert.NotNil(t, id)
+	k := keys.Key("cluster")
+	assert.Equal(t, k.Generations[0].Recipient, recipient, "the generation's identity is sealed")
+	assert.Equal(t, "sealed:74", string(k.SealedBackup(1)))
+	assert.Equal(t, map[string]string{"cluster.1.agekey.sops.yaml": "sealed:74"}, BackupsData(keys))
+	again, err := s.Read(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, k.SealedBackup(1), again.Key("cluster").SealedBackup(1))
+	_, err = s.Sync(ctx, []Spec{{Name: "cluster", Seal: seal}})
+	require.NoError(t, err)
+	assert.Len(t, sealed, 1, "sealed once")
+
+	failing := func(context.Context, string) ([]byte, error) { return nil, errors.New("aws kms encrypt: timeout") }
+	before, err := kube.CoreV1().Secrets("sops-webhook").Get(ctx, DefaultSecretName, metav1.GetOptions{})
+	require.NoError(t, err)
+	_, err = s.Sync(ctx, []Spec{{Name: "cluster", Seal: seal}, {Name: "fresh", Seal: failing}})
+	require.ErrorContains(t, err, `key "fresh" generation 1: sealed backup: aws kms encrypt: timeout`)
+	after, err := kube.CoreV1().Secrets("sops-webhook").Get(ctx, DefaultSecretName, metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, before.Data, after.Data, "nothing written")
+	assert.NotContains(t, after.Data, "fresh.1.agekey")
 }
 
 func TestDecodeRefusesWhatDoesNotMatch(t *testing.T) {

@@ -26,7 +26,8 @@ import (
 //     the assertion is a JWT verified for real against a JWKS (the test API
 //     server's OIDC keys), with its issuer, the audience
 //     api://AzureADTokenExchange and the one subject the app trusts.
-//   - Key Vault's keys/{name}/{version}/decrypt (RSA-OAEP-256), with the
+//   - Key Vault's keys/{name}/{version}/decrypt and keys/{name}/encrypt
+//     (RSA-OAEP-256; one version per key, "0123456789abcdef"), with the
 //     bearer challenge the SDK answers, and only for tokens it issued.
 //
 // The challenge names the resource https://0.0.1:PORT so that the SDK's
@@ -117,6 +118,8 @@ func (a *Azure) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.token(w, r)
 	case r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/keys/") && strings.HasSuffix(r.URL.Path, "/decrypt"):
 		a.decrypt(w, r)
+	case r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/keys/") && strings.HasSuffix(r.URL.Path, "/encrypt"):
+		a.encrypt(w, r)
 	default:
 		http.Error(w, `{"error":{"code":"NotFound"}}`, http.StatusNotFound)
 	}
@@ -147,10 +150,24 @@ func (a *Azure) verify(ctx context.Context, raw string) (string, error) {
 	return verifyJWT(ctx, a.jwks, raw, a.issuer, "api://AzureADTokenExchange")
 }
 
-func (a *Azure) decrypt(w http.ResponseWriter, r *http.Request) {
+// AdminToken returns a Key Vault access token, as Entra ID would issue it.
+func (a *Azure) AdminToken() string {
+	tok := "eyJ0" + randomHex(24)
+	a.mu.Lock()
+	a.tokens[tok] = time.Now().Add(time.Hour)
+	a.mu.Unlock()
+	return tok
+}
+
+// KeyVersion is the one version of every stand-in key.
+const KeyVersion = "0123456789abcdef"
+
+// authorized answers the bearer challenge, or a hang, unless the request
+// carries a token Entra ID issued.
+func (a *Azure) authorized(w http.ResponseWriter, r *http.Request) bool {
 	if a.hang.Load() {
 		hang(r.Context())
-		return
+		return false
 	}
 	tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	a.mu.Lock()
@@ -161,6 +178,40 @@ func (a *Azure) decrypt(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusUnauthorized)
 		_, _ = w.Write([]byte(`{"error":{"code":"Unauthorized","message":"AKV10000: Request is missing a Bearer or PoP token."}}`))
+		return false
+	}
+	return true
+}
+
+// encrypt is keys/{name}[/{version}]/encrypt with RSA-OAEP-256.
+func (a *Azure) encrypt(w http.ResponseWriter, r *http.Request) {
+	if !a.authorized(w, r) {
+		return
+	}
+	name, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/keys/"), "/")
+	var body struct {
+		Alg   string `json:"alg"`
+		Value string `json:"value"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&body); err != nil || body.Alg != "RSA-OAEP-256" {
+		http.Error(w, `{"error":{"code":"BadParameter"}}`, http.StatusBadRequest)
+		return
+	}
+	plain, err := base64.RawURLEncoding.DecodeString(body.Value)
+	if err != nil {
+		http.Error(w, `{"error":{"code":"BadParameter"}}`, http.StatusBadRequest)
+		return
+	}
+	ct, err := a.Wrap(name, plain)
+	if err != nil {
+		http.Error(w, `{"error":{"code":"InternalError"}}`, http.StatusInternalServerError)
+		return
+	}
+	writeJSON(w, map[string]any{"kid": a.URL + "/keys/" + name + "/" + KeyVersion, "value": ct})
+}
+
+func (a *Azure) decrypt(w http.ResponseWriter, r *http.Request) {
+	if !a.authorized(w, r) {
 		return
 	}
 	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/keys/"), "/")
