@@ -110,7 +110,9 @@ func TestRewrapRefusals(t *testing.T) {
 	ring, err := keysource.NewRing(keysource.NewAgeGenerations("cluster", []keysource.AgeGeneration{g1}), team)
 	require.NoError(t, err)
 	d := decrypt.New(ring)
-	add := func(string) (decrypt.RewrapPlan, error) { return decrypt.RewrapPlan{Add: []string{other.Recipient}}, nil }
+	add := func(string) (decrypt.RewrapPlan, error) {
+		return decrypt.RewrapPlan{Add: []string{other.Recipient}}, nil
+	}
 	doc := sopskit.SopsEncrypt(t, []byte("k: PLAINTEXT-refused\n"), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{key1}})
 
 	tests := []struct {
