@@ -5,11 +5,14 @@ import (
 	"crypto/tls"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
@@ -18,7 +21,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/sops-webhook/sops-webhook/pkg/clusterkeys"
 	"github.com/sops-webhook/sops-webhook/pkg/mutate"
 	"github.com/sops-webhook/sops-webhook/test/testbed"
 	"github.com/sops-webhook/sops-webhook/test/testbed/sopskit"
@@ -73,11 +78,11 @@ func TestAWSKMS(t *testing.T) {
 	})
 
 	config := "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: prod-kms\n    awsKms: {arn: \"arn:aws:kms:eu-west-1:111122223333:key/*\"}\n"
-	wh := b.startWebhook(ctx, t, "irsa", config,
-		// What EKS puts in a pod with IRSA, plus the stand-in's endpoints.
-		"AWS_ROLE_ARN="+webhookRole, "AWS_WEB_IDENTITY_TOKEN_FILE="+tokenFile, "AWS_REGION=eu-west-1",
-		"AWS_ENDPOINT_URL_STS="+standIn.URL, "AWS_ENDPOINT_URL_KMS="+standIn.URL, "AWS_CA_BUNDLE="+standIn.CAFile,
-		"AWS_EC2_METADATA_DISABLED=true")
+	// What EKS puts in a pod with IRSA, plus the stand-in's endpoints.
+	irsaEnv := []string{"AWS_ROLE_ARN=" + webhookRole, "AWS_WEB_IDENTITY_TOKEN_FILE=" + tokenFile, "AWS_REGION=eu-west-1",
+		"AWS_ENDPOINT_URL_STS=" + standIn.URL, "AWS_ENDPOINT_URL_KMS=" + standIn.URL, "AWS_CA_BUNDLE=" + standIn.CAFile,
+		"AWS_EC2_METADATA_DISABLED=true"}
+	wh := b.startWebhook(ctx, t, "irsa", config, irsaEnv...)
 
 	recipients := sopskit.Recipients{KMS: []string{kmsKeyARN}, Env: standIn.AdminEnv()}
 	encrypt := func(t *testing.T, plain string) []byte {
@@ -160,6 +165,10 @@ func TestAWSKMS(t *testing.T) {
 		b.point(ctx, t, wh)
 	})
 
+	t.Run("a break-glass KMS key seals each generation and joins rewraps", func(t *testing.T) {
+		breakGlassWebhook(ctx, t, b, wh, standIn, irsaEnv)
+	})
+
 	t.Run("logs hold no plaintext or credentials", func(t *testing.T) {
 		logs := wh.Logs()
 		assert.NotContains(t, logs, "PLAINTEXT")
@@ -183,4 +192,67 @@ func apiServerTLS(t *testing.T, caPEM []byte) *tls.Config {
 	c := id.TLSConfig(caPEM)
 	require.NotNil(t, c.RootCAs)
 	return c
+}
+
+// breakGlassARN is the AWS KMS key the generated key's backups are sealed
+// for.
+const breakGlassARN = "arn:aws:kms:eu-west-1:111122223333:key/break-glass"
+
+// breakGlassWebhook runs a webhook that generates its key and seals each
+// generation for a break-glass AWS KMS key, as its IRSA role, then points
+// the API server back at wh. The sealed backup is published and opens with
+// the documented restore command (the sops CLI, the KMS key alone) to the
+// generation's identity; a rewrap adds the KMS key, which then opens the
+// file alone; the logs hold neither the identity nor the plaintext.
+func breakGlassWebhook(ctx context.Context, t *testing.T, b *identityBed, wh *testbed.Webhook, standIn *standin.AWS, env []string) {
+	admin := filepath.Join(b.work, "admin.kubeconfig")
+	require.NoError(t, b.cp.WriteKubeconfig(admin))
+	config := "apiVersion: sops-webhook.io/v1alpha1\nkind: Config\nkeys:\n  - name: cluster\n    generate: {breakGlassKeys: [backup-kms]}\n" +
+		"  - name: backup-kms\n    awsKms: {arn: \"" + breakGlassARN + "\"}\n"
+	sealing := b.startWebhookWith(ctx, t, "break-glass-kms", config,
+		[]string{"--kubeconfig", admin, "--namespace", "sops-webhook", "--config-check-interval", "200ms"}, env)
+	defer func() {
+		require.NoError(t, sealing.Stop())
+		b.point(ctx, t, wh)
+	}()
+
+	keys, err := (&clusterkeys.Store{Secrets: b.kube.CoreV1().Secrets("sops-webhook"), Name: clusterkeys.DefaultSecretName}).Read(ctx)
+	require.NoError(t, err)
+	gen := keys.Key("cluster").Generations[0]
+	backups := &corev1.ConfigMap{}
+	require.Eventually(t, func() bool {
+		err := b.cp.Client.Get(ctx, client.ObjectKey{Namespace: "sops-webhook", Name: clusterkeys.DefaultBackupsConfigMapName}, backups)
+		return err == nil && backups.Data[clusterkeys.SealedBackupName("cluster", gen.Number)] != ""
+	}, 30*time.Second, 100*time.Millisecond, "the sealed backup is published")
+	sealed := backups.Data[clusterkeys.SealedBackupName("cluster", gen.Number)]
+	assert.NotContains(t, sealed, "AGE-SECRET-KEY")
+	assert.Contains(t, sealed, breakGlassARN)
+
+	// The restore in docs/operations.md: the operator's KMS access alone.
+	tools := sopskit.Need(t, "the sops CLI", func(t sopskit.Tools) string { return t.Sops })
+	dir := t.TempDir()
+	file := filepath.Join(dir, "cluster.agekey.sops.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(sealed), 0o600))
+	cmd := exec.CommandContext(ctx, tools.Sops, "decrypt", "--extract", `["identity"]`, file)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, standIn.AdminEnv()...)
+	out, err := cmd.Output()
+	require.NoError(t, err)
+	id, err := age.ParseX25519Identity(strings.TrimSpace(string(out)))
+	require.NoError(t, err)
+	assert.Equal(t, gen.Recipient, id.Recipient().String(), "the sealed backup holds the generation's identity")
+
+	plain := "password: PLAINTEXT-kms-break-glass\n"
+	enc := sopskit.SopsEncrypt(t, []byte(plain), "yaml", sopskit.Recipients{Age: []sopskit.AgeKey{{Recipient: gen.Recipient}}})
+	answer := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "apps", Name: "rewrap-kms", Annotations: map[string]string{mutate.AnnotationRewrap: "true"}},
+		Data:       map[string][]byte{"values.enc.yaml": enc},
+	}
+	require.NoError(t, b.cp.Client.Create(ctx, answer, client.DryRunAll))
+	rewrapped := answer.Data["values.enc.yaml"]
+	assert.Contains(t, string(rewrapped), breakGlassARN)
+	assert.NotContains(t, string(rewrapped), "PLAINTEXT")
+	assert.Equal(t, plain, string(sopskit.SopsDecrypt(t, rewrapped, "yaml", sopskit.Recipients{Env: standIn.AdminEnv()})), "the KMS key alone opens it")
+	logs := sealing.Logs()
+	assert.NotContains(t, logs, "PLAINTEXT")
+	assert.NotContains(t, logs, "AGE-SECRET-KEY")
 }
