@@ -141,7 +141,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.DurationVar(&o.budgetWait, "budget-wait", budget.DefaultWait, "longest time a request waits for room in a budget before it is refused as busy (retryable)")
 	fs.StringVar(&o.selfCerts.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the webhook's namespace, where it keeps generated keys, publishes recipients and, self-managed, its certificates (default $POD_NAMESPACE)")
 	fs.StringVar(&o.generatedKeysSecret, "generated-keys-secret", clusterkeys.DefaultSecretName, "Secret of --namespace that holds the keys the webhook generates (config: generate)")
-	fs.StringVar(&o.backupsConfigMap, "key-backups-configmap", clusterkeys.DefaultBackupsConfigMapName, "ConfigMap of --namespace where each generation's backup (wrapped for the break-glass recipients) is published, when any are configured")
+	fs.StringVar(&o.backupsConfigMap, "key-backups-configmap", clusterkeys.DefaultBackupsConfigMapName, "ConfigMap of --namespace where each generation's backups (wrapped for the break-glass recipients, sealed for the break-glass keys) are published, when any are configured")
 	fs.StringVar(&o.recipientsConfigMap, "recipients-configmap", clusterkeys.DefaultConfigMapName, "ConfigMap of --namespace where the keys' public recipients, grants and .sops.yaml rules are published, when the webhook has API access; empty: not published")
 	fs.StringVar(&o.selfCerts.secretName, "tls-secret", "sops-webhook-tls", "self-managed: Secret holding the CA and serving certificate")
 	fs.StringVar(&o.selfCerts.webhookConfiguration, "webhook-configuration", "sops-webhook", "self-managed: MutatingWebhookConfiguration whose caBundle is kept")
