@@ -25,10 +25,7 @@ func awsBreakGlass(t *testing.T) (*keysource.AWSKMS, *standin.AWS) {
 	a, err := standin.StartAWS(t.TempDir(), standin.AWSOptions{})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.Close() })
-	for _, kv := range a.AdminEnv() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
+	a.UseAdminEnv(t)
 	s, err := keysource.NewAWSKMS(context.Background(), "break-glass-kms", keysource.AWSKMSConfig{ARN: breakGlassARN})
 	require.NoError(t, err)
 	return s, a

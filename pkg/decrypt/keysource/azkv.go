@@ -96,7 +96,7 @@ func (a *AzureKeyVault) Unwrap(ctx context.Context, key *keyservice.Key, ciphert
 	defer cancel()
 	c, err := a.keysClient()
 	if err != nil {
-		return nil, &safeError{"azure key vault: no workload identity credential (" + credentialProblem(err) + ")"}
+		return nil, err
 	}
 	alg := azkeys.EncryptionAlgorithmRSAOAEP256
 	resp, err := c.Decrypt(ctx, k.Name, k.Version, azkeys.KeyOperationParameters{Algorithm: &alg, Value: blob}, nil)
@@ -106,6 +106,9 @@ func (a *AzureKeyVault) Unwrap(ctx context.Context, key *keyservice.Key, ciphert
 	return resp.Result, nil
 }
 
+// keysClient returns the source's client, made on first use with the
+// pod's workload identity. Its errors name the missing setting, never a
+// value.
 func (a *AzureKeyVault) keysClient() (*azkeys.Client, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -123,11 +126,11 @@ func (a *AzureKeyVault) keysClient() (*azkeys.Client, error) {
 		DisableInstanceDiscovery: true,
 	})
 	if err != nil {
-		return nil, err
+		return nil, &safeError{"azure key vault: no workload identity credential (" + credentialProblem(err) + ")"}
 	}
 	c, err := azkeys.NewClient(a.cfg.VaultURL, cred, &azkeys.ClientOptions{ClientOptions: opts})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("azure key vault: client: %w", err)
 	}
 	a.client = c
 	return c, nil

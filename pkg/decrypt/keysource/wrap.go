@@ -122,7 +122,7 @@ func (a *AzureKeyVault) Wrap(ctx context.Context, dataKey []byte) (keys.MasterKe
 	defer cancel()
 	c, err := a.keysClient()
 	if err != nil {
-		return nil, &safeError{"azure key vault: no workload identity credential (" + credentialProblem(err) + ")"}
+		return nil, err
 	}
 	alg := azkeys.EncryptionAlgorithmRSAOAEP256
 	resp, err := c.Encrypt(ctx, name, "", azkeys.KeyOperationParameters{Algorithm: &alg, Value: dataKey}, nil)

@@ -64,10 +64,7 @@ func wrapCases() []wrapCase {
 				a, err := standin.StartAWS(t.TempDir(), standin.AWSOptions{})
 				require.NoError(t, err)
 				t.Cleanup(func() { _ = a.Close() })
-				for _, kv := range a.AdminEnv() {
-					k, v, _ := strings.Cut(kv, "=")
-					t.Setenv(k, v)
-				}
+				a.UseAdminEnv(t)
 				s, err := NewAWSKMS(context.Background(), "backup", AWSKMSConfig{ARN: arn, Endpoint: a.URL})
 				require.NoError(t, err)
 				return s

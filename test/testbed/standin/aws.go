@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -112,6 +113,16 @@ func (a *AWS) AdminEnv() []string {
 		"AWS_ACCESS_KEY_ID=" + a.AdminAccessKey, "AWS_SECRET_ACCESS_KEY=" + a.AdminSecretKey,
 		"AWS_REGION=eu-west-1", "AWS_ENDPOINT_URL_KMS=" + a.URL, "AWS_ENDPOINT_URL_STS=" + a.URL, "AWS_CA_BUNDLE=" + a.CAFile,
 		"AWS_EC2_METADATA_DISABLED=true",
+	}
+}
+
+// UseAdminEnv sets AdminEnv in the test process's own environment, for the
+// test's duration: the real AWS SDK's default chain then finds the admin
+// credentials, the endpoint and the CA. Not for parallel tests.
+func (a *AWS) UseAdminEnv(t testing.TB) {
+	for _, kv := range a.AdminEnv() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
 	}
 }
 
