@@ -94,7 +94,8 @@ func (d *Decryptor) Rewrap(ctx context.Context, value []byte, f Format, access k
 
 // rewrapGroup returns group without the age keys of plan.Drop and with
 // dataKey wrapped, first, for each recipient and key of the plan that does
-// not hold it yet. A key's wrap is a remote call, under its own deadline.
+// not hold it yet. A key's wrap is a remote call, under its own deadline,
+// and draws on the request's unwrap budget.
 func rewrapGroup(ctx context.Context, group sops.KeyGroup, dataKey []byte, plan RewrapPlan) (sops.KeyGroup, []string, []string, error) {
 	var (
 		out            sops.KeyGroup
@@ -136,6 +137,9 @@ func rewrapGroup(ctx context.Context, group sops.KeyGroup, dataKey []byte, plan 
 	for _, w := range plan.Keys {
 		if held(w) {
 			continue
+		}
+		if err := keysource.Spend(ctx); err != nil {
+			return nil, nil, nil, fail(ReasonTooMuchWork, err.Error())
 		}
 		mk, err := w.Wrap(ctx, dataKey)
 		if err != nil {

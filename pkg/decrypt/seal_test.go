@@ -100,6 +100,17 @@ func TestRewrapWithBreakGlassKey(t *testing.T) {
 	assert.Empty(t, again.Added)
 	assert.Equal(t, 1, strings.Count(string(again.File), breakGlassARN))
 
+	// The wrap draws on the request's budget, with the unwraps: with all
+	// but one spent, the unwrap takes the last and the wrap is refused.
+	ctx := keysource.WithRequestBudget(context.Background())
+	for range keysource.MaxUnwrapsPerRequest - 1 {
+		require.NoError(t, keysource.Spend(ctx))
+	}
+	spent, err := decrypt.New(ring).Rewrap(ctx, enc, decrypt.FormatYAML, nil, targets)
+	require.Error(t, err)
+	assert.True(t, decrypt.IsReason(err, decrypt.ReasonTooMuchWork), "%v", err)
+	assert.Empty(t, spent.File)
+
 	a.SetHanging(true)
 	defer a.SetHanging(false)
 	failed, err := d.Rewrap(context.Background(), enc, decrypt.FormatYAML, nil, targets)

@@ -67,6 +67,13 @@ func (b *requestBudget) start() error {
 	return nil
 }
 
+// Spend counts one remote key operation made outside a Client, a rewrap's
+// wrap with a KMS or Vault key, against ctx's request budget
+// (WithRequestBudget): the unwraps and the wraps of one request are capped
+// together. It returns an error wrapping ErrTooManyUnwraps once the budget
+// is spent, and nil for a ctx without a budget.
+func Spend(ctx context.Context) error { return budgetOf(ctx).start() }
+
 // fail counts an unwrap that did not open its data key.
 func (b *requestBudget) fail() {
 	if b != nil {
