@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path"
 	"strings"
 	"time"
 
@@ -45,11 +44,12 @@ func (g glob) one() (string, error) {
 	if strings.ContainsAny(string(g), `*?[\`) {
 		return "", ErrNotOneKey
 	}
-	return path.Clean(string(g)), nil
+	return string(g), nil
 }
 
-// OneKey reports whether s can wrap for one key: it is a Wrapper and its
-// config names one key.
+// OneKey returns nil if s can wrap a data key: it is a KMS or Vault source
+// whose config names one key. Otherwise the error says why not;
+// ErrNotOneKey for a glob.
 func OneKey(s Source) error {
 	var locator glob
 	switch s := s.(type) {
