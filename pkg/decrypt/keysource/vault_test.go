@@ -140,6 +140,15 @@ func TestVaultLogsInAgainBeforeExpiryAndAfterRevocation(t *testing.T) {
 	_, err = s.Unwrap(context.Background(), vaultKey("", "transit", "app-1"), ct)
 	require.NoError(t, err, "a revoked token is replaced by a new login")
 	assert.EqualValues(t, 3, f.v.Logins.Load())
+
+	one := f.source(t, func(c *keysource.VaultConfig) { c.KeyName = "app-1" })
+	_, err = one.Wrap(context.Background(), dataKey)
+	require.NoError(t, err)
+	logins := f.v.Logins.Load()
+	f.v.RevokeAll()
+	_, err = one.Wrap(context.Background(), dataKey)
+	require.NoError(t, err, "a wrap, too, replaces a revoked token by a new login")
+	assert.Equal(t, logins+1, f.v.Logins.Load())
 }
 
 func TestVaultFailures(t *testing.T) {
