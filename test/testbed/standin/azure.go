@@ -138,10 +138,7 @@ func (a *Azure) token(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"error":"invalid_client","error_description":"AADSTS70021: No matching federated identity record found for presented assertion."}`))
 		return
 	}
-	tok := "eyJ0" + randomHex(24)
-	a.mu.Lock()
-	a.tokens[tok] = time.Now().Add(time.Hour)
-	a.mu.Unlock()
+	tok := a.AdminToken()
 	a.Tokens.Add(1)
 	writeJSON(w, map[string]any{"token_type": "Bearer", "access_token": tok, "expires_in": 3600, "ext_expires_in": 3600})
 }
@@ -150,7 +147,8 @@ func (a *Azure) verify(ctx context.Context, raw string) (string, error) {
 	return verifyJWT(ctx, a.jwks, raw, a.issuer, "api://AzureADTokenExchange")
 }
 
-// AdminToken returns a Key Vault access token, as Entra ID would issue it.
+// AdminToken returns a Key Vault access token, as Entra ID issues it (the
+// token endpoint's answer, and tests that need no workload identity).
 func (a *Azure) AdminToken() string {
 	tok := "eyJ0" + randomHex(24)
 	a.mu.Lock()
