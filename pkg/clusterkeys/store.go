@@ -175,11 +175,13 @@ func (s *Store) ensure(ctx context.Context, secret *corev1.Secret, keys *[]*Key,
 				continue
 			}
 			for _, g := range k.Generations {
-				if g.State == StateRetired {
+				needBackup := len(spec.BreakGlass) > 0 && k.Backup(g.Number) == nil
+				needSealed := spec.Seal != nil && k.SealedBackup(g.Number) == nil
+				if g.State == StateRetired || (!needBackup && !needSealed) {
 					continue
 				}
 				text := identityText(k.Identity(g.Number))
-				if len(spec.BreakGlass) > 0 && k.Backup(g.Number) == nil {
+				if needBackup {
 					backup, err := wrapBackup(text, spec.BreakGlass)
 					if err != nil {
 						return false, fmt.Errorf("key %q: %w", spec.Name, err)
@@ -188,7 +190,7 @@ func (s *Store) ensure(ctx context.Context, secret *corev1.Secret, keys *[]*Key,
 					secret.Data = setEntry(secret.Data, BackupName(k.Name, g.Number), backup)
 					changed = true
 				}
-				if spec.Seal != nil && k.SealedBackup(g.Number) == nil {
+				if needSealed {
 					sealed, err := spec.Seal(ctx, text)
 					if err != nil {
 						return false, fmt.Errorf("key %q generation %d: sealed backup: %w", spec.Name, g.Number, err)
